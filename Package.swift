@@ -1,0 +1,42 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// Layers (bottom to top): C shims → TensorFile (format) → SubjectDelta → Diffusion → Hypernetwork → CLI.
+// Lower layers never import higher ones.
+let package = Package(
+    name: "lidb",
+    products: [
+        .library(name: "TensorFile", targets: ["TensorFile"]),
+        .executable(name: "lidb", targets: ["lidb"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+    ],
+    targets: [
+        // System libraries from Debian packages, wrapped through pkg-config.
+        .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
+        // Small C kernels that Swift cannot express efficiently (hardware CRC32C).
+        .target(name: "CLidbSupport"),
+
+        .target(
+            name: "TensorFile",
+            dependencies: ["CZstd", "CLidbSupport", .product(name: "Crypto", package: "swift-crypto")]
+        ),
+        .target(
+            name: "LidbCLI",
+            dependencies: ["TensorFile", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .executableTarget(name: "lidb", dependencies: ["LidbCLI"]),
+
+        .testTarget(
+            name: "TensorFileTests",
+            dependencies: ["TensorFile", .product(name: "Crypto", package: "swift-crypto")],
+            resources: [.copy("Fixtures")]
+        ),
+        .testTarget(name: "CLITests", dependencies: ["TensorFile", "lidb"]),
+        .testTarget(name: "SystemLibraryTests", dependencies: ["CBLAS", "CPNG", "CZstd"]),
+    ]
+)

@@ -1,0 +1,64 @@
+/// Output of `convertCollection`.
+public struct ConversionSummary: Sendable {
+    public var tensorCount = 0
+    public var converted = 0
+    /// Tensors whose cast produced infinities from finite values, or NaNs.
+    public var lossy: [(String, ConversionReport)] = []
+}
+
+public enum OutputFormat: String, Sendable {
+    case lidb, safetensors
+
+    public init(path: String) throws(TensorFileError) {
+        if path.hasSuffix(".lidb") { self = .lidb } else if path.hasSuffix(".safetensors") { self = .safetensors } else {
+            throw TensorFileError(file: path, .unsupportedFormat("output must end in .lidb or .safetensors"))
+        }
+    }
+}
+
+/// Metadata as safetensors' string map: strings stay, other JSON values become their JSON text.
+public func safetensorsMetadata(from json: JSONValue) -> [(String, String)]? {
+    guard let pairs = json.objectValue, !pairs.isEmpty else { return nil }
+    return pairs.map { ($0.0, $0.1.stringValue ?? $0.1.serializedString) }
+}
+
+/// Copies every tensor of `source` into a new file at `path` (format from the extension),
+/// casting floating-point tensors to `dtype` when given. Streams tensor by tensor.
+public func convertCollection(_ source: TensorCollection, to path: String, dtype: DType?, kind: String = "tensors",
+                              zstd: Bool = false, progress: ((Int, Int) -> Void)? = nil) throws(TensorFileError) -> ConversionSummary {
+    let format = try OutputFormat(path: path)
+    if !LidbFormat.knownKinds.contains(kind) { throw TensorFileError(file: path, .unknownKind(kind)) }
+    var summary = ConversionSummary()
+    final class Reports: @unchecked Sendable { var items: [(String, ConversionReport)] = [] }
+    let reports = Reports()
+    var sources: [TensorSource] = []
+    for t in source.tensors {
+        let target = (dtype != nil && t.dtype.isFloatingPoint) ? dtype! : t.dtype
+        var info = t
+        info.dtype = target
+        let name = t.name
+        let from = t.dtype
+        // Bytes are fetched lazily so only one tensor is resident at a time (for zstd inputs).
+        sources.append(TensorSource(info: info) { (consume) throws(TensorFileError) in
+            let bytes = try source.tensorBytes(name)
+            let inner = try TensorSource.converting(info, bytes, from: from, file: source.path) { r in
+                if !r.isClean { reports.items.append((name, r)) }
+            }
+            try inner.produce(consume)
+        })
+        if target != t.dtype { summary.converted += 1 }
+    }
+    summary.tensorCount = sources.count
+    switch format {
+    case .safetensors:
+        try SafetensorsWriter.write(to: path, tensors: sources, metadata: safetensorsMetadata(from: source.metadataJSON), progress: progress)
+    case .lidb:
+        let sourceKind = (source as? LidbFile)?.kind
+        let k = (kind == "tensors" && sourceKind != nil) ? sourceKind! : kind
+        try LidbWriter.write(to: path, kind: k, metadata: source.metadataJSON, tensors: sources,
+                             options: .init(encoding: zstd ? .zstdIfSmaller(level: 19) : .raw, compressHeader: zstd),
+                             progress: progress)
+    }
+    summary.lossy = reports.items
+    return summary
+}

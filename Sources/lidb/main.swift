@@ -1,0 +1,3 @@
+import LidbCLI
+
+LidbCommand.main()
