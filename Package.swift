@@ -34,7 +34,7 @@ let package = Package(
         .testTarget(
             name: "TensorFileTests",
             dependencies: ["TensorFile", .product(name: "Crypto", package: "swift-crypto")],
-            resources: [.copy("Fixtures")]
+            exclude: ["Fixtures"]
         ),
         .testTarget(name: "CLITests", dependencies: ["TensorFile", "lidb"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CBLAS", "CPNG", "CZstd"]),

@@ -33,7 +33,8 @@ public func convertCollection(_ source: TensorCollection, to path: String, dtype
     let reports = Reports()
     var sources: [TensorSource] = []
     for t in source.tensors {
-        let target = (dtype != nil && t.dtype.isFloatingPoint) ? dtype! : t.dtype
+        // Only floating-point tensors are cast; integers and packed sub-byte types are kept.
+        let target = (dtype != nil && t.dtype.isFloatingPoint && DTypeConversion.canConvert(from: t.dtype, to: dtype!)) ? dtype! : t.dtype
         var info = t
         info.dtype = target
         let name = t.name

@@ -18,6 +18,7 @@ public struct ConversionReport: Equatable, Sendable {
 public enum DTypeConversion {
     public static func canConvert(from: DType, to: DType) -> Bool {
         if from == to { return true }
+        if from.isSubByte || to.isSubByte { return false }
         let targets: Set<DType> = [.F32, .F16, .BF16]
         return from.isFloatingPoint && (targets.contains(to) || (from == .F64 && to == .F64))
     }
@@ -29,7 +30,8 @@ public enum DTypeConversion {
         precondition(src.count >= count * from.byteSize && dst.count >= count * to.byteSize)
         var report = ConversionReport()
         if from == to {
-            if count > 0 { dst.baseAddress!.copyMemory(from: src.baseAddress!, byteCount: count * from.byteSize) }
+            let n = count * from.bitSize / 8
+            if n > 0 { dst.baseAddress!.copyMemory(from: src.baseAddress!, byteCount: n) }
             return report
         }
         // Decode to f32 (exact for every source but F64), then encode.
@@ -40,6 +42,9 @@ public enum DTypeConversion {
             case .BF16: return (Float(bitPattern: UInt32(src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) << 16), false)
             case .F8_E4M3: return (f8e4m3ToF32(src[i]), false)
             case .F8_E5M2: return (f16ToF32(UInt16(src[i]) << 8), false)
+            case .F8_E8M0: return (f8e8m0ToF32(src[i]), false)
+            case .F8_E4M3FNUZ: return (f8FnuzToF32(src[i], exponentBits: 4, bias: 8), false)
+            case .F8_E5M2FNUZ: return (f8FnuzToF32(src[i], exponentBits: 5, bias: 16), false)
             case .F64:
                 let d = Double(bitPattern: src.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self))
                 let f = Float(d)
@@ -119,6 +124,25 @@ public enum DTypeConversion {
         if f.isNaN { return 0x7FC0 }
         let rounded = x &+ 0x7FFF &+ ((x >> 16) & 1)
         return UInt16(truncatingIfNeeded: rounded >> 16)
+    }
+
+    /// F8 E8M0: an unsigned power of two 2^(b−127); 0xFF is NaN.
+    @inline(__always)
+    public static func f8e8m0ToF32(_ b: UInt8) -> Float {
+        if b == 0xFF { return .nan }
+        return Float(sign: .plus, exponent: Int(b) - 127, significand: 1)
+    }
+
+    /// The FNUZ 8-bit floats: no infinities, no negative zero, 0x80 is NaN.
+    @inline(__always)
+    public static func f8FnuzToF32(_ b: UInt8, exponentBits: Int, bias: Int) -> Float {
+        if b == 0x80 { return .nan }
+        let manBits = 7 - exponentBits
+        let sign: Float = (b & 0x80) != 0 ? -1 : 1
+        let exp = Int(b >> manBits) & ((1 << exponentBits) - 1)
+        let man = Int(b) & ((1 << manBits) - 1)
+        if exp == 0 { return sign * Float(man) * Float(sign: .plus, exponent: 1 - bias - manBits, significand: 1) }
+        return sign * Float((1 << manBits) + man) * Float(sign: .plus, exponent: exp - bias - manBits, significand: 1)
     }
 
     /// F8 E4M3 ("fn": bias 7, no infinities, S.1111.111 is NaN) → binary32 (exact).

@@ -166,9 +166,8 @@ public struct LidbLayout: Equatable, Sendable {
         guard let dtype = DType(rawValue: dn) else { throw fail(.unknownDType(dn)) }
         guard let sv = row["shape"] else { throw fail(.missingField("shape")) }
         let shape = try parseShape(sv, maxRank: LidbFormat.maxRank, fail: fail)
-        guard let decoded = checkedByteCount(shape: shape, elementSize: dtype.byteSize), decoded <= UInt64(Int.max) else {
-            throw fail(.sizeOverflow)
-        }
+        let count = checkedByteCount(shape: shape, dtype: dtype)
+        guard case let .bytes(decoded) = count else { throw fail(.from(count)!) }
         func u64Field(_ key: String) throws(TensorFileError) -> UInt64 {
             guard let v = row[key] else { throw fail(.missingField(key)) }
             guard v.isInteger, case let .number(s) = v, !s.hasPrefix("-") else {
@@ -183,7 +182,7 @@ public struct LidbLayout: Equatable, Sendable {
         if let ev = row["encoding"], ev.stringValue == nil { throw fail(.wrongType(field: "encoding", expected: "a string")) }
         guard let encoding = LidbEncoding(rawValue: encName) else { throw fail(.unknownEncoding(encName)) }
         if encoding == .raw && length != decoded { throw fail(.sizeMismatch(expected: decoded, actual: length)) }
-        if encoding == .zstd && decoded == 0 && length != 0 { throw fail(.sizeMismatch(expected: 0, actual: length)) }
+        if encoding == .zstd && decoded == 0 { throw fail(.wrongType(field: "encoding", expected: "raw for an empty tensor")) }
         guard let cv = row["crc32c"] else { throw fail(.missingField("crc32c")) }
         guard let cs = cv.stringValue, cs.utf8.count == 8, let crc = UInt32(cs, radix: 16),
               cs.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }) else {

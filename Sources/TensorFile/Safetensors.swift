@@ -29,8 +29,8 @@ public struct SafetensorsLayout: Equatable, Sendable {
     /// Parses and validates a whole safetensors file held in `bytes`.
     ///
     /// Checks, in order: 8-byte length prefix present; header length ≤ 100 MB and within the file;
-    /// header is UTF-8 JSON whose first byte is `{`, an object without duplicate keys; `__metadata__`
-    /// is an object of strings; each entry has a known dtype, a shape of non-negative integers and
+    /// header is UTF-8 JSON, an object without duplicate keys (the reference reader lets the last
+    /// duplicate win; we refuse); `__metadata__` is an object of strings (or null); each entry has a known dtype, a shape of non-negative integers and
     /// two integer offsets with begin ≤ end; elements × dtype size (checked) equals end − begin;
     /// sorted by offset the entries are contiguous from 0 (no hole, no overlap); the last one ends
     /// exactly at the end of the file.
@@ -44,10 +44,6 @@ public struct SafetensorsLayout: Equatable, Sendable {
         guard n <= SafetensorsLimits.maxHeaderSize else { throw fail(.headerTooLarge(length: n, limit: SafetensorsLimits.maxHeaderSize)) }
         guard n + 8 <= size else { throw fail(.headerPastEnd(headerEnd: n + 8, fileSize: size)) }
         let header = UnsafeRawBufferPointer(rebasing: bytes[8..<Int(8 + n)])
-        guard header.first == UInt8(ascii: "{") else {
-            if header.isEmpty { throw fail(.invalidJSON(offset: 0, reason: "empty header")) }
-            throw fail(.headerNotObject)
-        }
         if let bad = firstInvalidUTF8(header) { throw fail(.headerNotUTF8(offset: bad)) }
         let json: JSONValue
         do {
@@ -62,6 +58,7 @@ public struct SafetensorsLayout: Equatable, Sendable {
         var metadata: [(String, String)]? = nil
         for (name, value) in pairs {
             if name == "__metadata__" {
+                if case .null = value { continue }  // the reference reader treats null as absent
                 guard case let .object(m) = value else { throw fail(.metadataNotObject) }
                 var md: [(String, String)] = []
                 for (k, v) in m {
@@ -103,9 +100,8 @@ public struct SafetensorsLayout: Equatable, Sendable {
             throw fail(.wrongType(field: "data_offsets", expected: "an array of two non-negative integers"))
         }
         guard b <= e else { throw fail(.invalidOffsets(begin: b, end: e)) }
-        guard let need = checkedByteCount(shape: shape, elementSize: dtype.byteSize), need <= UInt64(Int.max) else {
-            throw fail(.sizeOverflow)
-        }
+        let count = checkedByteCount(shape: shape, dtype: dtype)
+        guard case let .bytes(need) = count else { throw fail(.from(count)!) }
         guard need == e - b else { throw fail(.sizeMismatch(expected: need, actual: e - b)) }
         guard e <= UInt64(Int.max) else { throw fail(.outOfRange(end: e, limit: UInt64(Int.max))) }
         return SafetensorsEntry(info: TensorInfo(name: name, dtype: dtype, shape: shape), begin: Int(b), end: Int(e))
