@@ -1,0 +1,122 @@
+import Foundation
+import Testing
+@testable import TensorFile
+
+/// Runs the built `lidb` executable (it sits next to the test bundle).
+struct CLI {
+    static let binary: String = {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        var dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
+        // Inside an .xctest bundle on some layouts: climb until `lidb` is found.
+        for _ in 0..<4 {
+            let candidate = dir.appendingPathComponent("lidb").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        return "lidb"
+    }()
+
+    struct Result { var status: Int32; var stdout: String; var stderr: String }
+
+    static func run(_ args: [String]) throws -> Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = args
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    }
+}
+
+let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .appendingPathComponent("TensorFileTests/Fixtures").path
+
+final class Scratch {
+    let path = NSTemporaryDirectory() + "lidb-cli-" + UUID().uuidString
+    init() { try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) }
+    func file(_ n: String) -> String { path + "/" + n }
+    var contents: [String] { ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted() }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+}
+
+@Suite(.serialized) struct CLITests {
+    @Test func helpExplainsCommands() throws {
+        let r = try CLI.run(["--help"])
+        #expect(r.status == 0)
+        for word in ["inspect", "verify", "convert"] { #expect(r.stdout.contains(word)) }
+        let c = try CLI.run(["convert", "--help"])
+        #expect(c.stdout.contains("--dtype") && c.stdout.contains("lossless"))
+    }
+
+    @Test func convertInspectVerifyRoundTrip() throws {
+        let s = Scratch()
+        let src = fixtures + "/safetensors/all_dtypes.safetensors"
+        var r = try CLI.run(["convert", src, "-o", s.file("a.lidb")])
+        #expect(r.status == 0, "\(r.stderr)")
+        r = try CLI.run(["inspect", s.file("a.lidb"), "--json"])
+        #expect(r.status == 0)
+        let j = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [String: Any]
+        #expect(j["format"] as? String == "lidb")
+        #expect(j["kind"] as? String == "tensors")
+        #expect((j["metadata"] as? [String: String])?["format"] == "pt")
+        let tensors = j["tensors"] as! [[String: Any]]
+        #expect(tensors.count == 15)
+        let u64 = tensors.first { $0["name"] as? String == "eta.u64" }!
+        #expect(u64["dtype"] as? String == "U64" && u64["shape"] as? [Int] == [2, 3, 4] && u64["nbytes"] as? Int == 192)
+        r = try CLI.run(["verify", s.file("a.lidb")])
+        #expect(r.status == 0 && r.stdout.contains("OK"))
+        r = try CLI.run(["convert", s.file("a.lidb"), "-o", s.file("b.safetensors")])
+        #expect(r.status == 0)
+        #expect(FileManager.default.contentsEqual(atPath: src, andPath: s.file("b.safetensors")))
+        // Human output: summary plus a truncated table.
+        r = try CLI.run(["inspect", fixtures + "/safetensors/sharded/model.safetensors.index.json"])
+        #expect(r.status == 0 && r.stdout.contains("shards:    3") && r.stdout.contains("more (use --all)"))
+        r = try CLI.run(["inspect", "--all", fixtures + "/safetensors/sharded/model.safetensors.index.json"])
+        #expect(!r.stdout.contains("more (use --all)"))
+    }
+
+    @Test func verifyReportsDamageWithExitCodeOne() throws {
+        let s = Scratch()
+        _ = try CLI.run(["convert", fixtures + "/safetensors/scalars_empty.safetensors", "-o", s.file("a.lidb")])
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: s.file("a.lidb"))))
+        bytes[bytes.count - 1] ^= 0x01  // last byte belongs to the last tensor
+        try Data(bytes).write(to: URL(fileURLWithPath: s.file("bad.lidb")))
+        var r = try CLI.run(["verify", s.file("bad.lidb")])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("checksum mismatch") && r.stderr.contains("bad.lidb"))
+        bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: s.file("a.lidb"))))
+        bytes[70] ^= 0x20  // inside the header
+        try Data(bytes).write(to: URL(fileURLWithPath: s.file("bad2.lidb")))
+        r = try CLI.run(["verify", s.file("bad2.lidb")])
+        #expect(r.status == 1 && r.stderr.contains("header checksum mismatch"))
+    }
+
+    @Test func badInputGivesOneLineAndNoOutputFile() throws {
+        let s = Scratch()
+        try Data([8, 0, 0, 0, 0, 0, 0, 0] + Array("{\"a\":1}".utf8)).write(to: URL(fileURLWithPath: s.file("bad.safetensors")))
+        let r = try CLI.run(["convert", s.file("bad.safetensors"), "-o", s.file("out.lidb")])
+        #expect(r.status == 2)
+        let lines = r.stderr.split(separator: "\n")
+        #expect(lines.count == 1 && lines[0].contains("bad.safetensors"))
+        #expect(s.contents == ["bad.safetensors"], "no output or temporary file")
+        let missing = try CLI.run(["inspect", s.file("nope.lidb")])
+        #expect(missing.status == 2 && missing.stderr.contains("nope.lidb") && missing.stderr.contains("No such file"))
+        let ext = try CLI.run(["convert", fixtures + "/safetensors/scalars_empty.safetensors", "-o", s.file("x.bin")])
+        #expect(ext.status == 2 && ext.stderr.contains("must end in .lidb or .safetensors"))
+    }
+
+    @Test func castingReportsOverflow() throws {
+        let s = Scratch()
+        let r = try CLI.run(["convert", fixtures + "/dtype/conversions.safetensors", "-o", s.file("h.safetensors"), "--dtype", "f16"])
+        #expect(r.status == 0)
+        #expect(r.stderr.contains("tensor 'f32.in'") && r.stderr.contains("overflowed"))
+        let f = try SafetensorsFile(path: s.file("h.safetensors"))
+        #expect(f.entry("f32.in")?.info.dtype == .F16)
+        #expect(f.entry("f64.in")?.info.dtype == .F16)
+    }
+}
