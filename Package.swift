@@ -23,7 +23,7 @@ let package = Package(
 
         .target(
             name: "TensorFile",
-            dependencies: ["CZstd", "CLidbSupport", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["CZstd", "CLidbSupport"]
         ),
         .target(
             name: "LidbCLI",

@@ -61,40 +61,39 @@ public final class LidbFile: TensorCollection, @unchecked Sendable {
         case .zstd:
             let crc = CRC32C.checksum(stored)
             guard crc == e.crc32c else { throw TensorFileError(file: path, tensor: name, .tensorChecksumMismatch(stored: e.crc32c, computed: crc)) }
-            let out = OwnedBytes(count: e.info.byteCount)
-            if e.info.byteCount > 0 {
-                do throws(TensorFileError.Problem) {
-                    try Zstd.decompress(stored, into: UnsafeMutableRawBufferPointer(rebasing: out.buffer[0..<e.info.byteCount]))
-                } catch { throw TensorFileError(file: path, tensor: name, error) }
-            }
-            return TensorBytes(owned: out)
+            do throws(TensorFileError.Problem) {
+                return TensorBytes(owned: try Zstd.decompress(stored, expectedSize: e.info.byteCount))
+            } catch { throw TensorFileError(file: path, tensor: name, error) }
         }
     }
 
     /// Checks every tensor checksum, that zstd tensors decode to their declared size, and that all
     /// padding is zero. Returns one error per damaged part (empty when intact).
     public func verify() -> [TensorFileError] {
+        Self.verify(layout: layout, bytes: map.bytes, file: path)
+    }
+
+    /// `verify()` over a whole file held in memory, given its validated layout.
+    public static func verify(layout: LidbLayout, bytes: UnsafeRawBufferPointer, file: String) -> [TensorFileError] {
         var problems: [TensorFileError] = []
-        let bytes = map.bytes
         let headerEnd = 64 + Int(layout.headerStoredLength)
         if let nz = firstNonZero(bytes, headerEnd..<Int(layout.dataOffset)) {
-            problems.append(TensorFileError(file: path, .nonZeroPadding(offset: UInt64(nz))))
+            problems.append(TensorFileError(file: file, .nonZeroPadding(offset: UInt64(nz))))
         }
         var cursor = Int(layout.dataOffset)
         for e in layout.entries {
             let start = Int(layout.dataOffset + e.offset)
             if let nz = firstNonZero(bytes, cursor..<start) {
-                problems.append(TensorFileError(file: path, tensor: e.info.name, .nonZeroPadding(offset: UInt64(nz))))
+                problems.append(TensorFileError(file: file, tensor: e.info.name, .nonZeroPadding(offset: UInt64(nz))))
             }
-            let stored = storedBytes(e)
+            let stored = UnsafeRawBufferPointer(rebasing: bytes[start..<start + Int(e.length)])
             let crc = CRC32C.checksum(stored)
             if crc != e.crc32c {
-                problems.append(TensorFileError(file: path, tensor: e.info.name, .tensorChecksumMismatch(stored: e.crc32c, computed: crc)))
+                problems.append(TensorFileError(file: file, tensor: e.info.name, .tensorChecksumMismatch(stored: e.crc32c, computed: crc)))
             } else if e.encoding == .zstd && e.info.byteCount > 0 {
-                let out = OwnedBytes(count: e.info.byteCount)
                 do throws(TensorFileError.Problem) {
-                    try Zstd.decompress(stored, into: UnsafeMutableRawBufferPointer(rebasing: out.buffer[0..<e.info.byteCount]))
-                } catch { problems.append(TensorFileError(file: path, tensor: e.info.name, error)) }
+                    try Zstd.validate(stored, expectedSize: e.info.byteCount)
+                } catch { problems.append(TensorFileError(file: file, tensor: e.info.name, error)) }
             }
             cursor = start + Int(e.length)
         }

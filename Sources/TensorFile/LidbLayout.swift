@@ -9,6 +9,8 @@ public enum LidbFormat {
     public static let maxDepth = 64
     public static let maxRank = 32
     public static let maxNameBytes = 1024
+    /// Largest decoded size of a zstd-encoded tensor (bounds what a hostile frame can make us allocate).
+    public static let maxCompressedTensorSize: UInt64 = 1 << 30
     /// Flag bit 0: the header is stored as one zstd frame.
     public static let flagHeaderZstd: UInt32 = 1
     /// Bits 0–15 must be understood by a reader; bits 16–31 may be ignored.
@@ -104,9 +106,9 @@ public struct LidbLayout: Equatable, Sendable {
         let stored = UnsafeRawBufferPointer(rebasing: bytes[64..<Int(64 + storedLen)])
         let json: JSONValue
         if compressed {
-            let decoded = OwnedBytes(count: Int(headerLen))
+            let decoded: OwnedBytes
             do throws(TensorFileError.Problem) {
-                try Zstd.decompress(stored, into: UnsafeMutableRawBufferPointer(rebasing: decoded.buffer[0..<Int(headerLen)]))
+                decoded = try Zstd.decompress(stored, expectedSize: Int(headerLen))
             } catch { throw fail(error) }
             json = try parseHeaderJSON(decoded.bytes, file: file)
         } else {
@@ -183,6 +185,9 @@ public struct LidbLayout: Equatable, Sendable {
         guard let encoding = LidbEncoding(rawValue: encName) else { throw fail(.unknownEncoding(encName)) }
         if encoding == .raw && length != decoded { throw fail(.sizeMismatch(expected: decoded, actual: length)) }
         if encoding == .zstd && decoded == 0 { throw fail(.wrongType(field: "encoding", expected: "raw for an empty tensor")) }
+        if encoding == .zstd && decoded > LidbFormat.maxCompressedTensorSize {
+            throw fail(.limitExceeded(what: "decoded size \(decoded) of a zstd tensor", limit: LidbFormat.maxCompressedTensorSize))
+        }
         guard let cv = row["crc32c"] else { throw fail(.missingField("crc32c")) }
         guard let cs = cv.stringValue, cs.utf8.count == 8, let crc = UInt32(cs, radix: 16),
               cs.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }) else {

@@ -52,7 +52,7 @@ public enum LidbWriter {
             case .raw: level = nil
             case let .zstd(l), let .zstdIfSmaller(l): level = l
             }
-            guard let level, t.info.byteCount > 0 else {
+            guard let level, t.info.byteCount > 0, UInt64(t.info.byteCount) <= LidbFormat.maxCompressedTensorSize else {
                 planned.append(Planned(length: UInt64(t.info.byteCount), encoding: .raw, stored: nil, crc: nil))
                 continue
             }

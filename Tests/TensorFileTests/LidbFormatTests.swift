@@ -259,6 +259,23 @@ func row(_ name: String, _ dtype: String = "F32", _ shape: String = "[4]", offse
         }
     }
 
+    @Test func compressionBombsAreRefusedWithoutAllocating() throws {
+        // 32 GiB declared for a zstd tensor: refused by the parser.
+        let small = try [UInt8](repeating: 0, count: 64).withBytes { (b) throws(TensorFileError.Problem) in try Zstd.compress(b, level: 3) }
+        expectProblem(LidbBuilder(header: header([row("a", "U8", "[34359738368]", length: UInt64(small.count), encoding: "zstd", data: small)]), data: small)) {
+            if case .limitExceeded = $0 { return true }; return false
+        }
+        // 512 MiB declared, but the frame says 64 bytes: caught from the frame header by verify
+        // and by tensor access, before any output buffer exists.
+        let tmp = TempDir()
+        try writeBytes(LidbBuilder(header: header([row("a", "U8", "[536870912]", length: UInt64(small.count), encoding: "zstd", data: small)]), data: small).bytes(),
+                       to: tmp.file("bomb.lidb"))
+        #expect(caught { _ = try LidbFile(path: tmp.file("bomb.lidb")) }?.tensor == "a", "opening a small file verifies it")
+        let f = try LidbFile(path: tmp.file("bomb.lidb"), checksums: .never)
+        #expect(f.verify().count == 1)
+        guard case .decompressionFailed = problem({ _ = try f.tensorBytes("a") }) else { Issue.record("expected decompressionFailed"); return }
+    }
+
     // MARK: Integrity
 
     static func sampleFile(compressed: Bool) throws -> [UInt8] {

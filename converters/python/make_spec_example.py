@@ -233,7 +233,7 @@ def render_markdown(data: bytes, c: lidb.Container) -> str:
         w("")
         w(f"Row: `{lidb.encode_json(t.as_dict())}`")
         w("")
-        size = DTYPES[t.dtype][0]
+        size = DTYPES[t.dtype][0] // 8  # bytes per element (no packed types here)
         shape_txt = "scalar (one element)" if t.shape == () else "shape " + json.dumps(list(t.shape))
         w(f"{t.dtype} ({size} byte{'s' if size > 1 else ''} per element), {shape_txt}: "
           f"{t.numel} element(s) × {size} = {t.decoded_size} bytes, at file offset "

@@ -12,10 +12,13 @@ Reading::
 Every failure raises :class:`LidbError`; its ``code`` is the error name used in
 §5 (``badMagic``, ``headerChecksumMismatch``, ``hole``, ...).
 
-Element types without a numpy equivalent (``BF16``, ``F8_E4M3``, ``F8_E5M2``)
-are returned as their raw bit patterns: ``uint16`` for ``BF16`` and ``uint8``
-for the two 8-bit float types.  Convert them yourself (e.g.
-``(bits.astype(np.uint32) << 16).view(np.float32)`` for ``BF16``).
+Element types without a numpy equivalent are returned as their raw bit
+patterns: ``uint16`` for ``BF16``; ``uint8`` for the 8-bit float types
+(``F8_E4M3``, ``F8_E5M2``, ``F8_E4M3FNUZ``, ``F8_E5M2FNUZ``, ``F8_E8M0``).
+Convert them yourself (e.g. ``(bits.astype(np.uint32) << 16).view(np.float32)``
+for ``BF16``).  The packed sub-byte types (``F4``, ``F6_E2M3``, ``F6_E3M2``) are
+returned as a flat ``uint8`` array of the packed bytes, since their elements
+are not byte-addressable.  ``C64`` becomes ``complex64``.
 
 Integers in the JSON header are returned as Python ``int`` when they fit in a
 signed 64-bit integer; integer literals that do not fit are kept exactly, as
@@ -68,6 +71,7 @@ MAX_RANK = 32
 MAX_NAME_BYTES = 1024
 MAX_I63 = (1 << 63) - 1
 MAX_U64 = (1 << 64) - 1
+MAX_ZSTD_TENSOR = 1 << 30  # decoded bytes of one zstd tensor (§3)
 FLAG_HEADER_ZSTD = 0x1
 REQUIRED_FLAGS = 0x0000FFFF
 KNOWN_REQUIRED_FLAGS = FLAG_HEADER_ZSTD
@@ -76,23 +80,31 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _PREAMBLE = struct.Struct("<8sHHIQQQQI12s")
 assert _PREAMBLE.size == PREAMBLE_SIZE
 
-# dtype name -> (bytes per element, numpy dtype used by Container.tensor)
-DTYPES: Dict[str, Tuple[int, str]] = {
-    "BOOL": (1, "|b1"),
-    "U8": (1, "|u1"),
-    "I8": (1, "|i1"),
-    "U16": (2, "<u2"),
-    "I16": (2, "<i2"),
-    "U32": (4, "<u4"),
-    "I32": (4, "<i4"),
-    "U64": (8, "<u8"),
-    "I64": (8, "<i8"),
-    "F16": (2, "<f2"),
-    "BF16": (2, "<u2"),  # raw bit patterns
-    "F32": (4, "<f4"),
-    "F64": (8, "<f8"),
-    "F8_E4M3": (1, "|u1"),  # raw bit patterns
-    "F8_E5M2": (1, "|u1"),  # raw bit patterns
+# dtype name -> (bits per element, numpy dtype used by Container.tensor; None
+# for packed sub-byte types, returned as flat uint8 bytes)
+DTYPES: Dict[str, Tuple[int, Optional[str]]] = {
+    "BOOL": (8, "|b1"),
+    "U8": (8, "|u1"),
+    "I8": (8, "|i1"),
+    "U16": (16, "<u2"),
+    "I16": (16, "<i2"),
+    "U32": (32, "<u4"),
+    "I32": (32, "<i4"),
+    "U64": (64, "<u8"),
+    "I64": (64, "<i8"),
+    "F16": (16, "<f2"),
+    "BF16": (16, "<u2"),  # raw bit patterns
+    "F32": (32, "<f4"),
+    "F64": (64, "<f8"),
+    "F8_E4M3": (8, "|u1"),  # raw bit patterns from here on
+    "F8_E5M2": (8, "|u1"),
+    "F8_E4M3FNUZ": (8, "|u1"),
+    "F8_E5M2FNUZ": (8, "|u1"),
+    "F8_E8M0": (8, "|u1"),
+    "C64": (64, "<c8"),
+    "F4": (4, None),  # packed, two per byte
+    "F6_E2M3": (6, None),  # packed, four per three bytes
+    "F6_E3M2": (6, None),
 }
 ENCODINGS = ("raw", "zstd")
 
@@ -137,7 +149,8 @@ class TensorEntry:
     crc32c: str  # 8 lower-case hex digits
 
     @property
-    def itemsize(self) -> int:
+    def bits(self) -> int:
+        """Bits per element (4 and 6 for the packed types)."""
         return DTYPES[self.dtype][0]
 
     @property
@@ -149,7 +162,7 @@ class TensorEntry:
 
     @property
     def decoded_size(self) -> int:
-        return self.numel * self.itemsize
+        return self.numel * self.bits // 8
 
     def as_dict(self) -> Dict[str, Any]:
         return {
@@ -497,6 +510,8 @@ class Container:
     def stored_bytes(self, name: str) -> memoryview:
         """The tensor's bytes as stored (compressed for ``zstd``), unchecked."""
         t = self.entry(name)
+        if self._buf is None:
+            raise ValueError("the container is closed")
         start = self.data_offset + t.offset
         return self._buf[start:start + t.length]
 
@@ -514,13 +529,17 @@ class Container:
         """The tensor as a numpy array of its shape.
 
         Raw tensors are returned as read-only views of the file's bytes
-        unless ``copy`` is true.  BF16 comes back as uint16 bit patterns and
-        F8_E4M3 / F8_E5M2 as uint8 bit patterns.
+        unless ``copy`` is true.  BF16 comes back as uint16 bit patterns, the
+        8-bit float types as uint8 bit patterns, and the packed types (F4,
+        F6_*) as a flat uint8 array of their packed bytes.
         """
         t = self.entry(name)
         data = self.tensor_bytes(name)
-        arr = np.frombuffer(data, dtype=np.dtype(DTYPES[t.dtype][1]), count=t.numel)
-        arr = arr.reshape(t.shape)
+        np_dtype = DTYPES[t.dtype][1]
+        if np_dtype is None:
+            arr = np.frombuffer(data, dtype=np.uint8, count=t.decoded_size)
+        else:
+            arr = np.frombuffer(data, dtype=np.dtype(np_dtype), count=t.numel).reshape(t.shape)
         return arr.copy() if copy else arr
 
     # -- lifetime
@@ -749,12 +768,19 @@ def _check_row(i: int, row) -> TensorEntry:
     for d in shape:
         if not _is_int(d) or d < 0 or d > MAX_I63:
             raise LidbError("invalidShape", f"{where}: dimension {d!r} is not a non-negative 63-bit integer")
+    # §2: dimensions multiplied left to right, every intermediate <= 2^64 - 1,
+    # then times the element size in bits (checked again); whole bytes; < 2^63 bytes
     numel = 1
     for d in shape:
         numel *= d
-        if numel > MAX_I63:
-            raise LidbError("sizeOverflow", f"{where}: element count overflows 63 bits")
-    decoded = numel * DTYPES[dtype][0]
+        if numel > MAX_U64:
+            raise LidbError("sizeOverflow", f"{where}: element count overflows 64 bits")
+    nbits = numel * DTYPES[dtype][0]
+    if nbits > MAX_U64:
+        raise LidbError("sizeOverflow", f"{where}: size in bits overflows 64 bits")
+    if nbits % 8:
+        raise LidbError("invalidShape", f"{where}: {numel} {dtype} elements are not a whole number of bytes")
+    decoded = nbits // 8
     if decoded > MAX_I63:
         raise LidbError("sizeOverflow", f"{where}: byte size overflows 63 bits")
     # offset, length
@@ -775,6 +801,8 @@ def _check_row(i: int, row) -> TensorEntry:
         raise LidbError("sizeMismatch", f"{where}: raw length {length} != decoded size {decoded}")
     if encoding == "zstd" and decoded == 0:
         raise LidbError("wrongType", f"{where}: a tensor of decoded size 0 must be stored raw")
+    if encoding == "zstd" and decoded > MAX_ZSTD_TENSOR:
+        raise LidbError("limitExceeded", f"{where}: zstd tensor of {decoded} decoded bytes (at most 2^30)")
     # crc32c
     if "crc32c" not in row:
         raise LidbError("missingField", f"{where} has no 'crc32c'")
@@ -838,12 +866,37 @@ _NP_TO_DTYPE = {
     ("u", 4): "U32", ("i", 4): "I32",
     ("u", 8): "U64", ("i", 8): "I64",
     ("f", 2): "F16", ("f", 4): "F32", ("f", 8): "F64",
+    ("c", 8): "C64",
 }
+
+
+def _raw_tensor(name: str, data, dtype: str, shape) -> Tuple[Tuple[int, ...], memoryview]:
+    if dtype not in DTYPES:
+        raise ValueError(f"tensor {name!r}: unknown dtype {dtype!r}")
+    shape = tuple(shape)
+    if len(shape) > MAX_RANK or any(type(d) is not int or d < 0 for d in shape):
+        raise ValueError(f"tensor {name!r}: bad shape {shape!r}")
+    numel = 1
+    for d in shape:
+        numel *= d
+    nbits = numel * DTYPES[dtype][0]
+    if nbits % 8 or nbits > MAX_U64:
+        raise ValueError(f"tensor {name!r}: {numel} {dtype} elements are not a whole number of bytes")
+    if isinstance(data, np.ndarray):
+        data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    mv = memoryview(data).cast("B")
+    if mv.nbytes != nbits // 8:
+        raise ValueError(f"tensor {name!r}: {mv.nbytes} bytes given, {dtype} {list(shape)} needs {nbits // 8}")
+    return shape, mv
 
 TensorSpec = Union[np.ndarray, Tuple[Any, str]]
 
 
 def _normalise_tensors(tensors) -> List[Tuple[str, str, Tuple[int, ...], memoryview]]:
+    """Accepts (name, array), (name, array, dtype) and (name, data, dtype, shape).
+    The 4-tuple form takes ``data``'s bytes as they are (any bytes-like object
+    or array, already little-endian) and is the way to write the packed
+    sub-byte types."""
     if isinstance(tensors, dict):
         items = list(tensors.items())
     else:
@@ -851,13 +904,16 @@ def _normalise_tensors(tensors) -> List[Tuple[str, str, Tuple[int, ...], memoryv
     out = []
     seen = set()
     for item in items:
+        shape = None
         if len(item) == 2:
             name, arr = item
             dtype = None
         elif len(item) == 3:
             name, arr, dtype = item
+        elif len(item) == 4:
+            name, arr, dtype, shape = item
         else:
-            raise ValueError("tensors are (name, array) or (name, array, dtype)")
+            raise ValueError("tensors are (name, array), (name, array, dtype) or (name, data, dtype, shape)")
         if type(name) is not str:
             raise ValueError(f"tensor name {name!r} is not a string")
         try:
@@ -869,6 +925,9 @@ def _normalise_tensors(tensors) -> List[Tuple[str, str, Tuple[int, ...], memoryv
         if name in seen:
             raise ValueError(f"duplicate tensor name {name!r}")
         seen.add(name)
+        if shape is not None:
+            out.append((name, dtype) + _raw_tensor(name, arr, dtype, shape))
+            continue
         arr = np.asarray(arr)
         if dtype is None:
             dtype = _NP_TO_DTYPE.get((arr.dtype.kind, arr.dtype.itemsize))
@@ -876,8 +935,9 @@ def _normalise_tensors(tensors) -> List[Tuple[str, str, Tuple[int, ...], memoryv
                 raise ValueError(f"tensor {name!r}: numpy dtype {arr.dtype} has no .lidb dtype; pass (name, bits, dtype)")
         elif dtype not in DTYPES:
             raise ValueError(f"tensor {name!r}: unknown dtype {dtype!r}")
-        elif arr.dtype.itemsize != DTYPES[dtype][0] or arr.dtype.kind not in "biuf":
-            raise ValueError(f"tensor {name!r}: array of {arr.dtype} cannot hold {dtype} elements")
+        elif DTYPES[dtype][0] % 8 or arr.dtype.itemsize * 8 != DTYPES[dtype][0] or arr.dtype.kind not in "biufc":
+            raise ValueError(f"tensor {name!r}: array of {arr.dtype} cannot hold {dtype} elements"
+                             " (packed types: pass (name, data, dtype, shape))")
         if arr.ndim > MAX_RANK:
             raise ValueError(f"tensor {name!r}: more than {MAX_RANK} dimensions")
         if arr.dtype.kind == "b":
@@ -907,8 +967,8 @@ def _plan(kind: str, metadata, tensors, encoding, compress_header: bool, zstd_le
         enc = encoding.get(name, "raw") if isinstance(encoding, dict) else encoding
         if enc not in ENCODINGS:
             raise ValueError(f"unknown encoding {enc!r}")
-        if data.nbytes == 0:
-            enc = "raw"  # §3: a tensor of decoded size 0 is stored raw
+        if data.nbytes == 0 or data.nbytes > MAX_ZSTD_TENSOR:
+            enc = "raw"  # §3: empty tensors and tensors above 2^30 bytes are stored raw
         if enc == "zstd":
             if compressor is None:
                 compressor = zstandard.ZstdCompressor(level=zstd_level, write_content_size=True)
@@ -971,7 +1031,8 @@ def write(path, kind: str, metadata=None, tensors=(), encoding="raw",
     ``tensors``: a dict name -> array, or an iterable of ``(name, array)`` or
     ``(name, array, dtype)``, in file order.  The dtype is taken from the
     numpy dtype; pass it explicitly for ``BF16`` / ``F8_*`` with an array of
-    uint16 / uint8 bit patterns.  ``encoding``: ``"raw"``, ``"zstd"`` or a
+    uint16 / uint8 bit patterns, and use ``(name, data, dtype, shape)`` for
+    the packed types (``F4``, ``F6_*``: ``data`` holds the packed bytes).  ``encoding``: ``"raw"``, ``"zstd"`` or a
     dict name -> encoding (missing names are raw).  ``compress_header`` stores
     the header as one zstd frame (flag bit 0).
 

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets (one per parser) with address sanitizer and runs each for
+# FUZZ_SECONDS (default 600), in parallel, seeded from the test fixtures and samples.
+#   bash Fuzz/run.sh            # build and run both
+#   FUZZ_SECONDS=60 bash Fuzz/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${FUZZ_SECONDS:-600}"
+out=Fuzz/out
+mkdir -p "$out"
+cflags=(-O2 -g -fsanitize=address,fuzzer-no-link -I Sources/CLidbSupport/include)
+clang "${cflags[@]}" -c Sources/CLidbSupport/crc32c.c -o "$out/crc32c.o"
+
+build() {  # name, entry file
+    if ! swiftc -O -g -sanitize=fuzzer,address -parse-as-library -module-name TensorFile \
+        -I Sources/CZstd -I Sources/CLidbSupport/include \
+        Sources/TensorFile/*.swift "$2" "$out/crc32c.o" -lzstd -o "$out/$1" > "$out/$1.build.log" 2>&1; then
+        grep -v "ld.gold: warning" "$out/$1.build.log" >&2
+        exit 1
+    fi
+}
+build fuzz-safetensors Fuzz/SafetensorsHeaderFuzz.swift
+build fuzz-lidb Fuzz/LidbHeaderFuzz.swift
+
+# Seed corpora: real files of each format.
+mkdir -p Fuzz/corpus-safetensors Fuzz/corpus-lidb
+find Tests/TensorFileTests/Fixtures -name '*.safetensors' -size -200k -exec cp {} Fuzz/corpus-safetensors/ \;
+lidb="$(swift build --show-bin-path)/lidb"
+swift build --product lidb >/dev/null
+for f in Fuzz/corpus-safetensors/*.safetensors; do
+    n=$(basename "$f" .safetensors)
+    "$lidb" convert "$f" -o "Fuzz/corpus-lidb/$n.lidb" >/dev/null
+    "$lidb" convert "$f" -o "Fuzz/corpus-lidb/$n-zstd.lidb" --zstd >/dev/null
+done
+if [[ -d spec/examples ]]; then cp spec/examples/*.lidb Fuzz/corpus-lidb/ 2>/dev/null || true; fi
+
+run() {  # name
+    "$out/$1" -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=4096 -print_final_stats=1 \
+        -artifact_prefix="$out/$1-" "Fuzz/corpus-${1#fuzz-}" > "$out/$1.log" 2>&1
+}
+run fuzz-safetensors & p1=$!
+run fuzz-lidb & p2=$!
+status=0
+wait $p1 || status=1
+wait $p2 || status=1
+for t in fuzz-safetensors fuzz-lidb; do
+    echo "== $t"
+    grep -E "stat::number_of_executed_units|stat::peak_rss_mb|ERROR|Done" "$out/$t.log" || tail -5 "$out/$t.log"
+done
+exit $status
