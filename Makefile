@@ -1,5 +1,5 @@
 # lidb — common tasks. `make demo` and `make test` work on a fresh Debian machine with Swift.
-.PHONY: deps demo test test-release bench fuzz fixtures samples clean
+.PHONY: deps demo test test-python bench fuzz fixtures samples clean
 
 deps:
 	bash scripts/deps.sh
@@ -7,9 +7,17 @@ deps:
 demo: deps
 	bash scripts/demo.sh
 
-test: deps
+test: deps test-python
 	swift build --build-tests
 	swift test --skip-build
+
+# The independent Python reader/writer of the format (numpy + zstandard only), in its own venv.
+PYVENV ?= .build/pyvenv
+test-python:
+	@test -x $(PYVENV)/bin/python || python3 -m venv $(PYVENV)
+	@$(PYVENV)/bin/python -c "import numpy, zstandard" 2>/dev/null || $(PYVENV)/bin/pip install -q "numpy==2.4.6" "zstandard==0.25.0"
+	$(PYVENV)/bin/python -m unittest discover -s converters/python/tests
+	$(PYVENV)/bin/python converters/python/make_spec_example.py --check
 
 bench: deps
 	bash Benchmarks/format/run.sh

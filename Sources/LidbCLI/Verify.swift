@@ -18,12 +18,16 @@ struct Verify: ParsableCommand {
         let c: TensorCollection
         do {
             c = try openTensorCollection(path, checksums: .never)
-        } catch let e as TensorFileError {
-            printError("lidb: damaged: \(e.description)")
-            // A header that fails its checksum or validation is damage, not a usage error.
-            if case .io = e.problem { throw ExitCode(2) }
-            if case .notARegularFile = e.problem { throw ExitCode(2) }
-            throw ExitCode(1)
+        } catch let e {
+            switch e.problem {
+            case .io, .notARegularFile:
+                printError("lidb: error: \(e.description)")
+                throw ExitCode(2)
+            default:
+                // A header that fails its checksum or validation is damage, not a usage error.
+                printError("lidb: damaged: \(e.description)")
+                throw ExitCode(1)
+            }
         }
         if let l = c as? LidbFile {
             let problems = l.verify()

@@ -46,6 +46,7 @@ public func convertCollection(_ source: TensorCollection, to path: String, dtype
                 if !r.isClean { reports.items.append((name, r)) }
             }
             try inner.produce(consume)
+            bytes.releasePages()
         })
         if target != t.dtype { summary.converted += 1 }
     }

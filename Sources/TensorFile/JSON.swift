@@ -182,6 +182,7 @@ struct JSONParser {
 
     mutating func parseNumber() throws(JSONParseError) -> JSONValue {
         let start = pos
+        var isInteger = true
         if peek() == UInt8(ascii: "-") { pos += 1 }
         guard let first = peek(), first >= 0x30, first <= 0x39 else { throw .syntax(offset: pos, reason: "invalid number") }
         if first == 0x30 {
@@ -191,18 +192,24 @@ struct JSONParser {
             while let d = peek(), d >= 0x30, d <= 0x39 { pos += 1 }
         }
         if peek() == UInt8(ascii: ".") {
+            isInteger = false
             pos += 1
             guard let d = peek(), d >= 0x30, d <= 0x39 else { throw .syntax(offset: pos, reason: "invalid fraction") }
             while let d = peek(), d >= 0x30, d <= 0x39 { pos += 1 }
         }
         if peek() == UInt8(ascii: "e") || peek() == UInt8(ascii: "E") {
+            isInteger = false
             pos += 1
             if peek() == UInt8(ascii: "+") || peek() == UInt8(ascii: "-") { pos += 1 }
             guard let d = peek(), d >= 0x30, d <= 0x39 else { throw .syntax(offset: pos, reason: "invalid exponent") }
             while let d = peek(), d >= 0x30, d <= 0x39 { pos += 1 }
         }
         guard pos - start <= 400 else { throw .syntax(offset: start, reason: "number literal too long") }
-        return .number(String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<pos]), as: UTF8.self))
+        let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<pos]), as: UTF8.self)
+        if !isInteger, let d = Double(text), !d.isFinite {
+            throw .syntax(offset: start, reason: "number out of the range of a 64-bit float")
+        }
+        return .number(text)
     }
 
     mutating func hex4() throws(JSONParseError) -> UInt32 {

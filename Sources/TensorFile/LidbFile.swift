@@ -70,11 +70,12 @@ public final class LidbFile: TensorCollection, @unchecked Sendable {
     /// Checks every tensor checksum, that zstd tensors decode to their declared size, and that all
     /// padding is zero. Returns one error per damaged part (empty when intact).
     public func verify() -> [TensorFileError] {
-        Self.verify(layout: layout, bytes: map.bytes, file: path)
+        Self.verify(layout: layout, bytes: map.bytes, file: path, release: map.release)
     }
 
     /// `verify()` over a whole file held in memory, given its validated layout.
-    public static func verify(layout: LidbLayout, bytes: UnsafeRawBufferPointer, file: String) -> [TensorFileError] {
+    public static func verify(layout: LidbLayout, bytes: UnsafeRawBufferPointer, file: String,
+                              release: ((UnsafeRawBufferPointer) -> Void)? = nil) -> [TensorFileError] {
         var problems: [TensorFileError] = []
         let headerEnd = 64 + Int(layout.headerStoredLength)
         if let nz = firstNonZero(bytes, headerEnd..<Int(layout.dataOffset)) {
@@ -88,6 +89,7 @@ public final class LidbFile: TensorCollection, @unchecked Sendable {
             }
             let stored = UnsafeRawBufferPointer(rebasing: bytes[start..<start + Int(e.length)])
             let crc = CRC32C.checksum(stored)
+            release?(stored)
             if crc != e.crc32c {
                 problems.append(TensorFileError(file: file, tensor: e.info.name, .tensorChecksumMismatch(stored: e.crc32c, computed: crc)))
             } else if e.encoding == .zstd && e.info.byteCount > 0 {

@@ -16,6 +16,11 @@ public enum LidbFormat {
     /// Bits 0–15 must be understood by a reader; bits 16–31 may be ignored.
     public static let requiredFlagMask: UInt32 = 0x0000_FFFF
     public static let knownKinds = ["base", "hypernetwork", "subject", "basis", "tensors"]
+
+    /// Kinds are 1–64 characters of `a-z`, `0-9` and `-`.
+    public static func isValidKind(_ k: String) -> Bool {
+        !k.isEmpty && k.utf8.count <= 64 && k.utf8.allSatisfy { (0x61...0x7A).contains($0) || (0x30...0x39).contains($0) || $0 == 0x2D }
+    }
 }
 
 /// How a tensor's bytes are stored.
@@ -96,7 +101,8 @@ public struct LidbLayout: Equatable, Sendable {
         }
         let expectedDataOffset = align64(64 + storedLen)
         guard dataOffset % 64 == 0 else { throw fail(.misalignedDataSection(offset: dataOffset)) }
-        guard dataOffset == expectedDataOffset else { throw fail(.hole(expectedBegin: expectedDataOffset, actualBegin: dataOffset)) }
+        if dataOffset > expectedDataOffset { throw fail(.hole(expectedBegin: expectedDataOffset, actualBegin: dataOffset)) }
+        if dataOffset < expectedDataOffset { throw fail(.overlap(expectedBegin: expectedDataOffset, actualBegin: dataOffset)) }
         let (dataEnd, o) = dataOffset.addingReportingOverflow(dataLength)
         guard !o, dataEnd == size else {
             if !o && dataEnd > size { throw fail(.truncated(needed: dataEnd, available: size)) }
@@ -116,7 +122,9 @@ public struct LidbLayout: Equatable, Sendable {
         }
         guard case .object = json else { throw fail(.headerNotObject) }
         guard let kindValue = json["kind"] else { throw fail(.missingField("kind")) }
-        guard let kind = kindValue.stringValue else { throw fail(.wrongType(field: "kind", expected: "a string")) }
+        guard let kind = kindValue.stringValue, LidbFormat.isValidKind(kind) else {
+            throw fail(.wrongType(field: "kind", expected: "a string of lower-case letters, digits and '-'"))
+        }
         let metadata = json["metadata"] ?? .object([])
         guard case .object = metadata else { throw fail(.wrongType(field: "metadata", expected: "an object")) }
         guard let tv = json["tensors"] else { throw fail(.missingField("tensors")) }
@@ -175,7 +183,7 @@ public struct LidbLayout: Equatable, Sendable {
             guard v.isInteger, case let .number(s) = v, !s.hasPrefix("-") else {
                 throw fail(.wrongType(field: key, expected: "a non-negative integer"))
             }
-            guard let x = UInt64(s) else { throw fail(.outOfRange(end: UInt64.max, limit: UInt64(Int.max))) }
+            guard let x = UInt64(s) else { throw fail(.wrongType(field: key, expected: "an integer below 2^64")) }
             return x
         }
         let offset = try u64Field("offset")

@@ -29,9 +29,7 @@ public enum LidbWriter {
                              options: Options = .init(), progress: ((Int, Int) -> Void)? = nil) throws(TensorFileError) {
         func fail(_ p: TensorFileError.Problem, _ t: String? = nil) -> TensorFileError { TensorFileError(file: path, tensor: t, p) }
         guard case .object = metadata else { throw fail(.wrongType(field: "metadata", expected: "an object")) }
-        guard !kind.isEmpty, kind.utf8.allSatisfy({ (0x61...0x7A).contains($0) || (0x30...0x39).contains($0) || $0 == 0x2D }) else {
-            throw fail(.unknownKind(kind))
-        }
+        guard LidbFormat.isValidKind(kind) else { throw fail(.unknownKind(kind)) }
         var names = Set<String>()
         for t in tensors {
             let n = t.info.name

@@ -46,6 +46,24 @@ public final class MappedFile: ByteOwner, @unchecked Sendable {
         _ = madvise(base + start, range.upperBound - start, MADV_WILLNEED)
     }
 
+    /// Drops the pages of `range` from this process's memory (they stay in the page cache and are
+    /// mapped in again if touched), so streaming over a big file keeps the resident size small.
+    public func release(_ range: Range<Int>) {
+        guard let base, !range.isEmpty else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (range.lowerBound + page - 1) / page * page  // whole pages inside the range only
+        let end = range.upperBound / page * page
+        if end > start { _ = madvise(base + start, end - start, MADV_DONTNEED) }
+    }
+
+    /// `release` for a sub-buffer of `bytes`.
+    public func release(_ sub: UnsafeRawBufferPointer) {
+        guard let b = bytes.baseAddress, let s = sub.baseAddress, sub.count > 0 else { return }
+        let lo = s - b
+        guard lo >= 0, lo + sub.count <= bytes.count else { return }
+        release(lo..<(lo + sub.count))
+    }
+
     deinit {
         if let base { munmap(base, length) }
     }

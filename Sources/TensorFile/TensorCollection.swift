@@ -16,6 +16,14 @@ extension TensorCollection {
     public var totalBytes: UInt64 { tensors.reduce(0) { $0 + UInt64($1.byteCount) } }
 }
 
+extension TensorBytes {
+    /// Tells the kernel this process is done with the bytes for now when they are a view into a
+    /// mapped file (no effect on owned memory). The view stays valid.
+    public func releasePages() {
+        (owner as? MappedFile)?.release(bytes)
+    }
+}
+
 /// Opens any supported tensor file by its content: `.lidb` magic, a safetensors header, or a
 /// `*.safetensors.index.json` shard index.
 public func openTensorCollection(_ path: String, checksums: LidbFile.ChecksumPolicy = .smallFiles) throws(TensorFileError) -> TensorCollection {

@@ -23,7 +23,8 @@ are not byte-addressable.  ``C64`` becomes ``complex64``.
 Integers in the JSON header are returned as Python ``int`` when they fit in a
 signed 64-bit integer; integer literals that do not fit are kept exactly, as
 text, in an :class:`IntegerText` (a ``str`` subclass).  Floating-point literals
-become ``float``.
+become ``float`` and must be finite as binary64 (``1e400`` is ``invalidJSON``).
+``\\u`` escapes that encode lone surrogates are ``invalidJSON`` (§1.2).
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ DTYPES: Dict[str, Tuple[int, Optional[str]]] = {
 ENCODINGS = ("raw", "zstd")
 
 _CRC_RE = re.compile(r"[0-9a-f]{8}")
-_KIND_RE = re.compile(r"[a-z0-9-]+")
+_KIND_RE = re.compile(r"[a-z0-9-]{1,64}")  # §1.2: 1-64 characters
+_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
 _INT_LITERAL_RE = re.compile(r"-?(?:0|[1-9][0-9]*)")
 
 
@@ -132,7 +134,8 @@ class LidbError(Exception):
 
 class IntegerText(str):
     """An integer literal from the header that does not fit in a signed 64-bit
-    integer, kept exactly as its decimal text (§1.2 "reject or keep as text")."""
+    integer, kept exactly as its decimal text (§1.2: integers outside the 64-bit
+    range are kept as their literal text)."""
 
     def __repr__(self) -> str:
         return f"IntegerText({str.__repr__(self)})"
@@ -192,6 +195,20 @@ _WS_RE = re.compile(r"[ \t\n\r]*")
 _NUMBER_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 
 
+def _string(text: str, pos: int) -> Tuple[str, int]:
+    """Scan the string whose opening quote is at ``pos``; return it and the
+    position after the closing quote.  Rejects what RFC 8259 rejects, and
+    ``\\u`` escapes encoding lone surrogates (§1.2; a valid pair is joined into
+    one code point by the scanner, so any surrogate left over is a lone one)."""
+    try:
+        s, end = _scanstring(text, pos + 1, True)
+    except ValueError as e:
+        raise LidbError("invalidJSON", f"bad string at character {pos} ({e})")
+    if _SURROGATE_RE.search(s) is not None:
+        raise LidbError("invalidJSON", f"string at character {pos} holds a lone surrogate")
+    return s, end
+
+
 def _number(lit: str, is_float: bool, pos: int):
     if is_float:
         v = float(lit)
@@ -211,9 +228,11 @@ def parse_json(text: str, max_nesting: int = MAX_NESTING):
 
     The whole text is checked for syntax first (``invalidJSON``), then for
     nesting deeper than ``max_nesting`` arrays/objects (``nestingTooDeep``),
-    then for duplicate keys (``duplicateKey``).  The top-level value counts as
-    depth 1.  NaN/Infinity literals are not JSON and are rejected; number
-    literals that overflow binary64 are rejected as well.  The parser is
+    then for duplicate keys (``duplicateKey``, compared after unescaping).  The
+    top-level value counts as depth 1.  Restrictions of §1.2: NaN/Infinity
+    literals are not JSON; floating-point literals that overflow binary64
+    (``1e400``), ``\\u`` escapes encoding lone surrogates and a byte-order mark
+    are ``invalidJSON``.  The parser is
     iterative, so deep input cannot exhaust the Python stack.
     """
     n = len(text)
@@ -231,10 +250,7 @@ def parse_json(text: str, max_nesting: int = MAX_NESTING):
     def read_key(pos: int) -> Tuple[str, int]:
         if pos >= n or text[pos] != '"':
             fail("expected a string key", pos)
-        try:
-            key, pos = _scanstring(text, pos + 1, True)
-        except ValueError as e:
-            fail(f"bad string ({e})", pos)
+        key, pos = _string(text, pos)
         pos = ws(text, pos).end()
         if pos >= n or text[pos] != ":":
             fail("expected ':'", pos)
@@ -266,10 +282,7 @@ def parse_json(text: str, max_nesting: int = MAX_NESTING):
                 stack.append(frame)
                 complete = False
         elif c == '"':
-            try:
-                value, pos = _scanstring(text, pos + 1, True)
-            except ValueError as e:
-                fail(f"bad string ({e})", pos)
+            value, pos = _string(text, pos)
         elif c == "t" and text.startswith("true", pos):
             value, pos = True, pos + 4
         elif c == "f" and text.startswith("false", pos):
@@ -485,7 +498,6 @@ class Container:
         self._by_name: Dict[str, TensorEntry] = {}
         self._buf: Optional[memoryview] = None
         self._mmap = None
-        self._verify = True
 
     # -- access
     def __contains__(self, name: str) -> bool:
@@ -516,12 +528,13 @@ class Container:
         return self._buf[start:start + t.length]
 
     def tensor_bytes(self, name: str) -> bytes:
-        """The decoded bytes of a tensor, checksum checked (always for zstd)."""
+        """The decoded bytes of a tensor.  A ``zstd`` tensor's checksum is
+        checked each time, before decoding; a raw tensor is handed out as a
+        view without a check (§5)."""
         t = self.entry(name)
         stored = self.stored_bytes(name)
-        if t.encoding == "zstd" or self._verify:
-            _check_crc(t, stored)
         if t.encoding == "zstd":
+            _check_crc(t, stored)
             return _zstd_decode_exact(stored, t.decoded_size, f"tensor {t.name!r}")
         return stored
 
@@ -583,17 +596,17 @@ def read(source, verify: bool = True) -> Container:
     """Open a ``.lidb`` file (a path, or the file's bytes) and perform every
     check of §5 in order, raising :class:`LidbError` at the first failure.
 
-    With ``verify`` (the default) every tensor's CRC-32C is also checked now
-    (``tensorChecksumMismatch``) and again on each access; without it raw
-    tensors are returned unchecked (zstd tensors are always checked before
-    decoding).  Padding and zstd payloads are checked by :func:`verify`.
+    With ``verify`` (the default) every tensor's CRC-32C is also checked once
+    now (``tensorChecksumMismatch``), as the Swift reader does for small files;
+    this goes beyond §5.  On access raw tensors are handed out unchecked and
+    zstd tensors are checked before each decoding.  Padding and zstd payloads
+    are checked by :func:`verify`.
     """
     buf, mm = _open_source(source)
     try:
         c = _parse(buf)
         c._buf = buf
         c._mmap = mm
-        c._verify = verify
         if verify:
             for t in c.tensors:
                 _check_crc(t, c.stored_bytes(t.name))
@@ -653,10 +666,14 @@ def _parse(buf: memoryview) -> Container:
     if data_offset % 64:
         raise LidbError("misalignedDataSection", f"data_offset {data_offset} is not a multiple of 64")
     expected_offset = align64(PREAMBLE_SIZE + stored_length)
-    if data_offset != expected_offset:
+    if data_offset > expected_offset:
         raise LidbError("hole", f"data_offset {data_offset}, expected {expected_offset}")
+    if data_offset < expected_offset:
+        raise LidbError("overlap", f"data_offset {data_offset}, expected {expected_offset}")
     end = data_offset + data_length
-    if end > MAX_U64 or end > size:
+    if end > MAX_U64:
+        raise LidbError("dataSectionMismatch", f"data_offset + data_length = {end} overflows 64 bits")
+    if end > size:
         raise LidbError("truncated", f"data section ends at {end}, the file has {size} bytes")
     if end != size:
         raise LidbError("dataSectionMismatch", f"data section ends at {end}, the file has {size} bytes")
@@ -679,8 +696,9 @@ def _parse(buf: memoryview) -> Container:
     # 9. top-level fields
     if "kind" not in header:
         raise LidbError("missingField", "header has no 'kind'")
-    if not isinstance(header["kind"], str) or isinstance(header["kind"], IntegerText):
-        raise LidbError("wrongType", "'kind' is not a string")
+    kind = header["kind"]
+    if type(kind) is not str or not _KIND_RE.fullmatch(kind):
+        raise LidbError("wrongType", f"'kind' is not 1-64 characters of a-z, 0-9 and '-': {kind!r:.80}")
     metadata = header.get("metadata", {})
     if "metadata" in header and not isinstance(metadata, dict):
         raise LidbError("wrongType", "'metadata' is not an object")
@@ -707,7 +725,7 @@ def _parse(buf: memoryview) -> Container:
         if entry.offset < expected:
             raise LidbError("overlap", f"{where}: offset {entry.offset}, expected {expected}")
         tend = entry.offset + entry.length
-        if tend > MAX_I63 or tend > data_length:
+        if tend > MAX_U64 or tend > data_length:
             raise LidbError("outOfRange", f"{where}: ends at {tend}, data section has {data_length} bytes")
         prev_end = tend
         entries.append(entry)
@@ -730,6 +748,18 @@ def _parse(buf: memoryview) -> Container:
 
 def _is_int(v) -> bool:
     return type(v) is int  # excludes bool and IntegerText
+
+
+def _u64(v) -> Optional[int]:
+    """``v`` as an integer in [0, 2^64), or None.  Literals in [2^63, 2^64)
+    arrive as IntegerText and are accepted here (§5 step 10: "below 2^64")."""
+    if type(v) is IntegerText:
+        if v.startswith("-") or len(v) > 20:
+            return None
+        v = int(v)
+    elif type(v) is not int:
+        return None
+    return v if 0 <= v <= MAX_U64 else None
 
 
 def _check_row(i: int, row) -> TensorEntry:
@@ -755,21 +785,23 @@ def _check_row(i: int, row) -> TensorEntry:
     if "dtype" not in row:
         raise LidbError("missingField", f"{where} has no 'dtype'")
     dtype = row["dtype"]
-    if type(dtype) is not str or dtype not in DTYPES:
-        raise LidbError("unknownDType", f"{where}: unknown dtype {dtype!r}")
+    if type(dtype) is not str:
+        raise LidbError("wrongType", f"{where}: 'dtype' is not a string")
+    if dtype not in DTYPES:
+        raise LidbError("unknownDType", f"{where}: unknown dtype {dtype!r:.80}")
     # shape
     if "shape" not in row:
         raise LidbError("missingField", f"{where} has no 'shape'")
     shape = row["shape"]
     if not isinstance(shape, list):
-        raise LidbError("invalidShape", f"{where}: 'shape' is not an array")
+        raise LidbError("wrongType", f"{where}: 'shape' is not an array")
     if len(shape) > MAX_RANK:
         raise LidbError("invalidShape", f"{where}: {len(shape)} dimensions (at most {MAX_RANK})")
     for d in shape:
         if not _is_int(d) or d < 0 or d > MAX_I63:
             raise LidbError("invalidShape", f"{where}: dimension {d!r} is not a non-negative 63-bit integer")
     # §2: dimensions multiplied left to right, every intermediate <= 2^64 - 1,
-    # then times the element size in bits (checked again); whole bytes; < 2^63 bytes
+    # then times the element size in bits (checked again); whole bytes
     numel = 1
     for d in shape:
         numel *= d
@@ -780,23 +812,23 @@ def _check_row(i: int, row) -> TensorEntry:
         raise LidbError("sizeOverflow", f"{where}: size in bits overflows 64 bits")
     if nbits % 8:
         raise LidbError("invalidShape", f"{where}: {numel} {dtype} elements are not a whole number of bytes")
-    decoded = nbits // 8
-    if decoded > MAX_I63:
-        raise LidbError("sizeOverflow", f"{where}: byte size overflows 63 bits")
+    decoded = nbits // 8  # below 2^61, since nbits < 2^64
     # offset, length
     vals = {}
     for field in ("offset", "length"):
         if field not in row:
             raise LidbError("missingField", f"{where} has no '{field}'")
-        v = row[field]
-        if not _is_int(v) or v < 0:
-            raise LidbError("wrongType", f"{where}: '{field}' is not a non-negative integer")
+        v = _u64(row[field])
+        if v is None:
+            raise LidbError("wrongType", f"{where}: '{field}' is not a non-negative integer below 2^64")
         vals[field] = v
     offset, length = vals["offset"], vals["length"]
     # encoding
     encoding = row.get("encoding", "raw")
-    if type(encoding) is not str or encoding not in ENCODINGS:
-        raise LidbError("unknownEncoding", f"{where}: unknown encoding {encoding!r}")
+    if type(encoding) is not str:
+        raise LidbError("wrongType", f"{where}: 'encoding' is not a string")
+    if encoding not in ENCODINGS:
+        raise LidbError("unknownEncoding", f"{where}: unknown encoding {encoding!r:.80}")
     if encoding == "raw" and length != decoded:
         raise LidbError("sizeMismatch", f"{where}: raw length {length} != decoded size {decoded}")
     if encoding == "zstd" and decoded == 0:
@@ -953,7 +985,7 @@ def _plan(kind: str, metadata, tensors, encoding, compress_header: bool, zstd_le
     stored header + zero padding up to data_offset; ``chunks`` are the tensor
     byte strings each preceded by its zero padding."""
     if type(kind) is not str or not _KIND_RE.fullmatch(kind):
-        raise ValueError("kind: lower-case ASCII letters, digits and '-'")
+        raise ValueError("kind: 1-64 characters of a-z, 0-9 and '-'")
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict):

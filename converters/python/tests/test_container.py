@@ -157,6 +157,31 @@ class TestRoundTrip(Base):
         self.assertEqual(len(blob), c.data_offset)
         self.assertEqual(lidb.dumps("tensors", c.metadata, []), blob)
 
+    def test_float_format(self):
+        # §6: shortest form reading back to the same binary64, always with '.' or an exponent
+        import random
+        for f in [2.0, -0.0, 0.0, 1e16, 1e-05, 0.1, 1 / 3, 5e-324, 1.7976931348623157e308, 123456789.0, 1e22, -2.5]:
+            text = encode_json(f)
+            self.assertTrue("." in text or "e" in text or "E" in text, text)
+            self.assertEqual(float(text), f)
+            self.assertIs(type(parse_json(text)), float)
+            self.assertEqual(repr(float(text)), repr(f))  # -0.0 keeps its sign
+        self.assertEqual(encode_json(2.0), "2.0")
+        self.assertEqual(encode_json(np.float32(0.5)), "0.5")
+        rng = random.Random(5)
+        for _ in range(2000):
+            f = struct.unpack("<d", rng.randbytes(8))[0]
+            if f != f or f in (float("inf"), float("-inf")):
+                continue
+            text = encode_json(f)
+            self.assertEqual(parse_json(text), f)
+            # shortest: one digit fewer does not read back
+            mant = text.split("e")[0].replace("-", "").replace(".", "").lstrip("0")
+            if len(mant) > 1:
+                self.assertNotEqual(float("%.*e" % (len(mant) - 2, f)), f, text)
+        with self.assertRaises(ValueError):
+            encode_json(float("nan"))
+
     def test_escaping_matches_json_module(self):
         s = "".join(chr(i) for i in range(0x100)) + "\u2028\ue000\U0001f600"
         self.assertEqual(encode_json(s), json.dumps(s, ensure_ascii=False))
@@ -253,6 +278,9 @@ class TestRoundTrip(Base):
         for kind, meta, tensors in [
             ("Tensors", {}, {}),                      # kind: lower-case
             ("", {}, {}),
+            ("k" * 65, {}, {}),                       # kind: at most 64 characters
+            ("a b", {}, {}),
+            ("tensors", {"s": "\ud800"}, {}),         # lone surrogate: not valid Unicode
             ("tensors", {1: 2}, {}),                  # non-string key
             ("tensors", {"x": float("inf")}, {}),
             ("tensors", {"x": 1 << 63}, {}),          # does not fit in 64 bits
@@ -311,6 +339,32 @@ class TestJSON(Base):
                 with self.assertRaises(LidbError) as cm:
                     parse_json(t)
                 self.assertEqual(cm.exception.code, "invalidJSON")
+
+    def test_lone_surrogates(self):
+        # §1.2: \u escapes must not encode lone surrogates, in keys and values, anywhere
+        for t in ['"\\ud800"', '"\\udc00"', '"a\\ud83d"', '"\\ude00\\ud83d"', '"\\ud83d\\u0041"',
+                  '"\\ud83d\\ud83d"', '"\\ud83dx\\ude00"', '{"\\udfff":1}', '[1,{"a":["\\ud800"]}]']:
+            with self.subTest(text=t):
+                with self.assertRaises(LidbError) as cm:
+                    parse_json(t)
+                self.assertEqual(cm.exception.code, "invalidJSON")
+        self.assertEqual(parse_json('"\\ud83d\\ude00\\uD83D\\uDE00"'), "\U0001f600" * 2)
+        self.assertEqual(parse_json('{"\\ue000":"\\uffff"}'), {"\ue000": "\uffff"})
+
+    def test_float_range(self):
+        # §1.2: a floating-point literal must be finite as a binary64
+        for t in ["1e400", "-1e400", "1.8e308", "[0.5,{\"x\":-2E+309}]", "1" * 400 + ".0"]:
+            with self.subTest(text=t[:40]):
+                with self.assertRaises(LidbError) as cm:
+                    parse_json(t)
+                self.assertEqual(cm.exception.code, "invalidJSON")
+        self.assertEqual(parse_json("[1.7976931348623157e308,1e-400,-5e-324]"), [1.7976931348623157e308, 0.0, -5e-324])
+        self.assertEqual(parse_json("1" * 400), IntegerText("1" * 400))  # integers are kept as text
+
+    def test_bom(self):
+        with self.assertRaises(LidbError) as cm:
+            parse_json("\ufeff{}")
+        self.assertEqual(cm.exception.code, "invalidJSON")
 
     def test_depth(self):
         self.assertEqual(parse_json("[" * 64 + "]" * 64), eval("[" * 64 + "]" * 64))
@@ -415,9 +469,14 @@ class TestValidation(Base):
         do = struct.unpack_from("<Q", blob, 32)[0]
         self.assertCode(good_file(data_offset=do + 1), "misalignedDataSection")
         self.assertCode(good_file(data_offset=do + 64), "hole")
-        self.assertCode(good_file(data_offset=do - 64), "hole")
+        self.assertCode(good_file(data_offset=do - 64), "overlap")  # smaller: overlap, greater: hole
+        self.assertCode(good_file(data_offset=0), "overlap")
         self.assertCode(good_file(data_length=len(GOOD_DATA) + 1), "truncated")
-        self.assertCode(good_file(data_length=(1 << 64) - 1), "truncated")
+        self.assertCode(good_file(data_length=(1 << 63)), "truncated")
+        # data_offset + data_length overflowing 64 bits
+        self.assertCode(good_file(data_length=(1 << 64) - 1), "dataSectionMismatch")
+        self.assertCode(good_file(data_length=(1 << 64) - do), "dataSectionMismatch")
+        self.assertCode(good_file(data_length=(1 << 64) - do - 1), "truncated")
         self.assertCode(good_file(extra=b"\x00"), "dataSectionMismatch")
         self.assertCode(good_file(data_length=len(GOOD_DATA) - 1), "dataSectionMismatch")
 
@@ -441,6 +500,13 @@ class TestValidation(Base):
             "truncated frame": good[:-2],
             "corrupt frame": bytes(corrupt),
         }
+        d = zstandard.ZstdCompressionDict(b"kind tensors metadata name dtype shape offset length" * 20,
+                                          dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+        cases["dictionary (id in frame)"] = zstandard.ZstdCompressor(
+            dict_data=zstandard.train_dictionary(1024, [h, h[::-1], h.upper(), h.lower()] * 10),
+            write_dict_id=True).compress(h)
+        cases["dictionary (no id)"] = zstandard.ZstdCompressor(dict_data=d, write_dict_id=False).compress(h)
+        cases["skippable frame only"] = b"\x50\x2a\x4d\x18" + struct.pack("<I", len(h)) + h
         for what, stored in cases.items():
             with self.subTest(what):
                 self.assertCode(assemble(h, GOOD_DATA, compress=True, stored=stored), "decompressionFailed")
@@ -459,6 +525,15 @@ class TestValidation(Base):
         self.assertCode(assemble(b'{"kind":"t","tensors":[],"m":NaN}'), "invalidJSON")
         self.assertCode(assemble(b''), "invalidJSON")
         self.assertCode(assemble(b'{"kind":"t","tensors":[]}\x00'), "invalidJSON")
+        self.assertCode(assemble(b'\xef\xbb\xbf{"kind":"t","tensors":[]}'), "invalidJSON")  # no BOM
+        # §1.2 restrictions apply everywhere, metadata included
+        self.assertCode(assemble(b'{"kind":"t","tensors":[],"metadata":{"s":"\\ud800"}}'), "invalidJSON")
+        self.assertCode(assemble(b'{"kind":"t","tensors":[],"metadata":{"\\udc00":1}}'), "invalidJSON")
+        self.assertCode(assemble(b'{"kind":"t","tensors":[],"x":["\\ud83d"]}'), "invalidJSON")
+        self.assertCode(assemble(b'{"kind":"t","tensors":[],"metadata":{"f":1e400}}'), "invalidJSON")
+        self.assertCode(assemble(b'{"kind":"t","tensors":[],"metadata":{"f":-1.5e999}}'), "invalidJSON")
+        c = lidb.read(assemble(b'{"kind":"t","tensors":[],"metadata":{"s":"\\ud83d\\ude00","f":1e308}}'))
+        self.assertEqual(c.metadata, {"s": "\U0001f600", "f": 1e308})
         self.assertCode(assemble('{"kind":"t","tensors":[],"metadata":' + "[" * 64 + "]" * 64 + "}"),
                         "nestingTooDeep")
         lidb.read(assemble('{"kind":"t","tensors":[],"metadata":{"d":' + "[" * 62 + "]" * 62 + "}}"))
@@ -481,8 +556,17 @@ class TestValidation(Base):
         self.assertCode(assemble({"kind": "t", "tensors": {}}), "wrongType")
         # kind is checked before metadata and tensors
         self.assertCode(assemble({"metadata": 1}), "missingField")
-        c = lidb.read(assemble({"kind": "anything Goes", "tensors": [], "later": {"x": 1}}))
-        self.assertEqual((c.kind, c.metadata), ("anything Goes", {}))
+        # a kind is 1-64 characters of a-z, 0-9 and '-'
+        for kind in ["", "Tensors", "anything goes", "a_b", "a.b", "é", "k" * 65, "tensors\n", "\u0131"]:
+            with self.subTest(kind=kind):
+                self.assertCode(assemble({"kind": kind, "tensors": []}), "wrongType")
+        self.assertCode(assemble({"kind": IntegerText("123456789012345678901234567890"), "tensors": []}), "wrongType")
+        for kind in ["k" * 64, "-", "0", "a-9-z", "my-kind-2"]:
+            self.assertEqual(lidb.read(assemble({"kind": kind, "tensors": []})).kind, kind)
+        # kind is checked before metadata and tensors
+        self.assertCode(assemble({"kind": "Bad", "metadata": 1}), "wrongType")
+        c = lidb.read(assemble({"kind": "anything-goes", "tensors": [], "later": {"x": 1}}))
+        self.assertEqual((c.kind, c.metadata), ("anything-goes", {}))
 
     # 10
     def test_step10_row_fields(self):
@@ -510,8 +594,15 @@ class TestValidation(Base):
             ([without("dtype")], "missingField"),
             ([w(dtype="f32")], "unknownDType"),
             ([w(dtype="FLOAT")], "unknownDType"),
+            ([w(dtype=None)], "wrongType"),  # dtype: present, a string, known
+            ([w(dtype=8)], "wrongType"),
+            ([w(dtype=["U8"])], "wrongType"),
+            ([w(dtype=IntegerText("18446744073709551616"))], "wrongType"),
             ([without("shape")], "missingField"),
-            ([w(shape=4)], "invalidShape"),
+            ([w(shape=4)], "wrongType"),  # shape: present, an array, valid dimensions
+            ([w(shape=None)], "wrongType"),
+            ([w(shape="[4]")], "wrongType"),
+            ([w(shape={"0": 4})], "wrongType"),
             ([w(shape=[-4])], "invalidShape"),
             ([w(shape=[4.0])], "invalidShape"),
             ([w(shape=[True])], "invalidShape"),
@@ -532,9 +623,19 @@ class TestValidation(Base):
             ([w(offset="0")], "wrongType"),
             ([without("length")], "missingField"),
             ([w(length=-1)], "wrongType"),
-            ([w(length=IntegerText("18446744073709551616"))], "wrongType"),
+            ([w(length=IntegerText("18446744073709551616"))], "wrongType"),  # 2^64
+            ([w(offset=IntegerText("18446744073709551616"))], "wrongType"),
+            ([w(offset=IntegerText("100000000000000000000000000000"))], "wrongType"),
+            ([w(length=IntegerText("-9223372036854775809"))], "wrongType"),
+            # below 2^64 passes the type check and fails a later one
+            ([w(length=IntegerText("18446744073709551615"))], "sizeMismatch"),
+            ([w(offset=IntegerText("9223372036854775808"))], "hole"),  # 2^63, a multiple of 64
+            ([w(offset=IntegerText("18446744073709551615"))], "misalignedTensor"),
             ([w(encoding="gzip")], "unknownEncoding"),
-            ([w(encoding=None)], "unknownEncoding"),
+            ([w(encoding="RAW")], "unknownEncoding"),
+            ([w(encoding=None)], "wrongType"),  # encoding: a string, then known
+            ([w(encoding=0)], "wrongType"),
+            ([w(encoding=["raw"])], "wrongType"),
             ([w(length=5)], "sizeMismatch"),
             ([w(shape=[0], length=0, encoding="zstd", crc32c=crc_hex(b""))], "wrongType"),
             ([w(shape=[(1 << 30) + 1], encoding="zstd")], "limitExceeded"),
@@ -549,6 +650,7 @@ class TestValidation(Base):
         lidb.read(with_rows(ok, data=data4))
         # intermediate products up to 2^64 - 1 are fine (a later 0 makes the tensor empty)
         lidb.read(with_rows(w(shape=[(1 << 63) - 1, 2, 0], length=0, crc32c=crc_hex(b"")), data=b""))
+        lidb.read(with_rows(w(shape=[0, 1 << 62, 4], length=0, crc32c=crc_hex(b"")), data=b""))  # §2 example
         lidb.read(with_rows(w(dtype="F4", shape=[8], length=4), data=data4))
         lidb.read(with_rows(w(dtype="F6_E2M3", shape=[4], length=3, crc32c=crc_hex(data4[:3])), data=data4[:3]))
         lidb.read(with_rows(w(dtype="C64", shape=[0], length=0, crc32c=crc_hex(b"")), data=b""))
@@ -563,6 +665,9 @@ class TestValidation(Base):
         # within a row: the fields in order name, dtype, shape, offset/length, encoding, crc32c
         self.assertCode(with_rows({"dtype": "nope", "shape": "x"}, data=b""), "missingField")
         self.assertCode(with_rows({"name": "a", "dtype": "nope", "shape": "x"}, data=b""), "unknownDType")
+        self.assertCode(with_rows({"name": "a", "dtype": 1, "shape": [-1]}, data=b""), "wrongType")
+        self.assertCode(with_rows({"name": "a", "dtype": "U8", "shape": "x", "offset": -1}, data=b""), "wrongType")
+        self.assertCode(with_rows(row(shape=[-1], encoding=None), data=b""), "invalidShape")
         self.assertCode(with_rows(row(shape=[1] * 40, length=-1), data=b""), "invalidShape")
         self.assertCode(with_rows(row(length=5, encoding="lz4"), data=b""), "unknownEncoding")
         self.assertCode(with_rows(row(length=5, crc32c="x"), data=b""), "sizeMismatch")
@@ -586,6 +691,12 @@ class TestValidation(Base):
         self.assertCode(with_rows(big, row("b", offset=64), data=bytes(80 + 48) + d4), "overlap")
         self.assertCode(with_rows(a, row("b", offset=64), data=d4 + bytes(60) + d4[:3]), "outOfRange")
         self.assertCode(with_rows(row("a", length=4), data=d4[:3]), "outOfRange")
+        # a zstd row's length is not tied to its decoded size: offset + length past the data section
+        z = row("z", shape=[4], encoding="zstd", length=IntegerText(str((1 << 64) - 1)), data=d4)
+        self.assertCode(with_rows(z, data=d4), "outOfRange")
+        self.assertCode(with_rows(a, row("z", offset=64, shape=[4], encoding="zstd",
+                                          length=IntegerText(str((1 << 64) - 64))), data=b64),
+                        "outOfRange")
         # zero-length tensors share the next offset and may end the table
         e = row("e", dtype="F32", shape=[0], offset=64, length=0, data=b"")
         c = lidb.read(with_rows(a, e, row("b", offset=64), data=b64))
@@ -644,6 +755,64 @@ class TestTensorsAndVerify(Base):
             c.tensor("w")
         self.assertEqual(cm.exception.code, "decompressionFailed")
         self.assertEqual([p.code for p in lidb.verify(blob)], ["decompressionFailed"])
+
+    def test_zstd_tensor_frame_rules(self):
+        # §3: exactly one zstd frame, not a skippable frame, no dictionary, nothing after it
+        payload = bytes(range(64)) * 4
+        d = zstandard.ZstdCompressionDict(bytes(range(64)) * 8, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+        good = zstandard.ZstdCompressor().compress(payload)
+        frames = {
+            "dictionary, id written": zstandard.ZstdCompressor(
+                dict_data=zstandard.train_dictionary(1024, [payload, payload[::-1], bytes(range(256))] * 20),
+                write_dict_id=True).compress(payload),
+            "dictionary, no id": zstandard.ZstdCompressor(dict_data=d, write_dict_id=False).compress(payload),
+            "skippable frame": b"\x50\x2a\x4d\x18" + struct.pack("<I", len(payload)) + payload,
+            "skippable then frame": b"\x5f\x2a\x4d\x18" + struct.pack("<I", 0) + good,
+            "trailing bytes": good + b"\x00",
+        }
+        for what, frame in frames.items():
+            with self.subTest(what):
+                r = row("w", shape=[len(payload)], length=len(frame), encoding="zstd", data=frame)
+                blob = with_rows(r, data=frame)
+                c = lidb.read(blob)  # the table is consistent; the payload is not
+                with self.assertRaises(LidbError) as cm:
+                    c.tensor("w")
+                self.assertEqual(cm.exception.code, "decompressionFailed")
+                self.assertEqual([p.code for p in lidb.verify(blob)], ["decompressionFailed"])
+
+    def test_verify_reports_every_damaged_part(self):
+        # §5: verify reports tensorChecksumMismatch, nonZeroPadding and decompressionFailed, all of them
+        payload = bytes(range(16))
+        bad_frame = zstandard.ZstdCompressor().compress(payload + b"!")  # declares 17 bytes, row says 16
+        d4 = b"\x01\x02\x03\x04"
+        rows = [row("a", data=d4), row("b", offset=64, data=d4),
+                row("z", offset=128, shape=[16], length=len(bad_frame), encoding="zstd", data=bad_frame)]
+        data = bytearray(d4 + bytes(60) + d4 + bytes(60) + bad_frame)
+        data[0] ^= 0xFF  # tensor a damaged
+        data[70] = 1  # padding after b
+        blob = assemble(good_header(tensors=rows), bytes(data), pad_byte=2)
+        codes = [p.code for p in lidb.verify(blob)]
+        self.assertEqual(sorted(codes), sorted(["nonZeroPadding", "tensorChecksumMismatch", "nonZeroPadding",
+                                                "decompressionFailed"]))
+
+    def test_raw_tensors_are_unchecked_views(self):
+        # §5: raw tensors are handed out without a check, zstd ones are checked before each decoding
+        blob = lidb.dumps("tensors", {}, [("r", np.arange(4, dtype=np.uint8)), ("z", np.arange(64, dtype=np.uint8))],
+                          encoding={"z": "zstd"})
+        c = lidb.read(blob)
+        buf = bytearray(blob)
+        buf[c.data_offset] ^= 0x80
+        c2 = lidb.read(buf, verify=False)
+        self.assertEqual(c2.tensor("r").tolist(), [0x80, 1, 2, 3])
+        buf[c.data_offset + c.entry("z").offset + 5] ^= 1
+        with self.assertRaises(LidbError) as cm:
+            c2.tensor("z")
+        self.assertEqual(cm.exception.code, "tensorChecksumMismatch")
+
+    def test_element_values_not_validated(self):
+        blob = lidb.dumps("tensors", {}, [("b", np.array([0, 1, 2, 255], np.uint8), "BOOL")])
+        self.assertEqual(lidb.verify(blob), [])
+        self.assertEqual(lidb.read(blob).tensor("b").view(np.uint8).tolist(), [0, 1, 2, 255])
 
     def test_nonzero_padding(self):
         self.assertEqual([p.code for p in lidb.verify(good_file(pad_byte=1))], ["nonZeroPadding"])

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Format benchmark: lidb vs the Python safetensors library on a 1,000-tensor, ~2.1 GB file.
+# Needs the pinned Python venv (converters/setup_venv.sh) and ~8 GB of free disk in BENCH_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+venv="${LIDB_VENV:-$HOME/.cache/lidb-venv}"
+[[ -x "$venv/bin/python" ]] || bash converters/setup_venv.sh
+swift build -c release --product lidb
+lidb="$(swift build -c release --show-bin-path)/lidb"
+"$venv/bin/python" Benchmarks/format/bench.py "$lidb" "${BENCH_DIR:-${TMPDIR:-/tmp}/lidb-bench}" --repeat "${BENCH_REPEAT:-3}"
