@@ -15,33 +15,22 @@ initialisers differ between CPU kernels), and a re-run writes identical bytes.
 """
 
 import hashlib
+import sys
 import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import torch
-import transformers
-from transformers import CLIPTextConfig, CLIPTextModel
-
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "converters" / "fixtures"))
+from reference_models import tiny_clip_text_model  # noqa: E402
 OUT = ROOT / "samples"
 
 
 def make_text_encoder() -> Path:
-    transformers.logging.set_verbosity_error()
-    torch.manual_seed(0)
-    config = CLIPTextConfig(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-        vocab_size=512, max_position_embeddings=77, projection_dim=64,
-        bos_token_id=0, eos_token_id=2, pad_token_id=1,
+    model = tiny_clip_text_model(
+        2026, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        vocab_size=512, projection_dim=64,
     )
-    model = CLIPTextModel(config).eval()
-    rng = np.random.default_rng(2026)
-    with torch.no_grad():
-        for _, p in sorted(model.state_dict().items()):
-            values = rng.standard_normal(p.numel()).astype(np.float32) * np.float32(0.02)
-            p.copy_(torch.from_numpy(values).reshape(p.shape))
     target = OUT / "tiny-clip-text.safetensors"
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
