@@ -44,28 +44,32 @@ def main():
         "import sys; from safetensors.numpy import load_file, save_file; "
         "t = load_file(sys.argv[1]); save_file(t, sys.argv[2], metadata={'format': 'pt'})"
     )
-    cases = {
-        "python safetensors load_file + save_file": lambda: [sys.executable, "-c", py_roundtrip, big, os.path.join(work, "py.safetensors")],
-        "lidb convert safetensors -> safetensors": lambda: [lidb, "convert", big, "-o", os.path.join(work, "l.safetensors")],
-        "lidb convert safetensors -> lidb": lambda: [lidb, "convert", big, "-o", os.path.join(work, "l.lidb")],
+    outputs = {
+        "python safetensors load_file + save_file": os.path.join(work, "py.safetensors"),
+        "lidb convert safetensors -> safetensors": os.path.join(work, "l.safetensors"),
+        "lidb convert safetensors -> lidb": os.path.join(work, "l.lidb"),
+    }
+    commands = {
+        "python safetensors load_file + save_file": [sys.executable, "-c", py_roundtrip, big, outputs["python safetensors load_file + save_file"]],
+        "lidb convert safetensors -> safetensors": [lidb, "convert", big, "-o", outputs["lidb convert safetensors -> safetensors"]],
+        "lidb convert safetensors -> lidb": [lidb, "convert", big, "-o", outputs["lidb convert safetensors -> lidb"]],
     }
     # Warm the page cache so every case reads from memory.
     subprocess.run(["cat", big], stdout=subprocess.DEVNULL, check=True)
     results = {}
     for _ in range(repeat):
-        for name, make in cases.items():
-            for f in ("py.safetensors", "l.safetensors", "l.lidb"):
-                if name.startswith("python") == (f == "py.safetensors"):
-                    drop_file(os.path.join(work, f))
-            t, rss, _ = measure(make())
+        for name, cmd in commands.items():
+            drop_file(outputs[name])
+            t, rss, _ = measure(cmd)
             results.setdefault(name, []).append((t, rss))
-    same = open(os.path.join(work, "py.safetensors"), "rb").read(64) == open(os.path.join(work, "l.safetensors"), "rb").read(64)
+    same = subprocess.run(["cmp", "-s", outputs["python safetensors load_file + save_file"],
+                           outputs["lidb convert safetensors -> safetensors"]]).returncode == 0
     _, _, bench_lidb = measure([lidb, "bench", "format", os.path.join(work, "l.lidb"), "--repeat", "50"])
     _, _, bench_st = measure([lidb, "bench", "format", big, "--repeat", "50"])
     open_lidb, open_st = json.loads(bench_lidb), json.loads(bench_st)
 
     anchor = statistics.median(t for t, _ in results["python safetensors load_file + save_file"])
-    report = {"input_bytes": size, "tensors": 1000, "repeat": repeat, "cases": {}, "open": {"lidb": open_lidb, "safetensors": open_st}}
+    report = {"identical_outputs": same, "input_bytes": size, "tensors": 1000, "repeat": repeat, "cases": {}, "open": {"lidb": open_lidb, "safetensors": open_st}}
     print(f"\ninput: {size / 1e9:.2f} GB, 1000 tensors; median of {repeat} runs; page cache warm")
     print(f"{'case':45s} {'median s':>9s} {'GB/s':>6s} {'ratio':>6s} {'peak RSS MiB':>13s}")
     for name, rows in results.items():
@@ -78,7 +82,7 @@ def main():
     print(f"open + validate (.safetensors):                             median {open_st['open_ms_median']:.2f} ms")
     print(f"CRC-32C over all tensors: {open_lidb['crc_first_pass_gbps']:.2f} GB/s first pass, {open_lidb['crc_warm_gbps']:.2f} GB/s warm "
           f"(hardware: {open_lidb['crc_hardware']}); lidb verify: {open_lidb['verify_seconds']:.2f} s")
-    print(f"python and lidb safetensors outputs start with the same header: {same}")
+    print(f"python's and lidb's safetensors outputs are byte-identical: {same}")
     print("note: lidb fsyncs its output before renaming it into place; the Python library does not sync.")
     with open(os.path.join(work, "results.json"), "w") as f:
         json.dump(report, f, indent=2)
