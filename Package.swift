@@ -25,15 +25,25 @@ let package = Package(
             name: "TensorFile",
             dependencies: ["CZstd", "CLidbSupport"]
         ),
+        // Base checkpoints: diffusers folders, LDM single files, name maps, base.lidb, export.
+        .target(
+            name: "Checkpoint",
+            dependencies: ["TensorFile", .product(name: "Crypto", package: "swift-crypto")]
+        ),
         .target(
             name: "LidbCLI",
-            dependencies: ["TensorFile", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["TensorFile", "Checkpoint", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(name: "lidb", dependencies: ["LidbCLI"]),
 
         .testTarget(
             name: "TensorFileTests",
             dependencies: ["TensorFile", .product(name: "Crypto", package: "swift-crypto")],
+            exclude: ["Fixtures"]
+        ),
+        .testTarget(
+            name: "BaseTests",
+            dependencies: ["Checkpoint", "TensorFile", .product(name: "Crypto", package: "swift-crypto")],
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "CLITests", dependencies: ["TensorFile", "lidb"]),

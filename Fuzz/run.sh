@@ -9,12 +9,12 @@ seconds="${FUZZ_SECONDS:-600}"
 out=Fuzz/out
 mkdir -p "$out"
 cflags=(-O2 -g -fsanitize=address,fuzzer-no-link -I Sources/CLidbSupport/include)
-clang "${cflags[@]}" -c Sources/CLidbSupport/crc32c.c -o "$out/crc32c.o"
+for c in Sources/CLidbSupport/*.c; do clang "${cflags[@]}" -c "$c" -o "$out/$(basename "$c" .c).o"; done
 
 build() {  # name, entry file
     if ! swiftc -O -g -sanitize=fuzzer,address -parse-as-library -module-name TensorFile \
         -I Sources/CZstd -I Sources/CLidbSupport/include \
-        Sources/TensorFile/*.swift "$2" "$out/crc32c.o" -lzstd -o "$out/$1" > "$out/$1.build.log" 2>&1; then
+        Sources/TensorFile/*.swift "$2" "$out"/*.o -lzstd -o "$out/$1" > "$out/$1.build.log" 2>&1; then
         grep -v "ld.gold: warning" "$out/$1.build.log" >&2
         exit 1
     fi

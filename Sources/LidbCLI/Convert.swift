@@ -1,4 +1,5 @@
 import ArgumentParser
+import Checkpoint
 import TensorFile
 
 enum DTypeChoice: String, ExpressibleByArgument, CaseIterable {
@@ -13,29 +14,67 @@ enum DTypeChoice: String, ExpressibleByArgument, CaseIterable {
     }
 }
 
+enum PredictionChoice: String, ExpressibleByArgument, CaseIterable {
+    case epsilon
+    case v = "v_prediction"
+}
+
 struct Convert: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Convert between safetensors and .lidb.",
+        abstract: "Convert checkpoints and tensor files (safetensors, .ckpt/.pt/.bin, diffusers folders, .lidb).",
         discussion: """
-        The output format follows OUTPUT's extension (.lidb or .safetensors). INPUT may be a \
-        .lidb, a .safetensors file or a *.safetensors.index.json of a sharded checkpoint. With \
-        --dtype keep the conversion is lossless: safetensors → lidb → safetensors gives the same \
-        bytes. --dtype f32|f16|bf16 casts floating-point tensors (round to nearest even) and leaves \
-        integer tensors alone; values that overflow to ±inf or become NaN are reported. The output \
-        appears only when complete (written to a temporary file, synced, renamed).
+        The output format follows OUTPUT's extension (.lidb or .safetensors).
+
+        Base checkpoints: when OUTPUT is .lidb and INPUT is a diffusers folder (model_index.json, \
+        unet/, vae/, text_encoder/, tokenizer/, scheduler/; weights .safetensors or .bin) or a \
+        single-file Stable Diffusion checkpoint in the original LDM layout (.safetensors or \
+        .ckpt), the result is a base: weights under diffusers names, configs, tokenizer, \
+        scheduler and fingerprints. SD 1.x, SD 2.x and their inpainting variants are detected from \
+        the tensors. A single file carries no configs: they come from the released SD 1.5 / 2.1 \
+        configs adjusted to the tensors' shapes, or from --config DIR (a diffusers folder, which \
+        also supplies the tokenizer).
+
+        Other inputs convert tensor by tensor. With --dtype keep the conversion is lossless: \
+        safetensors → lidb → safetensors gives the same bytes. --dtype f32|f16|bf16 casts \
+        floating-point tensors (round to nearest even) and leaves integer tensors alone; values that \
+        overflow to ±inf or become NaN are reported. The output appears only when complete \
+        (written to a temporary file, synced, renamed).
         """
     )
 
-    @Argument(help: "The file to read.") var input: String
+    @Argument(help: "The file or diffusers folder to read.") var input: String
     @Option(name: .shortAndLong, help: "The file to write (.lidb or .safetensors).") var output: String
     @Option(help: "Element type of floating-point tensors in the output: keep, f32, f16, bf16.") var dtype: DTypeChoice = .keep
-    @Option(help: "Kind recorded in a .lidb output (tensors, base, hypernetwork, subject, basis).") var kind: String = "tensors"
-    @Flag(help: "Compress tensors with zstd where it saves space (.lidb output).") var zstd = false
+    @Option(help: "Kind recorded in a .lidb output of a plain tensor file (tensors, base, hypernetwork, subject, basis).") var kind: String = "tensors"
+    @Flag(help: "Compress tensors with zstd where it saves space (.lidb output, not for bases).") var zstd = false
+    @Option(help: "Base: use this VAE (diffusers vae folder or a VAE-only file) instead of the checkpoint's.") var vae: String?
+    @Flag(help: "Base: take the UNet from the checkpoint's EMA weights (model_ema.*).") var ema = false
+    @Option(help: "Base: epsilon or v_prediction (default: the scheduler config's; single files: epsilon for SD 1.x, v_prediction for SD 2.x).")
+    var predictionType: PredictionChoice?
+    @Option(help: "Base from a single file: a diffusers folder with the model's configs and tokenizer.") var config: String?
 
     func run() throws {
         try reportingErrors {
-            let src = try openTensorCollection(input)
             let progress = Progress("converting")
+            if output.hasSuffix(".lidb"), try isBaseInput(input) {
+                let options = BaseConvertOptions(dtype: dtype.dtype, vae: vae, ema: ema, predictionType: predictionType?.rawValue, configFolder: config)
+                let plan = try BaseConverter.plan(input: input, options: options)
+                if !plan.tensorNames.contains(where: { $0.hasPrefix("tokenizer.") }) {
+                    printError("lidb: warning: \(input): no tokenizer files; the base will need one to encode prompts (pass --config DIR with a tokenizer/ folder)")
+                }
+                let summary = try BaseConverter.write(plan, to: output, dtype: dtype.dtype, progress: progress.update)
+                progress.finish()
+                for (name, r) in summary.lossy {
+                    printError("lidb: warning: \(input): tensor '\(name)': \(r.overflowed) value(s) overflowed to ±inf, \(r.nans) NaN value(s)")
+                }
+                print("wrote \(output): base, \(plan.architecture), \(summary.tensorCount) tensors" + (dtype == .keep ? "" : ", \(summary.cast) cast to \(dtype.rawValue)"))
+                print("fingerprints: layer table \(summary.layerTableFingerprint.prefix(16))…, content \(summary.contentFingerprint.prefix(16))…")
+                return
+            }
+            if vae != nil || ema || predictionType != nil || config != nil {
+                throw TensorFileError(file: input, .invalidArgument("--vae, --ema, --prediction-type and --config apply only to Stable Diffusion checkpoints converted to a .lidb base"))
+            }
+            let src = try openTensorCollection(input)
             let summary = try convertCollection(src, to: output, dtype: dtype.dtype, kind: kind, zstd: zstd,
                                                 progress: progress.update)
             progress.finish()
@@ -44,5 +83,14 @@ struct Convert: ParsableCommand {
             }
             print("wrote \(output) (\(summary.tensorCount) tensors" + (dtype == .keep ? ", lossless)" : ", \(summary.converted) cast to \(dtype.rawValue))"))
         }
+    }
+
+    /// A diffusers folder, a base, or a single file with LDM Stable Diffusion names.
+    func isBaseInput(_ path: String) throws -> Bool {
+        if isDiffusersFolder(path) { return true }
+        if kind != "tensors" && kind != "base" { return false }
+        let c = try openTensorCollection(path, checksums: .never)
+        if let l = c as? LidbFile { return l.kind == "base" }
+        return c.tensors.contains { $0.name.hasPrefix("model.diffusion_model.") || $0.name.hasPrefix("conditioner.embedders.") }
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Checkpoint
 import TensorFile
 
 struct Inspect: ParsableCommand {
@@ -19,7 +20,7 @@ struct Inspect: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let c = try openTensorCollection(path)
+            let c: TensorCollection = isDiffusersFolder(path) ? try DiffusersCollection(path: path) : try openTensorCollection(path)
             if json { print(inspectJSON(c).serializedString) } else { print(inspectText(c, all: all), terminator: "") }
         }
     }

@@ -15,7 +15,7 @@ public struct LidbCommand: ParsableCommand {
         Exit codes: 0 success, 1 a check found damage (verify), 2 bad input or usage.
         """,
         version: "0.1.0",
-        subcommands: [Inspect.self, Verify.self, Convert.self, Bench.self]
+        subcommands: [Inspect.self, Verify.self, Convert.self, Export.self, Bench.self]
     )
     public init() {}
 }
@@ -60,4 +60,10 @@ final class Progress {
         }
     }
     func finish() { if enabled && last >= 0 { FileHandleStderr.write("\n") } }
+}
+
+func isDiffusersFolder(_ path: String) -> Bool {
+    var st = stat()
+    guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { return false }
+    return access(path + "/model_index.json", F_OK) == 0
 }

@@ -1,3 +1,5 @@
+import CLidbSupport
+
 /// What a lossy conversion did to values that do not fit the target type.
 public struct ConversionReport: Equatable, Sendable {
     /// Finite inputs that became ±infinity (magnitude beyond the target's range).
@@ -34,6 +36,7 @@ public enum DTypeConversion {
             if n > 0 { dst.baseAddress!.copyMemory(from: src.baseAddress!, byteCount: n) }
             return report
         }
+        if let fast = fastConvert(src, from: from, into: dst, to: to, count: count) { return fast }
         // Decode to f32 (exact for every source but F64), then encode.
         @inline(__always) func load(_ i: Int) -> (Float, Bool) {
             switch from {
@@ -73,6 +76,44 @@ public enum DTypeConversion {
             }
         }
         return report
+    }
+
+    /// Vectorised paths for the common casts; nil when there is none for this pair or CPU.
+    static func fastConvert(_ src: UnsafeRawBufferPointer, from: DType, into dst: UnsafeMutableRawBufferPointer,
+                            to: DType, count: Int) -> ConversionReport? {
+        guard count > 0, let s = src.baseAddress, let d = dst.baseAddress else { return nil }
+        switch (from, to) {
+        case (.F32, .F16):
+            var overflow = 0, nans = 0
+            let ok = lidb_f32_to_f16(s.assumingMemoryBound(to: Float.self), d.assumingMemoryBound(to: UInt16.self), count, &overflow, &nans)
+            guard ok != 0 else { return nil }
+            var r = ConversionReport()
+            r.overflowed = overflow
+            r.nans = nans
+            return r
+        case (.F16, .F32):
+            guard lidb_f16_to_f32(s.assumingMemoryBound(to: UInt16.self), d.assumingMemoryBound(to: Float.self), count) != 0 else { return nil }
+            return ConversionReport()
+        case (.F32, .BF16):
+            var r = ConversionReport()
+            for i in 0..<count {
+                let x = src.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)
+                let isNaN = (x & 0x7FFF_FFFF) > 0x7F80_0000
+                let rounded = UInt16(truncatingIfNeeded: (x &+ 0x7FFF &+ ((x >> 16) & 1)) >> 16)
+                dst.storeBytes(of: isNaN ? 0x7FC0 : rounded, toByteOffset: 2 * i, as: UInt16.self)
+                if isNaN { r.nans += 1 } else if (x & 0x7FFF_FFFF) != 0x7F80_0000 && (rounded & 0x7FFF) == 0x7F80 { r.overflowed += 1 }
+            }
+            return r
+        case (.BF16, .F32):
+            for i in 0..<count {
+                dst.storeBytes(of: UInt32(src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) << 16, toByteOffset: 4 * i, as: UInt32.self)
+            }
+            var r = ConversionReport()
+            for i in 0..<count where src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self) & 0x7FFF > 0x7F80 { r.nans += 1 }
+            return r
+        default:
+            return nil
+        }
     }
 
     /// IEEE binary16 → binary32 (exact).

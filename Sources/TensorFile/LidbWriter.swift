@@ -25,10 +25,18 @@ public enum LidbWriter {
     }
 
     /// Writes a file of `kind` with typed `metadata` (a JSON object) and `tensors` in the given order.
+    ///
+    /// `finalMetadata`, when given, is called after all tensor data is written and replaces the
+    /// metadata; it must serialise to exactly as many bytes as `metadata` (use fixed-width
+    /// placeholders, e.g. for digests computed while streaming). Not combinable with a compressed header.
     public static func write(to path: String, kind: String, metadata: JSONValue = .object([]), tensors: [TensorSource],
-                             options: Options = .init(), progress: ((Int, Int) -> Void)? = nil) throws(TensorFileError) {
+                             options: Options = .init(), progress: ((Int, Int) -> Void)? = nil,
+                             finalMetadata: (() -> JSONValue)? = nil) throws(TensorFileError) {
         func fail(_ p: TensorFileError.Problem, _ t: String? = nil) -> TensorFileError { TensorFileError(file: path, tensor: t, p) }
         guard case .object = metadata else { throw fail(.wrongType(field: "metadata", expected: "an object")) }
+        if finalMetadata != nil && options.compressHeader {
+            throw fail(.invalidArgument("metadata finalised after the data cannot go into a compressed header"))
+        }
         guard LidbFormat.isValidKind(kind) else { throw fail(.unknownKind(kind)) }
         var names = Set<String>()
         for t in tensors {
@@ -46,7 +54,8 @@ public enum LidbWriter {
         planned.reserveCapacity(tensors.count)
         for t in tensors {
             let level: Int32?
-            switch options.encoding {
+            let encoding = t.encodingHint ?? options.encoding
+            switch encoding {
             case .raw: level = nil
             case let .zstd(l), let .zstdIfSmaller(l): level = l
             }
@@ -59,7 +68,7 @@ public enum LidbWriter {
             do throws(TensorFileError.Problem) {
                 packed = try raw.withBytes { (b) throws(TensorFileError.Problem) in try Zstd.compress(b, level: level) }
             } catch { throw fail(error, t.info.name) }
-            if case .zstdIfSmaller = options.encoding, packed.count > raw.count - raw.count / 8 {
+            if case .zstdIfSmaller = encoding, packed.count > raw.count - raw.count / 8 {
                 planned.append(Planned(length: UInt64(raw.count), encoding: .raw, stored: raw, crc: CRC32C.checksum(raw)))
             } else {
                 planned.append(Planned(length: UInt64(packed.count), encoding: .zstd, stored: packed, crc: CRC32C.checksum(packed)))
@@ -82,7 +91,7 @@ public enum LidbWriter {
             cursor = o + p.length
         }
         let dataLength = cursor
-        func header(_ crcs: [UInt32?]) -> [UInt8] {
+        func header(_ crcs: [UInt32?], metadata: JSONValue = metadata) -> [UInt8] {
             var rows: [JSONValue] = []
             rows.reserveCapacity(tensors.count)
             for (i, t) in tensors.enumerated() {
@@ -145,8 +154,10 @@ public enum LidbWriter {
             progress?(i + 1, tensors.count)
         }
         if flags & LidbFormat.flagHeaderZstd == 0 {
-            headerText = header(crcs)
-            precondition(headerText.count == storedHeader.count, "fixed-width checksums keep the header length")
+            headerText = header(crcs, metadata: finalMetadata?() ?? metadata)
+            guard headerText.count == storedHeader.count else {
+                throw fail(.invalidArgument("final metadata changed the header length"))
+            }
             storedHeader = headerText
             try out.overwrite(storedHeader, at: 64)
         }

@@ -129,6 +129,20 @@ func parseShape(_ v: JSONValue, maxRank: Int = 64, fail: (TensorFileError.Proble
     return shape
 }
 
+extension JSONValue {
+    /// Parses a whole JSON document from a file's bytes; failures name the file.
+    public static func parse(_ bytes: [UInt8], file: String, maxDepth: Int = 64) throws(TensorFileError) -> JSONValue {
+        if let bad = bytes.withUnsafeBytes({ firstInvalidUTF8($0) }) { throw TensorFileError(file: file, .headerNotUTF8(offset: bad)) }
+        let r: Result<JSONValue, JSONParseError> = bytes.withUnsafeBytes { b in
+            do throws(JSONParseError) { return .success(try JSONValue.parse(b, limits: .init(maxDepth: maxDepth))) } catch { return .failure(error) }
+        }
+        switch r {
+        case let .success(v): return v
+        case let .failure(e): throw TensorFileError(file: file, jsonProblem(e))
+        }
+    }
+}
+
 func jsonProblem(_ e: JSONParseError) -> TensorFileError.Problem {
     switch e {
     case let .syntax(o, r): return .invalidJSON(offset: o, reason: r)

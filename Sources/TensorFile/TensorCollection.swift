@@ -31,6 +31,7 @@ public func openTensorCollection(_ path: String, checksums: LidbFile.ChecksumPol
     let map = try MappedFile(path: path)
     if map.bytes.count >= 8, LidbLayout.hasMagic(map.bytes) { return try LidbFile(map: map, checksums: checksums) }
     if path.hasSuffix(".lidb") { return try LidbFile(map: map, checksums: checksums) }
+    if [".ckpt", ".pt", ".pth", ".bin"].contains(where: { path.hasSuffix($0) }) { return try TorchCheckpoint(map: map) }
     if path.hasSuffix(".safetensors") || looksLikeSafetensors(map.bytes) { return try SafetensorsFile(map: map) }
     throw TensorFileError(file: path, .unsupportedFormat("neither a .lidb nor a safetensors file"))
 }

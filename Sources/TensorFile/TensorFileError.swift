@@ -71,6 +71,17 @@ public struct TensorFileError: Error, Equatable, Sendable, CustomStringConvertib
         case invalidShardIndex(String)
         case unsupportedFormat(String)
         case invalidArgument(String)
+        // PyTorch checkpoints (zip archive + pickle)
+        case zipMalformed(String)
+        case zipEntryCompressed(entry: String, method: UInt16)
+        case zipDuplicateEntry(String)
+        case pickleMalformed(offset: Int, reason: String)
+        case pickleOpcodeUnsupported(offset: Int, opcode: UInt8)
+        case pickleGlobalRefused(String)
+        case pickleCallRefused(String)
+        case legacyTorchFormat
+        case storageOutOfRange(storage: String, needed: UInt64, available: UInt64)
+        case torchCheckpoint(String)
 
         public var description: String {
             switch self {
@@ -127,6 +138,19 @@ public struct TensorFileError: Error, Equatable, Sendable, CustomStringConvertib
             case let .invalidShardIndex(m): return "invalid shard index: \(m)"
             case let .unsupportedFormat(m): return "unsupported format: \(m)"
             case let .invalidArgument(m): return m
+            case let .zipMalformed(m): return "invalid zip archive: \(m)"
+            case let .zipEntryCompressed(e, m):
+                return "zip entry '\(e.debugEscaped)' is compressed (method \(m)); only stored entries are accepted"
+            case let .zipDuplicateEntry(e): return "duplicate zip entry '\(e.debugEscaped)'"
+            case let .pickleMalformed(o, r): return "invalid pickle at byte \(o): \(r)"
+            case let .pickleOpcodeUnsupported(o, op):
+                return "unsupported pickle opcode 0x\(String(op, radix: 16)) at byte \(o)"
+            case let .pickleGlobalRefused(g): return "refusing pickle global '\(g.debugEscaped)'"
+            case let .pickleCallRefused(m): return "refusing pickle call: \(m)"
+            case .legacyTorchFormat: return "legacy (non-zip) PyTorch format is not supported; re-save with torch.save"
+            case let .storageOutOfRange(s, n, a):
+                return "needs \(n) bytes of storage '\(s.debugEscaped)', which has \(a)"
+            case let .torchCheckpoint(m): return "invalid PyTorch checkpoint: \(m)"
             }
         }
     }

@@ -4,6 +4,8 @@ public struct TensorSource {
     public var info: TensorInfo
     /// Calls the consumer with consecutive chunks totalling exactly `info.byteCount` bytes.
     public var produce: ((UnsafeRawBufferPointer) throws(TensorFileError) -> Void) throws(TensorFileError) -> Void
+    /// How a `.lidb` writer should store this tensor; nil follows the writer's options.
+    public var encodingHint: LidbWriter.TensorEncoding? = nil
 
     public init(info: TensorInfo, produce: @escaping ((UnsafeRawBufferPointer) throws(TensorFileError) -> Void) throws(TensorFileError) -> Void) {
         self.info = info

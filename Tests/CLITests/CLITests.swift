@@ -120,3 +120,47 @@ final class Scratch {
         #expect(f.entry("f64.in")?.info.dtype == .F16)
     }
 }
+
+let baseFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .appendingPathComponent("BaseTests/Fixtures").path
+
+@Suite(.serialized) struct BaseCLITests {
+    @Test func convertInspectExportABase() throws {
+        let s = Scratch()
+        let folder = baseFixtures + "/sd1/diffusers-safetensors"
+        var r = try CLI.run(["inspect", folder])
+        #expect(r.status == 0 && r.stdout.contains("format:    diffusers") && r.stdout.contains("unet.conv_in.weight"))
+        r = try CLI.run(["convert", folder, "-o", s.file("base.lidb"), "--dtype", "f16"])
+        #expect(r.status == 0 && r.stdout.contains("base, SD 1.x"), "\(r.stderr)")
+        r = try CLI.run(["inspect", s.file("base.lidb"), "--json"])
+        let j = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [String: Any]
+        #expect(j["kind"] as? String == "base")
+        let md = j["metadata"] as! [String: Any]
+        #expect(md["architecture"] as? String == "sd1" && md["prediction_type"] as? String == "epsilon")
+        #expect(((md["fingerprints"] as? [String: String])?["content"]?.count ?? 0) == 64)
+        r = try CLI.run(["export", s.file("base.lidb"), "--format", "diffusers", "-o", s.file("out")])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(FileManager.default.fileExists(atPath: s.file("out/unet/diffusion_pytorch_model.safetensors")))
+        r = try CLI.run(["export", s.file("base.lidb"), "--format", "single-file", "-o", s.file("ldm.safetensors")])
+        #expect(r.status == 0, "\(r.stderr)")
+        // A single file without configs: converted with --config, warned about without a tokenizer.
+        r = try CLI.run(["convert", s.file("ldm.safetensors"), "-o", s.file("again.lidb"), "--config", folder])
+        #expect(r.status == 0 && !r.stderr.contains("no tokenizer"), "\(r.stderr)")
+        r = try CLI.run(["convert", s.file("ldm.safetensors"), "-o", s.file("bare.lidb"), "--prediction-type", "v_prediction"])
+        #expect(r.status == 0 && r.stderr.contains("no tokenizer"))
+        let help = try CLI.run(["export", "--help"])
+        #expect(help.stdout.contains("from_pretrained") && help.stdout.contains("single-file"))
+    }
+
+    @Test func unsupportedArchitecturesAreNamed() throws {
+        let s = Scratch()
+        let t = TensorInfo(name: "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight", dtype: .F32, shape: [2])
+        let u = TensorInfo(name: "model.diffusion_model.input_blocks.0.0.weight", dtype: .F32, shape: [2, 4, 1, 1])
+        try SafetensorsWriter.write(to: s.file("xl.safetensors"), tensors: [.array(t, [UInt8](repeating: 0, count: 8)), .array(u, [UInt8](repeating: 0, count: 32))], metadata: nil)
+        let r = try CLI.run(["convert", s.file("xl.safetensors"), "-o", s.file("xl.lidb")])
+        #expect(r.status == 2 && r.stderr.contains("not supported yet: SDXL") && r.stderr.contains("xl.safetensors"))
+        #expect(!FileManager.default.fileExists(atPath: s.file("xl.lidb")))
+        let opt = try CLI.run(["convert", fixtures + "/safetensors/scalars_empty.safetensors", "-o", s.file("x.lidb"), "--ema"])
+        #expect(opt.status == 2 && opt.stderr.contains("apply only to Stable Diffusion"))
+    }
+}

@@ -16,4 +16,12 @@ int lidb_crc32c_is_hardware(void);
 /// The portable table-driven CRC-32C, exposed so tests can compare both paths.
 uint32_t lidb_crc32c_portable(uint32_t crc, const void *data, size_t length);
 
+/// F32 → F16 (IEEE binary16, round to nearest even) with the F16C instructions. Adds the number of
+/// finite inputs that became ±inf to *overflow and of NaN inputs to *nans. Returns 0 (and does
+/// nothing) when the CPU lacks F16C, 1 otherwise.
+int lidb_f32_to_f16(const float *src, uint16_t *dst, size_t n, size_t *overflow, size_t *nans);
+/// F16 → F32 (exact) with F16C; returns 0 (and does nothing) without it.
+int lidb_f16_to_f32(const uint16_t *src, float *dst, size_t n);
+int lidb_has_f16c(void);
+
 #endif
