@@ -1,5 +1,5 @@
 # lidb — common tasks. `make demo` and `make test` work on a fresh Debian machine with Swift.
-.PHONY: deps demo test test-python bench fuzz fixtures samples clean
+.PHONY: deps demo test test-python bench check-exports fuzz fixtures samples clean
 
 deps:
 	bash scripts/deps.sh
@@ -21,6 +21,12 @@ test-python:
 
 bench: deps
 	bash Benchmarks/format/run.sh
+	bash Benchmarks/base/run.sh
+
+# lidb's exports loaded by diffusers' own loaders (needs the pinned Python venv).
+check-exports: deps
+	swift build -c release --product lidb
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/checks/check_exports.py "$$(swift build -c release --show-bin-path)/lidb"
 
 fuzz: deps
 	bash Fuzz/run.sh
@@ -28,6 +34,8 @@ fuzz: deps
 # Reference fixtures and samples (need the pinned Python venv: converters/setup_venv.sh).
 fixtures:
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_format_fixtures.py
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_pickle_fixtures.py
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_base_fixtures.py
 samples:
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/samples/make_samples.py
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (one per parser) with address sanitizer and runs each for
 # FUZZ_SECONDS (default 600), in parallel, seeded from the test fixtures and samples.
+#   FUZZ_TARGETS="safetensors lidb torch" picks the targets (default: all three).
 #   bash Fuzz/run.sh            # build and run both
 #   FUZZ_SECONDS=60 bash Fuzz/run.sh
 set -euo pipefail
@@ -19,11 +20,19 @@ build() {  # name, entry file
         exit 1
     fi
 }
-build fuzz-safetensors Fuzz/SafetensorsHeaderFuzz.swift
-build fuzz-lidb Fuzz/LidbHeaderFuzz.swift
+targets="${FUZZ_TARGETS:-safetensors lidb torch}"
+for t in $targets; do
+    case $t in
+        safetensors) build fuzz-safetensors Fuzz/SafetensorsHeaderFuzz.swift ;;
+        lidb) build fuzz-lidb Fuzz/LidbHeaderFuzz.swift ;;
+        torch) build fuzz-torch Fuzz/TorchCheckpointFuzz.swift ;;
+        *) echo "unknown fuzz target $t" >&2; exit 2 ;;
+    esac
+done
 
 # Seed corpora: real files of each format.
-mkdir -p Fuzz/corpus-safetensors Fuzz/corpus-lidb
+mkdir -p Fuzz/corpus-safetensors Fuzz/corpus-lidb Fuzz/corpus-torch
+find Tests/TensorFileTests/Fixtures/torch -maxdepth 1 -type f \( -name '*.pt' -o -name '*.ckpt' -o -name '*.bin' \) -size -200k -exec cp {} Fuzz/corpus-torch/ \;
 find Tests/TensorFileTests/Fixtures -name '*.safetensors' -size -200k -exec cp {} Fuzz/corpus-safetensors/ \;
 lidb="$(swift build --show-bin-path)/lidb"
 swift build --product lidb >/dev/null
@@ -38,13 +47,12 @@ run() {  # name
     "$out/$1" -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=4096 -print_final_stats=1 \
         -artifact_prefix="$out/$1-" "Fuzz/corpus-${1#fuzz-}" > "$out/$1.log" 2>&1
 }
-run fuzz-safetensors & p1=$!
-run fuzz-lidb & p2=$!
+pids=()
+for t in $targets; do run "fuzz-$t" & pids+=($!); done
 status=0
-wait $p1 || status=1
-wait $p2 || status=1
-for t in fuzz-safetensors fuzz-lidb; do
-    echo "== $t"
-    grep -E "stat::number_of_executed_units|stat::peak_rss_mb|ERROR|Done" "$out/$t.log" || tail -5 "$out/$t.log"
+for p in "${pids[@]}"; do wait "$p" || status=1; done
+for t in $targets; do
+    echo "== fuzz-$t"
+    grep -E "stat::number_of_executed_units|stat::peak_rss_mb|ERROR|Done" "$out/fuzz-$t.log" || tail -5 "$out/fuzz-$t.log"
 done
 exit $status
