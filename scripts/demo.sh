@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${LIDB_DEMO_OUT:-demo-output}"
+rm -rf "$out"
 mkdir -p "$out"
 step() { local t0=$SECONDS; echo; echo "== $1"; shift; "$@"; echo "   ($((SECONDS - t0)) s)"; }
 
@@ -19,6 +20,11 @@ if cmp -s samples/tiny-clip-text.safetensors "$out/roundtrip.safetensors"; then
 else
     echo "   round trip differs" >&2; exit 1
 fi
+pipeline=Tests/BaseTests/Fixtures/sd1/diffusers-safetensors   # a tiny random-weight SD 1.x pipeline
+step "convert a diffusers pipeline to a base" "$lidb" convert "$pipeline" -o "$out/tiny-sd1.lidb" --dtype f16
+step "inspect the base" "$lidb" inspect "$out/tiny-sd1.lidb"
+step "export it as an LDM single file" "$lidb" export "$out/tiny-sd1.lidb" --format single-file -o "$out/tiny-sd1-ldm.safetensors"
+step "and back to diffusers" "$lidb" export "$out/tiny-sd1.lidb" --format diffusers -o "$out/tiny-sd1-diffusers"
 echo
 echo "outputs in $out/:"
 ls -l "$out"
