@@ -30,9 +30,14 @@ let package = Package(
             name: "Checkpoint",
             dependencies: ["TensorFile", .product(name: "Crypto", package: "swift-crypto")]
         ),
+        // Subject deltas: LiDB parameterisation, portable bases, subject files, merge/unmerge/live.
+        .target(
+            name: "SubjectDelta",
+            dependencies: ["TensorFile", "Checkpoint", "CBLAS", .product(name: "Crypto", package: "swift-crypto")]
+        ),
         .target(
             name: "LidbCLI",
-            dependencies: ["TensorFile", "Checkpoint", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(name: "lidb", dependencies: ["LidbCLI"]),
 
@@ -45,6 +50,10 @@ let package = Package(
             name: "BaseTests",
             dependencies: ["Checkpoint", "TensorFile", .product(name: "Crypto", package: "swift-crypto")],
             exclude: ["Fixtures"]
+        ),
+        .testTarget(
+            name: "SubjectTests",
+            dependencies: ["SubjectDelta", "Checkpoint", "TensorFile", .product(name: "Crypto", package: "swift-crypto")]
         ),
         .testTarget(name: "CLITests", dependencies: ["TensorFile", "lidb"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CBLAS", "CPNG", "CZstd"]),

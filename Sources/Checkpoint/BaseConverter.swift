@@ -27,11 +27,19 @@ public struct BaseConvertOptions: Sendable {
 
 /// One tensor of a base being assembled: its base name, shape, source dtype, and where its bytes
 /// come from (fetched lazily so only one tensor is resident at a time).
-struct PlannedTensor {
-    var info: TensorInfo
-    var fetch: () throws(TensorFileError) -> TensorBytes
-    var isWeight: Bool = true
-    var encodingHint: LidbWriter.TensorEncoding? = nil
+public struct PlannedTensor {
+    public var info: TensorInfo
+    public var fetch: () throws(TensorFileError) -> TensorBytes
+    public var isWeight: Bool = true
+    public var encodingHint: LidbWriter.TensorEncoding? = nil
+
+    public init(info: TensorInfo, fetch: @escaping () throws(TensorFileError) -> TensorBytes, isWeight: Bool = true,
+                encodingHint: LidbWriter.TensorEncoding? = nil) {
+        self.info = info
+        self.fetch = fetch
+        self.isWeight = isWeight
+        self.encodingHint = encodingHint
+    }
 }
 
 /// Everything needed to write a base file.
@@ -39,7 +47,13 @@ public struct BasePlan {
     public var architecture: Architecture
     /// Metadata without fingerprints (added while writing).
     public var metadata: JSONValue
-    var tensors: [PlannedTensor]
+    public var tensors: [PlannedTensor]
+
+    public init(architecture: Architecture, metadata: JSONValue, tensors: [PlannedTensor]) {
+        self.architecture = architecture
+        self.metadata = metadata
+        self.tensors = tensors
+    }
     public var tensorNames: [String] { tensors.map(\.info.name) }
     public var tensorInfos: [TensorInfo] { tensors.map(\.info) }
 }
