@@ -82,6 +82,18 @@ func inspectText(_ c: TensorCollection, all: Bool = false, limit: Int = 20) -> S
         s += " \(l.layout.major).\(l.layout.minor)\n"
         s += "kind:      \(l.kind)\n"
         s += "header:    \(l.layout.headerLength) bytes" + (l.layout.flags & LidbFormat.flagHeaderZstd != 0 ? " (\(l.layout.headerStoredLength) stored, zstd)" : "") + "\n"
+        s += "size:      \(l.map.bytes.count) bytes (\(humanBytes(UInt64(l.map.bytes.count))))\n"
+        if l.kind == "subject", let rows = l.metadata["layers"]?.arrayValue {
+            let md = l.metadata
+            let ranks = Set(rows.compactMap { $0["lidb"]?["rank"]?.int64Value })
+            let loras = rows.filter { $0["lora"] != nil }.count
+            s += "subject:   \(rows.count) layers (targets: \(md["targets"]?.stringValue ?? "?")), LiDB rank \(ranks.sorted().map(String.init).joined(separator: "/"))"
+            s += loras > 0 ? ", \(loras) LoRA terms" : ""
+            s += ", \(md["trained_parameters"]?.int64Value ?? 0) trained parameters, \(md["dtype"]?.stringValue ?? "?")\n"
+            if let seed = md["basis"]?["seed"]?.uint64Value { s += "basis:     \(md["basis"]?["generator"]?.stringValue ?? "") seed \(seed)\n" } else { s += "basis:     stored\n" }
+            s += "binding:   \(md["binding"]?["architecture"]?.stringValue ?? "?"), layer table \(md["binding"]?["targets_fingerprint"]?.stringValue?.prefix(16) ?? "?")…"
+            s += md["binding"]?["base_content"] != nil ? ", base content \(md["binding"]?["base_content"]?.stringValue?.prefix(16) ?? "")…\n" : " (any base with these layers)\n"
+        }
     } else {
         s += "\n"
         if let sh = c as? ShardedSafetensors { s += "shards:    \(sh.shards.count)\n" }

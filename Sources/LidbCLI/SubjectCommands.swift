@@ -1,0 +1,134 @@
+import ArgumentParser
+import Checkpoint
+import SubjectDelta
+import TensorFile
+
+extension TargetSet: ExpressibleByArgument {}
+extension SubjectDType: ExpressibleByArgument {}
+
+struct SubjectCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "subject",
+        abstract: "Create and inspect subject deltas (LiDB).",
+        subcommands: [SubjectInit.self]
+    )
+}
+
+struct SubjectInit: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "init",
+        abstract: "Create a subject with random or zero trained factors (for tests and benchmarks).",
+        discussion: """
+        Targets: unet-attn (UNet self/cross-attention q, k, v, out), text-attn (text encoder \
+        q, k, v, out), text-mlp (text encoder fc1, fc2), paper (all three; 200 layers on SD 1.5). \
+        Each layer gets a LiDB term of the given rank with bases of dimension --down-dim (a) and \
+        --up-dim (b), clamped to the layer's size, generated from --seed (spec/basis.md). \
+        --std 0 gives zero factors (ΔW = 0).
+        """
+    )
+
+    @Option(help: "The base the subject is for.") var base: String
+    @Option(help: "Target set: unet-attn, text-attn, text-mlp, paper.") var targets: TargetSet = .paper
+    @Option(help: "Rank r of each LiDB term.") var rank: Int = 1
+    @Option(help: "Down basis dimension a.") var downDim: Int = 100
+    @Option(help: "Up basis dimension b.") var upDim: Int = 50
+    @Option(help: "LoRA alpha (scale = alpha / rank); default: the rank.") var alpha: Float?
+    @Option(help: "Basis seed (unsigned 64-bit).") var seed: UInt64
+    @Option(help: "Standard deviation of the random factors; 0 for zeros.") var std: Float = 0.01
+    @Option(help: "Element type on disk: f16, f32, bf16, q8.") var dtype: SubjectDType = .f16
+    @Flag(help: "Bind the subject to the base's content fingerprint too (not only its layer table).") var strict = false
+    @Option(help: "Subject name recorded in the file.") var name: String?
+    @Option(help: "Trigger token recorded in the file.") var trigger: String?
+    @Option(help: "Class noun recorded in the file.") var className: String?
+    @Option(name: .shortAndLong, help: "Output .lidb file.") var output: String
+
+    func run() throws {
+        try reportingErrors {
+            guard rank >= 1, downDim >= 1, upDim >= 1 else {
+                throw TensorFileError(file: output, .invalidArgument("--rank, --down-dim and --up-dim must be at least 1"))
+            }
+            let b = try BaseModel(path: base)
+            let layers = targets.layers(in: b.file.tensors)
+            guard !layers.isEmpty else { throw TensorFileError(file: base, .invalidArgument("the base has no layers of target set \(targets.rawValue)")) }
+            var info: [(String, JSONValue)] = []
+            if let name { info.append(("name", .string(name))) }
+            if let trigger { info.append(("trigger", .string(trigger))) }
+            if let className { info.append(("class", .string(className))) }
+            info.append(("provenance", .object([("made_by", .string("lidb subject init")), ("std", .double(Double(std)))])))
+            let s = Subject.initialise(layers: layers, rank: rank, a: downDim, b: upDim, alpha: alpha, basisSeed: seed, std: std,
+                                       factorSeed: seed ^ 0x5EED_F00D, targetSet: targets.rawValue, architecture: b.architecture.family.rawValue,
+                                       baseContent: strict ? b.contentFingerprint : nil, info: .object(info))
+            try s.write(to: output, dtype: dtype)
+            let size = try MappedFile(path: output).bytes.count
+            print("wrote \(output): subject, \(layers.count) layers (\(targets.rawValue)), \(s.trainedParameters) trained parameters, \(size) bytes (\(dtype.rawValue))")
+        }
+    }
+}
+
+/// `PATH[:WEIGHT]`.
+struct SubjectArgument: ExpressibleByArgument {
+    var path: String
+    var weight: Float
+    init?(argument: String) {
+        if let colon = argument.lastIndex(of: ":"), let w = Float(argument[argument.index(after: colon)...]) {
+            path = String(argument[..<colon])
+            weight = w
+        } else {
+            path = argument
+            weight = 1
+        }
+    }
+}
+
+struct Merge: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Add subjects' ΔW to a base's weights.",
+        discussion: """
+        Each SUBJECT may carry a weight (SUBJECT.lidb:0.8). ΔW is computed and added in f32 and \
+        the result stored in the base's element type; the output's metadata records what was \
+        merged (and the original's fingerprints), so `lidb unmerge` can take it back out. A subject \
+        made for another layer table is refused with the layers that differ.
+        """
+    )
+    @Argument(help: "The base.") var base: String
+    @Argument(help: "Subject files, each optionally with :WEIGHT.") var subjects: [SubjectArgument]
+    @Option(name: .shortAndLong, help: "Output base file.") var output: String
+
+    func run() throws {
+        try reportingErrors {
+            let b = try BaseModel(path: base)
+            let applied = try subjects.map { (s) throws(TensorFileError) in AppliedSubject(subject: try Subject(path: s.path), weight: s.weight, path: s.path) }
+            let summary = try Merger.merge(base: b, subjects: applied, to: output)
+            print("wrote \(output): \(subjects.count) subject(s) merged into \(summary.touchedLayers) layers")
+        }
+    }
+}
+
+struct Unmerge: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Take merged subjects back out of a base.",
+        discussion: """
+        With --original (the base before merging) the touched weights are copied back: the result \
+        is bit-identical to the original. Without it, ΔW is subtracted in f32 and rounded to the \
+        base's type; the largest possible deviation from the original is reported.
+        """
+    )
+    @Argument(help: "The merged base.") var merged: String
+    @Argument(help: "The subjects to remove, with the weights they were merged with.") var subjects: [SubjectArgument]
+    @Option(name: .shortAndLong, help: "Output base file.") var output: String
+    @Option(help: "The original base, for a bit-exact restore.") var original: String?
+
+    func run() throws {
+        try reportingErrors {
+            let m = try BaseModel(path: merged)
+            let applied = try subjects.map { (s) throws(TensorFileError) in AppliedSubject(subject: try Subject(path: s.path), weight: s.weight, path: s.path) }
+            let o = try original.map { (p) throws(TensorFileError) in try BaseModel(path: p) }
+            let summary = try Merger.unmerge(merged: m, subjects: applied, original: o, to: output)
+            if summary.restored {
+                print("wrote \(output): \(summary.touchedLayers) layers restored from \(original!) (bit-exact)")
+            } else {
+                print("wrote \(output): \(summary.touchedLayers) layers, subtracted; deviation from the original ≤ \(summary.deviationBound ?? 0)")
+            }
+        }
+    }
+}
