@@ -164,3 +164,30 @@ let baseFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().d
         #expect(opt.status == 2 && opt.stderr.contains("apply only to Stable Diffusion"))
     }
 }
+
+@Suite(.serialized) struct SubjectCLITests {
+    @Test func initMergeUnmergeInspect() throws {
+        let s = Scratch()
+        var r = try CLI.run(["convert", baseFixtures + "/sd1/diffusers-safetensors", "-o", s.file("base.lidb"), "--dtype", "f16"])
+        #expect(r.status == 0)
+        r = try CLI.run(["subject", "init", "--base", s.file("base.lidb"), "--seed", "42", "--targets", "paper", "--std", "0.1",
+                         "--name", "alice", "--trigger", "sks", "--class-name", "face", "-o", s.file("alice.lidb")])
+        #expect(r.status == 0 && r.stdout.contains("140 layers"), "\(r.stderr)")
+        r = try CLI.run(["inspect", s.file("alice.lidb")])
+        #expect(r.stdout.contains("subject:   140 layers (targets: paper)") && r.stdout.contains("seed 42") && r.stdout.contains("binding:"))
+        r = try CLI.run(["merge", s.file("base.lidb"), s.file("alice.lidb") + ":0.7", "-o", s.file("merged.lidb")])
+        #expect(r.status == 0 && r.stdout.contains("merged into 140 layers"), "\(r.stderr)")
+        r = try CLI.run(["unmerge", s.file("merged.lidb"), s.file("alice.lidb") + ":0.7", "--original", s.file("base.lidb"), "-o", s.file("restored.lidb")])
+        #expect(r.status == 0 && r.stdout.contains("bit-exact"), "\(r.stderr)")
+        r = try CLI.run(["unmerge", s.file("merged.lidb"), s.file("alice.lidb") + ":0.7", "-o", s.file("sub.lidb")])
+        #expect(r.status == 0 && r.stdout.contains("deviation from the original ≤"))
+        // The wrong weight, or a subject that was never merged, is refused.
+        r = try CLI.run(["unmerge", s.file("merged.lidb"), s.file("alice.lidb") + ":0.5", "-o", s.file("x.lidb")])
+        #expect(r.status == 2 && r.stderr.contains("not recorded as merged"))
+        // A subject for another architecture is refused with what differs.
+        _ = try CLI.run(["convert", baseFixtures + "/sd2/diffusers-safetensors", "-o", s.file("sd2.lidb")])
+        r = try CLI.run(["merge", s.file("sd2.lidb"), s.file("alice.lidb"), "-o", s.file("y.lidb")])
+        #expect(r.status == 2 && r.stderr.contains("made for sd1"))
+        #expect(!FileManager.default.fileExists(atPath: s.file("y.lidb")))
+    }
+}
