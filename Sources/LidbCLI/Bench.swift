@@ -1,4 +1,6 @@
 import ArgumentParser
+import Checkpoint
+import SubjectDelta
 import TensorFile
 #if canImport(Glibc)
 import Glibc
@@ -7,7 +9,7 @@ import Glibc
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure lidb's own operations (the anchors they are compared with live in Benchmarks/).",
-        subcommands: [BenchFormat.self]
+        subcommands: [BenchFormat.self, BenchSubject.self]
     )
 }
 
@@ -77,4 +79,53 @@ func now() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
+
+struct BenchSubject: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "subject",
+        abstract: "Time merge, unmerge and live switching of a subject on a base; prints JSON.",
+        discussion: """
+        Loads the subject's target weights of BASE as f32, then, --repeat times: merge in place \
+        (factors from the cached bases, ΔW added with sgemm), unmerge by restore (copy back) and by \
+        subtraction, and a live switch (activating the subject in a LiveDelta). The first basis \
+        generation (cold) is reported separately. Medians in milliseconds.
+        """
+    )
+    @Option(help: "The base.") var base: String
+    @Option(help: "The subject.") var subject: String
+    @Option(name: .customLong("repeat"), help: "Repetitions.") var repeatCount: Int = 10
+
+    func run() throws {
+        try reportingErrors {
+            let b = try BaseModel(path: base)
+            let s = try Subject(path: subject)
+            let applied = [AppliedSubject(subject: s, weight: 1, path: subject)]
+            try s.check(against: b, subjectPath: subject)
+            let cache = BasisCache()
+            var t0 = now()
+            for l in s.layers { _ = try s.lowRankFactors(l, cache: cache) }
+            let basesCold = now() - t0
+            let weights = try MergedWeights(base: b, names: s.layers.map(\.target.weightName))
+            let live = LiveDelta(base: b, cache: cache)
+            var merge: [Double] = [], restore: [Double] = [], subtract: [Double] = [], switching: [Double] = []
+            for _ in 0..<max(repeatCount, 1) {
+                t0 = now(); try weights.apply(applied, cache: cache); merge.append(now() - t0)
+                t0 = now(); weights.restore(); restore.append(now() - t0)
+                try weights.apply(applied, cache: cache)
+                t0 = now(); try weights.apply(applied, sign: -1, cache: cache); subtract.append(now() - t0)
+                weights.restore()
+                t0 = now(); try live.activate(applied); switching.append(now() - t0)
+                try live.activate([])
+            }
+            func med(_ v: [Double]) -> JSONValue { .double(v.sorted()[v.count / 2] * 1000) }
+            let params = s.layers.reduce(0) { $0 + $1.target.out * $1.target.inDim }
+            print(JSONValue.object([
+                ("layers", .int(s.layers.count)), ("weights_touched", .int(params)),
+                ("bases_cold_ms", .double(basesCold * 1000)),
+                ("merge_ms", med(merge)), ("unmerge_restore_ms", med(restore)), ("unmerge_subtract_ms", med(subtract)),
+                ("live_switch_ms", med(switching)),
+            ]).serializedString)
+        }
+    }
 }

@@ -133,7 +133,7 @@ public final class MergedWeights: @unchecked Sendable {
         DispatchQueue.concurrentPerform(iterations: batches.count) { k in
             for i in batches[k] {
                 let (w, up, down, out, inDim, rank) = all[i]
-                gemm(up, down, m: out, n: inDim, k: rank, into: w.pointer.baseAddress!, accumulate: true, alpha: sign)
+                addLowRank(up, down, out: out, in: inDim, rank: rank, into: w.pointer.baseAddress!, sign: sign)
             }
         }
     }

@@ -30,6 +30,26 @@ func gemm(_ a: [Float], _ b: [Float], m: Int, n: Int, k: Int, into c: UnsafeMuta
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), alpha, a, Int32(k), b, Int32(n), accumulate ? 1 : 0, c, Int32(n))
 }
 
+/// `W[out×in] += sign · U[out×R] · D[R×in]`. Low ranks (the LiDB case) stream through W once per
+/// rank with saxpy, which is memory-bound and faster than a general GEMM for k ≤ 4.
+func addLowRank(_ up: [Float], _ down: [Float], out: Int, in inDim: Int, rank: Int, into w: UnsafeMutablePointer<Float>, sign: Float) {
+    if rank > 4 {
+        gemm(up, down, m: out, n: inDim, k: rank, into: w, accumulate: true, alpha: sign)
+        return
+    }
+    up.withUnsafeBufferPointer { u in
+        down.withUnsafeBufferPointer { d in
+            for o in 0..<out {
+                let row = w + o * inDim
+                for r in 0..<rank {
+                    let c = sign * u[o * rank + r]
+                    if c != 0 { cblas_saxpy(Int32(inDim), c, d.baseAddress! + r * inDim, 1, row, 1) }
+                }
+            }
+        }
+    }
+}
+
 extension Subject {
     /// A layer's delta as `U · D` (`U`: `[out, R]`, `D`: `[R, in]`, R = sum of the terms' ranks),
     /// with each term's `alpha/rank` (times `weight`) folded into `U`.
@@ -196,7 +216,7 @@ public enum Merger {
         w.withUnsafeMutableBytes { _ = DTypeConversion.convert(bytes.bytes, from: info.dtype, into: $0, to: .F32, count: n) }
         let before = bound != nil ? w : []
         w.withUnsafeMutableBufferPointer { wp in
-            for t in terms { gemm(t.up, t.down, m: out, n: inDim, k: t.rank, into: wp.baseAddress!, accumulate: true, alpha: sign) }
+            for t in terms { addLowRank(t.up, t.down, out: out, in: inDim, rank: t.rank, into: wp.baseAddress!, sign: sign) }
         }
         let result = OwnedBytes(count: n * info.dtype.byteSize)
         w.withUnsafeBytes { _ = DTypeConversion.convert($0, from: .F32, into: result.buffer, to: info.dtype, count: n) }
