@@ -22,11 +22,13 @@ test-python:
 bench: deps
 	bash Benchmarks/format/run.sh
 	bash Benchmarks/base/run.sh
+	bash Benchmarks/subject/run.sh
 
 # lidb's exports loaded by diffusers' own loaders (needs the pinned Python venv).
 check-exports: deps
 	swift build -c release --product lidb
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/checks/check_exports.py "$$(swift build -c release --show-bin-path)/lidb"
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/checks/check_lora_exports.py "$$(swift build -c release --show-bin-path)/lidb"
 
 fuzz: deps
 	bash Fuzz/run.sh
@@ -36,6 +38,9 @@ fixtures:
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_format_fixtures.py
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_pickle_fixtures.py
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_base_fixtures.py
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_layer_tables.py
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_merge_fixtures.py
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_lora_fixtures.py
 samples:
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/samples/make_samples.py
 

@@ -87,7 +87,8 @@ func inspectText(_ c: TensorCollection, all: Bool = false, limit: Int = 20) -> S
             let md = l.metadata
             let ranks = Set(rows.compactMap { $0["lidb"]?["rank"]?.int64Value })
             let loras = rows.filter { $0["lora"] != nil }.count
-            s += "subject:   \(rows.count) layers (targets: \(md["targets"]?.stringValue ?? "?")), LiDB rank \(ranks.sorted().map(String.init).joined(separator: "/"))"
+            s += "subject:   \(rows.count) layers (targets: \(md["targets"]?.stringValue ?? "?"))"
+            s += ranks.isEmpty ? "" : ", LiDB rank \(ranks.sorted().map(String.init).joined(separator: "/"))"
             s += loras > 0 ? ", \(loras) LoRA terms" : ""
             s += ", \(md["trained_parameters"]?.int64Value ?? 0) trained parameters, \(md["dtype"]?.stringValue ?? "?")\n"
             if let seed = md["basis"]?["seed"]?.uint64Value { s += "basis:     \(md["basis"]?["generator"]?.stringValue ?? "") seed \(seed)\n" } else { s += "basis:     stored\n" }

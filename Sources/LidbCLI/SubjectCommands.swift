@@ -5,12 +5,78 @@ import TensorFile
 
 extension TargetSet: ExpressibleByArgument {}
 extension SubjectDType: ExpressibleByArgument {}
+extension LoRAInterop.Format: ExpressibleByArgument {}
+
+struct SubjectImport: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "import",
+        abstract: "Make a subject from a kohya or PEFT/diffusers LoRA file.",
+        discussion: """
+        Reads kohya files (lora_unet_… / lora_te_… / lora_te1_… with .lora_down, .lora_up, .alpha; \
+        diffusers-style or LDM-style UNet paths) and PEFT/diffusers files (unet.….lora_A / .lora_B, \
+        alpha from lora_adapter_metadata; text-encoder keys with or without text_model.). Keys that \
+        match no layer of the base are listed and refused unless --ignore-unknown. With --project, \
+        each LoRA term is replaced by its least-squares projection onto LiDB bases (dimensions \
+        --down-dim, --up-dim, from --seed) and the relative error of ΔW is printed per layer.
+        """
+    )
+    @Argument(help: "The LoRA .safetensors file.") var lora: String
+    @Option(help: "The base it applies to.") var base: String
+    @Flag(help: "Project onto LiDB bases.") var project = false
+    @Option(help: "Down basis dimension a (with --project).") var downDim: Int = 100
+    @Option(help: "Up basis dimension b (with --project).") var upDim: Int = 50
+    @Option(help: "Basis seed (with --project).") var seed: UInt64 = 0
+    @Flag(help: "Skip keys that match no layer (listed on stderr).") var ignoreUnknown = false
+    @Option(help: "Element type on disk: f16, f32, bf16, q8.") var dtype: SubjectDType = .f16
+    @Option(name: .shortAndLong, help: "Output subject .lidb.") var output: String
+
+    func run() throws {
+        try reportingErrors {
+            let b = try BaseModel(path: base)
+            var (s, report, unknown) = try LoRAInterop.importLoRA(path: lora, base: b, ignoreUnknown: ignoreUnknown)
+            if !unknown.isEmpty { printError("lidb: warning: \(lora): skipped \(unknown.count) key(s) matching no layer: " + unknown.prefix(8).joined(separator: ", ")) }
+            if project {
+                let (p, errors) = try LoRAInterop.project(s, seed: seed, a: downDim, b: upDim)
+                s = p
+                for (name, e) in errors { print(String(format1(e * 100)) + "%\t" + name) }
+                let mean = errors.map(\.1).reduce(0, +) / Double(max(errors.count, 1))
+                print("projection: mean relative error of ΔW \(format1(mean * 100))%, worst \(format1((errors.map(\.1).max() ?? 0) * 100))%")
+            }
+            try s.write(to: output, dtype: dtype)
+            print("wrote \(output): subject from \(lora), \(report.layers) layers, rank \(report.rank)" + (project ? ", projected onto LiDB bases (seed \(seed))" : ""))
+        }
+    }
+}
+
+struct SubjectExport: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "export",
+        abstract: "Write a subject as a standard LoRA file (kohya or PEFT naming).",
+        discussion: """
+        Each layer's terms are folded into one LoRA (LiDB terms through their bases), with the \
+        scale folded into the up factor and alpha equal to the rank. The file loads with diffusers' \
+        load_lora_weights; kohya naming uses diffusers-style UNet paths (lora_unet_down_blocks_…) \
+        and lora_te_text_model_… for the text encoder.
+        """
+    )
+    @Argument(help: "The subject.") var subject: String
+    @Option(help: "kohya or peft.") var format: LoRAInterop.Format
+    @Option(name: .shortAndLong, help: "Output .safetensors.") var output: String
+
+    func run() throws {
+        try reportingErrors {
+            let s = try Subject(path: subject)
+            try LoRAInterop.export(s, format: format, to: output)
+            print("wrote \(output): \(format.rawValue) LoRA, \(s.layers.count) layers")
+        }
+    }
+}
 
 struct SubjectCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "subject",
         abstract: "Create and inspect subject deltas (LiDB).",
-        subcommands: [SubjectInit.self]
+        subcommands: [SubjectInit.self, SubjectImport.self, SubjectExport.self]
     )
 }
 

@@ -191,3 +191,27 @@ let baseFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().d
         #expect(!FileManager.default.fileExists(atPath: s.file("y.lidb")))
     }
 }
+
+@Suite(.serialized) struct LoRACLITests {
+    @Test func importProjectExport() throws {
+        let s = Scratch()
+        let lora = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("SubjectTests/Fixtures/lora").path
+        _ = try CLI.run(["convert", baseFixtures + "/sd1/diffusers-safetensors", "-o", s.file("base.lidb")])
+        var r = try CLI.run(["subject", "import", lora + "/kohya.safetensors", "--base", s.file("base.lidb"), "-o", s.file("k.lidb")])
+        #expect(r.status == 0 && r.stdout.contains("136 layers, rank 4"), "\(r.stderr)")
+        r = try CLI.run(["subject", "import", lora + "/peft.safetensors", "--base", s.file("base.lidb"), "--project", "--down-dim", "3", "--up-dim", "3", "--seed", "9", "-o", s.file("p.lidb")])
+        #expect(r.status == 0 && r.stdout.contains("projection: mean relative error"), "\(r.stderr)")
+        r = try CLI.run(["inspect", s.file("p.lidb")])
+        #expect(r.stdout.contains("LiDB rank 4") && r.stdout.contains("seed 9"))
+        for f in ["kohya", "peft"] {
+            r = try CLI.run(["subject", "export", s.file("k.lidb"), "--format", f, "-o", s.file("\(f).safetensors")])
+            #expect(r.status == 0, "\(r.stderr)")
+            r = try CLI.run(["subject", "import", s.file("\(f).safetensors"), "--base", s.file("base.lidb"), "-o", s.file("\(f)-again.lidb")])
+            #expect(r.status == 0 && r.stdout.contains("136 layers"))
+        }
+        // A LoRA for another model: every key is listed as unknown.
+        _ = try CLI.run(["convert", baseFixtures + "/sd2/diffusers-safetensors", "-o", s.file("sd2.lidb")])
+        r = try CLI.run(["subject", "import", lora + "/kohya.safetensors", "--base", s.file("sd2.lidb"), "-o", s.file("x.lidb")])
+        #expect(r.status == 2 && (r.stderr.contains("match no layer") || r.stderr.contains("do not fit")))
+    }
+}
