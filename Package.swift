@@ -33,7 +33,7 @@ let package = Package(
         // Subject deltas: LiDB parameterisation, portable bases, subject files, merge/unmerge/live.
         .target(
             name: "SubjectDelta",
-            dependencies: ["TensorFile", "Checkpoint", "CBLAS", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["TensorFile", "Checkpoint", "CBLAS", "CLidbSupport", .product(name: "Crypto", package: "swift-crypto")]
         ),
         .target(
             name: "LidbCLI",

@@ -64,3 +64,29 @@ int lidb_has_f16c(void) { return 0; }
 int lidb_f32_to_f16(const float *src, uint16_t *dst, size_t n, size_t *overflow, size_t *nans) { return 0; }
 int lidb_f16_to_f32(const uint16_t *src, float *dst, size_t n) { return 0; }
 #endif
+
+// Large copies with non-temporal stores: the destination is not read first (no read-for-ownership)
+// and does not evict useful cache lines. Falls back to memcpy without AVX.
+#include <string.h>
+#if defined(__x86_64__)
+__attribute__((target("avx")))
+static void copy_stream_avx(float *dst, const float *src, size_t n) {
+    size_t i = 0;
+    while (i < n && ((uintptr_t)(dst + i) & 31)) { dst[i] = src[i]; i++; }
+    for (; i + 32 <= n; i += 32) {
+        __m256 a = _mm256_loadu_ps(src + i), b = _mm256_loadu_ps(src + i + 8);
+        __m256 c = _mm256_loadu_ps(src + i + 16), d = _mm256_loadu_ps(src + i + 24);
+        _mm256_stream_ps(dst + i, a); _mm256_stream_ps(dst + i + 8, b);
+        _mm256_stream_ps(dst + i + 16, c); _mm256_stream_ps(dst + i + 24, d);
+    }
+    for (; i < n; i++) dst[i] = src[i];
+    _mm_sfence();
+}
+#endif
+
+void lidb_copy_floats(float *dst, const float *src, size_t n) {
+#if defined(__x86_64__)
+    if (n >= (1u << 16) && lidb_has_f16c()) { copy_stream_avx(dst, src, n); return; }
+#endif
+    memcpy(dst, src, n * sizeof(float));
+}

@@ -1,4 +1,5 @@
 import CBLAS
+import CLidbSupport
 import Checkpoint
 import Dispatch
 import TensorFile
@@ -144,7 +145,7 @@ public final class MergedWeights: @unchecked Sendable {
         let (w, o) = (weights, originals)
         DispatchQueue.concurrentPerform(iterations: names.count) { i in
             let n = names[i]
-            w[n]!.pointer.baseAddress!.update(from: o[n]!.pointer.baseAddress!, count: o[n]!.count)
+            lidb_copy_floats(w[n]!.pointer.baseAddress!, o[n]!.pointer.baseAddress!, o[n]!.count)
         }
     }
 }

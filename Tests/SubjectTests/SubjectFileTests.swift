@@ -98,3 +98,26 @@ import Testing
         #expect(worst < 0.02)
     }
 }
+
+@Suite struct StoredBasisTests {
+    @Test func storedBasesRoundTripAndGiveTheSameDelta() throws {
+        let layers = [TargetLayer(name: "unet.a.attn1.to_q", out: 12, in: 10), TargetLayer(name: "unet.b.attn2.to_k", out: 12, in: 7)]
+        let seeded = Subject.initialise(layers: layers, rank: 1, a: 4, b: 3, basisSeed: 5, std: 0.2, factorSeed: 1, targetSet: "custom", architecture: "sd1")
+        var stored = seeded
+        var bases: [String: StoredBasis] = [:]
+        for l in seeded.layers {
+            let g = try Basis.layer(seed: 5, name: l.target.name, out: l.target.out, in: l.target.inDim, a: 4, b: 3)
+            bases[l.target.name] = StoredBasis(down: g.down, up: g.up)
+        }
+        stored.basis = .stored(bases)
+        let tmp = TempDir()
+        try stored.write(to: tmp.file("s.lidb"), dtype: .f32)
+        let back = try Subject(path: tmp.file("s.lidb"))
+        #expect(back.basis == stored.basis)
+        let cache = BasisCache()
+        for (a, b) in zip(seeded.layers, back.layers) {
+            let fa = try seeded.lowRankFactors(a, cache: cache), fb = try back.lowRankFactors(b, cache: cache)
+            #expect(fa.up == fb.up && fa.down == fb.down)
+        }
+    }
+}
