@@ -9,19 +9,10 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def measure(cmd):
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr.read().decode()}")
-    return elapsed, usage.ru_maxrss / 1024.0
+sys.path.insert(0, os.path.dirname(HERE))
+from benchlib import measure  # noqa: E402
 
 
 def main():
@@ -50,7 +41,7 @@ def main():
             p = os.path.join(work, out)
             if os.path.exists(p):
                 os.remove(p)
-            results.setdefault(name, []).append(measure(cmd))
+            results.setdefault(name, []).append(measure(cmd)[:2])
     anchor = statistics.median(t for t, _ in results["python safetensors load + .half() + save"])
     print(f"\ninput: {size / 1e9:.2f} GB single-file f32 checkpoint (LDM names); median of {repeat}; page cache warm")
     print(f"{'case':45s} {'median s':>9s} {'ratio':>6s} {'peak RSS MiB':>13s}")

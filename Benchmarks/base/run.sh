@@ -2,8 +2,5 @@
 # Base benchmark (see bench.py). Needs the pinned Python venv and ~20 GB free in BENCH_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-venv="${LIDB_VENV:-$HOME/.cache/lidb-venv}"
-[[ -x "$venv/bin/python" ]] || bash converters/setup_venv.sh
-swift build -c release --product lidb
-lidb="$(swift build -c release --show-bin-path)/lidb"
+source Benchmarks/common.sh
 "$venv/bin/python" Benchmarks/base/bench.py "$lidb" "${BENCH_DIR:-${TMPDIR:-/tmp}/lidb-bench-base}" --repeat "${BENCH_REPEAT:-3}"

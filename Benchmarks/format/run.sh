@@ -3,8 +3,5 @@
 # Needs the pinned Python venv (converters/setup_venv.sh) and ~8 GB of free disk in BENCH_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-venv="${LIDB_VENV:-$HOME/.cache/lidb-venv}"
-[[ -x "$venv/bin/python" ]] || bash converters/setup_venv.sh
-swift build -c release --product lidb
-lidb="$(swift build -c release --show-bin-path)/lidb"
+source Benchmarks/common.sh
 "$venv/bin/python" Benchmarks/format/bench.py "$lidb" "${BENCH_DIR:-${TMPDIR:-/tmp}/lidb-bench}" --repeat "${BENCH_REPEAT:-3}"

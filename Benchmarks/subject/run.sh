@@ -2,8 +2,5 @@
 # Subject benchmark (see bench.py). Uses the base benchmark's work folder (an SD 1.5-size pipeline).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-venv="${LIDB_VENV:-$HOME/.cache/lidb-venv}"
-[[ -x "$venv/bin/python" ]] || bash converters/setup_venv.sh
-swift build -c release --product lidb
-lidb="$(swift build -c release --show-bin-path)/lidb"
+source Benchmarks/common.sh
 "$venv/bin/python" Benchmarks/subject/bench.py "$lidb" "${BENCH_DIR:-${TMPDIR:-/tmp}/lidb-bench-base}" --repeat "${BENCH_REPEAT:-7}"

@@ -60,16 +60,3 @@ enum DefaultConfigs {
     }
 }
 
-extension JSONValue {
-    /// The object with `key` set (replaced in place or appended).
-    func setting(_ key: String, _ value: JSONValue) -> JSONValue {
-        guard case var .object(pairs) = self else { return self }
-        if let i = pairs.firstIndex(where: { $0.0 == key }) { pairs[i].1 = value } else { pairs.append((key, value)) }
-        return .object(pairs)
-    }
-
-    func removing(_ key: String) -> JSONValue {
-        guard case let .object(pairs) = self else { return self }
-        return .object(pairs.filter { $0.0 != key })
-    }
-}

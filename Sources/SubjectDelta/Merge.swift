@@ -141,9 +141,9 @@ public enum Merger {
                                    ("weight", .double(Double(s.weight))), ("targets_fingerprint", .string(s.subject.targetLayers.tableFingerprint)),
                                    ("layers", .int(s.subject.layers.count))]))
         }
-        md = md.settingKey("merged", .array(merged))
-        if md["merged_from"] == nil, let fp = base.metadata["fingerprints"] { md = md.settingKey("merged_from", fp) }
-        md = md.removingKey("fingerprints")
+        md = md.setting("merged", .array(merged))
+        if md["merged_from"] == nil, let fp = base.metadata["fingerprints"] { md = md.setting("merged_from", fp) }
+        md = md.removing("fingerprints")
         try rewrite(base, metadata: md, to: path) { (name, info, bytes) throws(TensorFileError) -> OwnedBytes? in
             guard let terms = deltas[name] else { return nil }
             return try apply(terms, to: bytes, info: info, sign: 1, bound: nil)
@@ -168,7 +168,7 @@ public enum Merger {
             }
             list.remove(at: i)
         }
-        md = list.isEmpty ? md.removingKey("merged") : md.settingKey("merged", .array(list))
+        md = list.isEmpty ? md.removing("merged") : md.setting("merged", .array(list))
         if let original {
             if let from = merged.metadata["merged_from"]?["content"]?.stringValue, let oc = original.contentFingerprint, from != oc {
                 throw TensorFileError(file: original.file.path, .invalidArgument("not the original of \(merged.file.path): content \(oc.prefix(16))…, expected \(from.prefix(16))…"))
@@ -178,8 +178,8 @@ public enum Merger {
             }
             summary.restored = true
         }
-        if list.isEmpty { md = md.removingKey("merged_from") }
-        md = md.removingKey("fingerprints")
+        if list.isEmpty { md = md.removing("merged_from") }
+        md = md.removing("fingerprints")
         let boundBox = BoundBox()
         try rewrite(merged, metadata: md, to: path) { (name, info, bytes) throws(TensorFileError) -> OwnedBytes? in
             guard let terms = deltas[name] else { return nil }
@@ -256,15 +256,3 @@ func basenameOf(_ path: String) -> String {
     path.split(separator: "/").last.map(String.init) ?? path
 }
 
-extension JSONValue {
-    func settingKey(_ key: String, _ value: JSONValue) -> JSONValue {
-        guard case var .object(pairs) = self else { return self }
-        if let i = pairs.firstIndex(where: { $0.0 == key }) { pairs[i].1 = value } else { pairs.append((key, value)) }
-        return .object(pairs)
-    }
-
-    func removingKey(_ key: String) -> JSONValue {
-        guard case let .object(pairs) = self else { return self }
-        return .object(pairs.filter { $0.0 != key })
-    }
-}

@@ -39,6 +39,19 @@ public enum JSONValue: Equatable, Sendable {
         return nil
     }
 
+    /// The object with `key` set (replaced in place, or appended); other values are returned unchanged.
+    public func setting(_ key: String, _ value: JSONValue) -> JSONValue {
+        guard case var .object(pairs) = self else { return self }
+        if let i = pairs.firstIndex(where: { $0.0 == key }) { pairs[i].1 = value } else { pairs.append((key, value)) }
+        return .object(pairs)
+    }
+
+    /// The object without `key`.
+    public func removing(_ key: String) -> JSONValue {
+        guard case let .object(pairs) = self else { return self }
+        return .object(pairs.filter { $0.0 != key })
+    }
+
     public var stringValue: String? { if case let .string(s) = self { return s }; return nil }
     public var arrayValue: [JSONValue]? { if case let .array(a) = self { return a }; return nil }
     public var objectValue: [(String, JSONValue)]? { if case let .object(o) = self { return o }; return nil }

@@ -60,14 +60,14 @@ import Testing
             return tmp.file(name)
         }
         var rows = f.metadata["layers"]!.arrayValue!
-        rows[0] = rows[0].settingKey("lidb", .object([("rank", .int(1)), ("a", .int(5)), ("b", .int(4)), ("alpha", .double(1))]))
-        let p1 = try rewrite(f.metadata.settingKey("layers", .array(rows)), "sizes.lidb")
+        rows[0] = rows[0].setting("lidb", .object([("rank", .int(1)), ("a", .int(5)), ("b", .int(4)), ("alpha", .double(1))]))
+        let p1 = try rewrite(f.metadata.setting("layers", .array(rows)), "sizes.lidb")
         #expect { _ = try Subject(path: p1) } throws: { "\($0)".contains("sizes do not match") || "\($0)".contains("fingerprint") }
-        let p2 = try rewrite(f.metadata.settingKey("layers", .array([rows[1], rows[1]])), "dup.lidb")
+        let p2 = try rewrite(f.metadata.setting("layers", .array([rows[1], rows[1]])), "dup.lidb")
         #expect { _ = try Subject(path: p2) } throws: { "\($0)".contains("listed twice") }
-        let p3 = try rewrite(f.metadata.settingKey("lidb_subject", .int(2)), "version.lidb")
+        let p3 = try rewrite(f.metadata.setting("lidb_subject", .int(2)), "version.lidb")
         #expect { _ = try Subject(path: p3) } throws: { "\($0)".contains("schema version 2") }
-        let p4 = try rewrite(f.metadata.settingKey("basis", .object([("generator", .string("other"))])), "basis.lidb")
+        let p4 = try rewrite(f.metadata.setting("basis", .object([("generator", .string("other"))])), "basis.lidb")
         #expect { _ = try Subject(path: p4) } throws: { "\($0)".contains("unknown basis") }
     }
 }
