@@ -35,6 +35,11 @@ let package = Package(
             name: "SubjectDelta",
             dependencies: ["TensorFile", "Checkpoint", "CBLAS", "CLidbSupport", .product(name: "Crypto", package: "swift-crypto")]
         ),
+        // The inference runtime: tokenizer, text encoder, UNet, VAE, schedulers, RNG.
+        .target(
+            name: "Diffusion",
+            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "CBLAS", "CLidbSupport"]
+        ),
         .target(
             name: "LidbCLI",
             dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", .product(name: "ArgumentParser", package: "swift-argument-parser")]
@@ -54,6 +59,11 @@ let package = Package(
         .testTarget(
             name: "SubjectTests",
             dependencies: ["SubjectDelta", "Checkpoint", "TensorFile", .product(name: "Crypto", package: "swift-crypto")]
+        ),
+        .testTarget(
+            name: "DiffusionTests",
+            dependencies: ["Diffusion", "TensorFile", "Checkpoint"],
+            exclude: ["Fixtures"]
         ),
         .testTarget(name: "CLITests", dependencies: ["TensorFile", "lidb"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CBLAS", "CPNG", "CZstd"]),
