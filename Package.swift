@@ -58,7 +58,8 @@ let package = Package(
         ),
         .testTarget(
             name: "SubjectTests",
-            dependencies: ["SubjectDelta", "Checkpoint", "TensorFile", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["SubjectDelta", "Checkpoint", "TensorFile", .product(name: "Crypto", package: "swift-crypto")],
+            exclude: ["Fixtures"]
         ),
         .testTarget(
             name: "DiffusionTests",
