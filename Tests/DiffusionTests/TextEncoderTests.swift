@@ -1,0 +1,52 @@
+import Foundation
+import Testing
+@testable import Checkpoint
+@testable import Diffusion
+@testable import TensorFile
+
+/// transformers' CLIPTextModel outputs for the tiny SD 1.x / 2.x pipelines
+/// (converters/fixtures/make_text_encoder_fixtures.py).
+@Suite(.serialized) struct TextEncoderTests {
+    static func base(_ name: String, dtype: DType? = nil) throws -> (BaseModel, String) {
+        let dir = NSTemporaryDirectory() + "lidb-te-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let path = dir + "/base.lidb"
+        _ = try BaseConverter.write(BaseConverter.plan(input: DiffusionFixtures.repo + "/Tests/BaseTests/Fixtures/\(name)/diffusers-safetensors"), to: path, dtype: dtype)
+        return (try BaseModel(path: path), dir)
+    }
+
+    func tensor(_ f: SafetensorsFile, _ n: String) throws -> [Float] {
+        try f.tensorBytes(n).bytes.withMemoryRebound(to: Float.self) { Array($0) }
+    }
+
+    @Test(arguments: ["sd1", "sd2"])
+    func matchesTransformers(name: String) throws {
+        let (base, dir) = try Self.base(name)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let enc = try CLIPTextEncoder(base: base)
+        let f = try SafetensorsFile(path: DiffusionFixtures.path("text_encoder/\(name).safetensors"))
+        let ids = try f.tensorBytes("input_ids").bytes.withMemoryRebound(to: Int64.self) { $0.map(Int.init) }
+        let last = try tensor(f, "last_hidden"), m2 = try tensor(f, "hidden_m2")
+        let per = 77 * enc.hidden
+        var worst: Float = 0, worstM2: Float = 0
+        for row in 0..<3 {
+            let got = try enc.encode(Array(ids[(row * 77)..<((row + 1) * 77)]))
+            let gotM2 = try enc.encode(Array(ids[(row * 77)..<((row + 1) * 77)]), hiddenState: enc.layers.count - 1)
+            let scale = last[(row * per)..<((row + 1) * per)].map(abs).max()!
+            for i in 0..<per {
+                worst = max(worst, abs(got[i] - last[row * per + i]) / scale)
+                worstM2 = max(worstM2, abs(gotM2[i] - m2[row * per + i]) / scale)
+            }
+        }
+        print("\(name) text encoder vs transformers: max |error| / max |output| = \(worst) (last), \(worstM2) (penultimate)")
+        #expect(worst < 1e-5 && worstM2 < 1e-5)
+    }
+
+    @Test func badInputIsRefused() throws {
+        let (base, dir) = try Self.base("sd1")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let enc = try CLIPTextEncoder(base: base)
+        #expect(throws: TensorFileError.self) { _ = try enc.encode([Int](repeating: 0, count: 78)) }
+        #expect(throws: TensorFileError.self) { _ = try enc.encode([enc.vocab]) }
+    }
+}
