@@ -1,0 +1,274 @@
+import Checkpoint
+import Foundation
+import TensorFile
+
+/// diffusers' `UNet2DConditionModel` for SD 1.x / 2.x configurations (cross-attention down/up
+/// blocks, `UNetMidBlock2DCrossAttn`, conv or linear transformer projections, GEGLU feed-forward),
+/// f32 on the CPU. Weights are read once from the base and kept as f32.
+public final class UNet {
+    public let config: JSONValue
+    let w: [String: [Float]]
+    let blockChannels: [Int]
+    let layersPerBlock: Int
+    let downAttention: [Bool], upAttention: [Bool]
+    let heads: [Int]
+    let groups: Int
+    let eps: Float
+    let linearProjection: Bool
+    public let inChannels: Int, outChannels: Int, contextDim: Int
+    let flipSinToCos: Bool, freqShift: Float
+    /// Adds a subject's ΔW·x on the fly for weight names the live delta covers.
+    public var live: ((String, UnsafePointer<Float>, Int, UnsafeMutablePointer<Float>) -> Void)?
+
+    public init(base: BaseModel) throws(TensorFileError) {
+        guard let c = base.config("unet") else { throw TensorFileError(file: base.file.path, .missingField("components.unet.config")) }
+        config = c
+        func ints(_ k: String) -> [Int]? { c[k]?.arrayValue?.compactMap { $0.int64Value.map(Int.init) } }
+        func fail(_ m: String) -> TensorFileError { TensorFileError(file: base.file.path, .invalidArgument("unet config: " + m)) }
+        guard let ch = ints("block_out_channels"), let L = c["layers_per_block"]?.int64Value,
+              let down = c["down_block_types"]?.arrayValue?.compactMap(\.stringValue),
+              let up = c["up_block_types"]?.arrayValue?.compactMap(\.stringValue), down.count == ch.count, up.count == ch.count else {
+            throw fail("needs block_out_channels, layers_per_block, down_block_types, up_block_types")
+        }
+        blockChannels = ch
+        layersPerBlock = Int(L)
+        downAttention = down.map { $0.hasPrefix("CrossAttn") }
+        upAttention = up.map { $0.hasPrefix("CrossAttn") }
+        // diffusers reads attention_head_dim as the number of heads (a legacy quirk) unless
+        // num_attention_heads is given.
+        let headSpec = c["num_attention_heads"].flatMap { $0 == .null ? nil : $0 } ?? c["attention_head_dim"]
+        if let one = headSpec?.int64Value { heads = ch.map { _ in Int(one) } } else if let list = headSpec?.arrayValue?.compactMap(\.int64Value), list.count == ch.count {
+            heads = list.map(Int.init)
+        } else { throw fail("attention_head_dim must be a number or one per block") }
+        groups = Int(c["norm_num_groups"]?.int64Value ?? 32)
+        eps = Float(c["norm_eps"]?.doubleValue ?? 1e-5)
+        linearProjection = c["use_linear_projection"]?.boolValue ?? false
+        inChannels = Int(c["in_channels"]?.int64Value ?? 4)
+        outChannels = Int(c["out_channels"]?.int64Value ?? 4)
+        contextDim = Int(c["cross_attention_dim"]?.int64Value ?? 768)
+        flipSinToCos = c["flip_sin_to_cos"]?.boolValue ?? true
+        freqShift = Float(c["freq_shift"]?.doubleValue ?? 0)
+        let loader = WeightLoader(base: base)
+        var weights: [String: [Float]] = [:]
+        for t in base.file.tensors where t.name.hasPrefix("unet.") {
+            weights[String(t.name.dropFirst("unet.".count))] = try loader.f32(t.name)
+        }
+        w = weights
+    }
+
+    func p(_ name: String) -> [Float] {
+        guard let v = w[name] else { fatalError("missing UNet weight \(name)") }
+        return v
+    }
+
+    func has(_ name: String) -> Bool { w[name] != nil }
+
+    /// Sinusoidal timestep embedding as diffusers' `get_timestep_embedding`.
+    func timestepEmbedding(_ t: Float, dim: Int) -> [Float] {
+        let half = dim / 2
+        var e = [Float](repeating: 0, count: dim)
+        for i in 0..<half {
+            let exponent = -Foundation.log(Float(10000)) * Float(i) / (Float(half) - freqShift)
+            let arg = t * Foundation.exp(exponent)
+            let s = Foundation.sin(arg), co = Foundation.cos(arg)
+            if flipSinToCos { e[i] = co; e[half + i] = s } else { e[i] = s; e[half + i] = co }
+        }
+        return e
+    }
+
+    func linear(_ name: String, _ x: [Float], rows: Int, in inDim: Int, out: Int, bias: Bool = true) -> [Float] {
+        var y = Ops.linear(x, rows: rows, in: inDim, weight: p(name + ".weight"), bias: bias ? p(name + ".bias") : nil, out: out)
+        if let live { x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in live("unet." + name + ".weight", xp.baseAddress!, rows, yp.baseAddress!) } } }
+        return y
+    }
+
+    func conv(_ name: String, _ x: FeatureMap, out: Int, k: Int, stride: Int = 1) -> FeatureMap {
+        Ops.conv2d(x, weight: p(name + ".weight"), bias: p(name + ".bias"), out: out, kernel: k, stride: stride, padding: k / 2)
+    }
+
+    func resnet(_ name: String, _ x: FeatureMap, temb: [Float], out: Int) -> FeatureMap {
+        var h = Ops.groupNorm(x, groups: groups, weight: p(name + ".norm1.weight"), bias: p(name + ".norm1.bias"), eps: eps, silu: true)
+        h = conv(name + ".conv1", h, out: out, k: 3)
+        var t = temb
+        Ops.silu(&t)
+        let tp = Ops.linear(t, rows: 1, in: t.count, weight: p(name + ".time_emb_proj.weight"), bias: p(name + ".time_emb_proj.bias"), out: out)
+        let hw = h.h * h.w
+        for c in 0..<out { for i in 0..<hw { h.data[c * hw + i] += tp[c] } }
+        h = Ops.groupNorm(h, groups: groups, weight: p(name + ".norm2.weight"), bias: p(name + ".norm2.bias"), eps: eps, silu: true)
+        h = conv(name + ".conv2", h, out: out, k: 3)
+        let skip = has(name + ".conv_shortcut.weight") ? conv(name + ".conv_shortcut", x, out: out, k: 1) : x
+        for i in h.data.indices { h.data[i] += skip.data[i] }
+        return h
+    }
+
+    func transformer(_ name: String, _ x: FeatureMap, context: [Float], contextTokens: Int, heads: Int) -> FeatureMap {
+        let c = x.c, n = x.h * x.w
+        var h = Ops.groupNorm(x, groups: groups, weight: p(name + ".norm.weight"), bias: p(name + ".norm.bias"), eps: 1e-6)
+        var tokens: [Float]
+        if linearProjection {
+            tokens = linear(name + ".proj_in", Ops.toTokens(h), rows: n, in: c, out: c)
+        } else {
+            h = Ops.conv2d(h, weight: p(name + ".proj_in.weight"), bias: p(name + ".proj_in.bias"), out: c, kernel: 1, padding: 0)
+            tokens = Ops.toTokens(h)
+        }
+        let b = name + ".transformer_blocks.0"
+        let d = c / heads
+        // Self-attention.
+        var nrm = Ops.layerNorm(tokens, rows: n, channels: c, weight: p(b + ".norm1.weight"), bias: p(b + ".norm1.bias"), eps: 1e-5)
+        var a = Ops.attention(q: linear(b + ".attn1.to_q", nrm, rows: n, in: c, out: c, bias: false),
+                              k: linear(b + ".attn1.to_k", nrm, rows: n, in: c, out: c, bias: false),
+                              v: linear(b + ".attn1.to_v", nrm, rows: n, in: c, out: c, bias: false), queries: n, keys: n, heads: heads, headDim: d)
+        var o = linear(b + ".attn1.to_out.0", a, rows: n, in: c, out: c)
+        for i in tokens.indices { tokens[i] += o[i] }
+        // Cross-attention to the text.
+        nrm = Ops.layerNorm(tokens, rows: n, channels: c, weight: p(b + ".norm2.weight"), bias: p(b + ".norm2.bias"), eps: 1e-5)
+        a = Ops.attention(q: linear(b + ".attn2.to_q", nrm, rows: n, in: c, out: c, bias: false),
+                          k: linear(b + ".attn2.to_k", context, rows: contextTokens, in: contextDim, out: c, bias: false),
+                          v: linear(b + ".attn2.to_v", context, rows: contextTokens, in: contextDim, out: c, bias: false),
+                          queries: n, keys: contextTokens, heads: heads, headDim: d)
+        o = linear(b + ".attn2.to_out.0", a, rows: n, in: c, out: c)
+        for i in tokens.indices { tokens[i] += o[i] }
+        // GEGLU feed-forward.
+        nrm = Ops.layerNorm(tokens, rows: n, channels: c, weight: p(b + ".norm3.weight"), bias: p(b + ".norm3.bias"), eps: 1e-5)
+        let inner = p(b + ".ff.net.2.weight").count / c
+        let proj = linear(b + ".ff.net.0.proj", nrm, rows: n, in: c, out: 2 * inner)
+        var gated = [Float](repeating: 0, count: n * inner)
+        for r in 0..<n {
+            for j in 0..<inner {
+                let g = Double(proj[r * 2 * inner + inner + j])
+                gated[r * inner + j] = proj[r * 2 * inner + j] * Float(0.5 * g * (1 + Foundation.erf(g / 2.0.squareRoot())))
+            }
+        }
+        o = linear(b + ".ff.net.2", gated, rows: n, in: inner, out: c)
+        for i in tokens.indices { tokens[i] += o[i] }
+        var y: FeatureMap
+        if linearProjection {
+            y = Ops.fromTokens(linear(name + ".proj_out", tokens, rows: n, in: c, out: c), c: c, h: x.h, w: x.w)
+        } else {
+            y = Ops.conv2d(Ops.fromTokens(tokens, c: c, h: x.h, w: x.w), weight: p(name + ".proj_out.weight"), bias: p(name + ".proj_out.bias"), out: c, kernel: 1, padding: 0)
+        }
+        for i in y.data.indices { y.data[i] += x.data[i] }
+        return y
+    }
+
+    /// One evaluation for one batch item: `sample` `[in, h, w]`, `context` `[tokens × cross_attention_dim]`.
+    public func callAsFunction(_ sample: FeatureMap, timestep t: Float, context: [Float], contextTokens: Int) -> FeatureMap {
+        let c0 = blockChannels[0]
+        var temb = timestepEmbedding(t, dim: c0)
+        temb = Ops.linear(temb, rows: 1, in: c0, weight: p("time_embedding.linear_1.weight"), bias: p("time_embedding.linear_1.bias"), out: 4 * c0)
+        Ops.silu(&temb)
+        temb = Ops.linear(temb, rows: 1, in: 4 * c0, weight: p("time_embedding.linear_2.weight"), bias: p("time_embedding.linear_2.bias"), out: 4 * c0)
+        var x = conv("conv_in", sample, out: c0, k: 3)
+        var skips: [FeatureMap] = [x]
+        for (b, ch) in blockChannels.enumerated() {
+            for r in 0..<layersPerBlock {
+                x = resnet("down_blocks.\(b).resnets.\(r)", x, temb: temb, out: ch)
+                if downAttention[b] { x = transformer("down_blocks.\(b).attentions.\(r)", x, context: context, contextTokens: contextTokens, heads: heads[b]) }
+                skips.append(x)
+            }
+            if b < blockChannels.count - 1 {
+                x = conv("down_blocks.\(b).downsamplers.0.conv", x, out: ch, k: 3, stride: 2)
+                skips.append(x)
+            }
+        }
+        let top = blockChannels.last!
+        x = resnet("mid_block.resnets.0", x, temb: temb, out: top)
+        x = transformer("mid_block.attentions.0", x, context: context, contextTokens: contextTokens, heads: heads.last!)
+        x = resnet("mid_block.resnets.1", x, temb: temb, out: top)
+        let upChannels = Array(blockChannels.reversed()), upHeads = Array(heads.reversed())
+        for (b, ch) in upChannels.enumerated() {
+            for r in 0...layersPerBlock {
+                let skip = skips.removeLast()
+                var cat = FeatureMap(c: x.c + skip.c, h: x.h, w: x.w)
+                cat.data.replaceSubrange(0..<x.data.count, with: x.data)
+                cat.data.replaceSubrange(x.data.count..<cat.data.count, with: skip.data)
+                x = resnet("up_blocks.\(b).resnets.\(r)", cat, temb: temb, out: ch)
+                if upAttention[b] { x = transformer("up_blocks.\(b).attentions.\(r)", x, context: context, contextTokens: contextTokens, heads: upHeads[b]) }
+            }
+            if b < upChannels.count - 1 {
+                x = conv("up_blocks.\(b).upsamplers.0.conv", Ops.upsampleNearest2x(x), out: ch, k: 3)
+            }
+        }
+        x = Ops.groupNorm(x, groups: groups, weight: p("conv_norm_out.weight"), bias: p("conv_norm_out.bias"), eps: eps, silu: true)
+        return conv("conv_out", x, out: outChannels, k: 3)
+    }
+}
+
+/// diffusers' `AutoencoderKL` decoder (post-quant conv, mid block with single-head attention,
+/// up blocks in reverse channel order, nearest upsampling).
+public final class VAEDecoder {
+    let w: [String: [Float]]
+    let channels: [Int]
+    let layersPerBlock: Int
+    let groups: Int
+    public let latentChannels: Int, outChannels: Int
+    public let scalingFactor: Float
+
+    public init(base: BaseModel) throws(TensorFileError) {
+        guard let c = base.config("vae"), let ch = c["block_out_channels"]?.arrayValue?.compactMap({ $0.int64Value.map(Int.init) }) else {
+            throw TensorFileError(file: base.file.path, .missingField("components.vae.config.block_out_channels"))
+        }
+        channels = ch
+        layersPerBlock = Int(c["layers_per_block"]?.int64Value ?? 2)
+        groups = Int(c["norm_num_groups"]?.int64Value ?? 32)
+        latentChannels = Int(c["latent_channels"]?.int64Value ?? 4)
+        outChannels = Int(c["out_channels"]?.int64Value ?? 3)
+        scalingFactor = Float(c["scaling_factor"]?.doubleValue ?? 0.18215)
+        let loader = WeightLoader(base: base)
+        var weights: [String: [Float]] = [:]
+        for t in base.file.tensors where t.name.hasPrefix("vae.decoder.") || t.name.hasPrefix("vae.post_quant_conv.") {
+            weights[String(t.name.dropFirst("vae.".count))] = try loader.f32(t.name)
+        }
+        w = weights
+    }
+
+    func p(_ n: String) -> [Float] {
+        guard let v = w[n] else { fatalError("missing VAE weight \(n)") }
+        return v
+    }
+
+    func conv(_ n: String, _ x: FeatureMap, out: Int, k: Int) -> FeatureMap {
+        Ops.conv2d(x, weight: p(n + ".weight"), bias: p(n + ".bias"), out: out, kernel: k, padding: k / 2)
+    }
+
+    func resnet(_ n: String, _ x: FeatureMap, out: Int) -> FeatureMap {
+        var h = Ops.groupNorm(x, groups: groups, weight: p(n + ".norm1.weight"), bias: p(n + ".norm1.bias"), eps: 1e-6, silu: true)
+        h = conv(n + ".conv1", h, out: out, k: 3)
+        h = Ops.groupNorm(h, groups: groups, weight: p(n + ".norm2.weight"), bias: p(n + ".norm2.bias"), eps: 1e-6, silu: true)
+        h = conv(n + ".conv2", h, out: out, k: 3)
+        let skip = w[n + ".conv_shortcut.weight"] != nil ? conv(n + ".conv_shortcut", x, out: out, k: 1) : x
+        for i in h.data.indices { h.data[i] += skip.data[i] }
+        return h
+    }
+
+    func attention(_ n: String, _ x: FeatureMap) -> FeatureMap {
+        let c = x.c, hw = x.h * x.w
+        let h = Ops.groupNorm(x, groups: groups, weight: p(n + ".group_norm.weight"), bias: p(n + ".group_norm.bias"), eps: 1e-6)
+        let t = Ops.toTokens(h)
+        let q = Ops.linear(t, rows: hw, in: c, weight: p(n + ".to_q.weight"), bias: p(n + ".to_q.bias"), out: c)
+        let k = Ops.linear(t, rows: hw, in: c, weight: p(n + ".to_k.weight"), bias: p(n + ".to_k.bias"), out: c)
+        let v = Ops.linear(t, rows: hw, in: c, weight: p(n + ".to_v.weight"), bias: p(n + ".to_v.bias"), out: c)
+        let a = Ops.attention(q: q, k: k, v: v, queries: hw, keys: hw, heads: 1, headDim: c)
+        let o = Ops.linear(a, rows: hw, in: c, weight: p(n + ".to_out.0.weight"), bias: p(n + ".to_out.0.bias"), out: c)
+        var y = Ops.fromTokens(o, c: c, h: x.h, w: x.w)
+        for i in y.data.indices { y.data[i] += x.data[i] }
+        return y
+    }
+
+    /// Decodes latents (already divided by the scaling factor) to an image in [-1, 1] (roughly).
+    public func callAsFunction(_ latents: FeatureMap) -> FeatureMap {
+        var x = conv("post_quant_conv", latents, out: latentChannels, k: 1)
+        let top = channels.last!
+        x = conv("decoder.conv_in", x, out: top, k: 3)
+        x = resnet("decoder.mid_block.resnets.0", x, out: top)
+        x = attention("decoder.mid_block.attentions.0", x)
+        x = resnet("decoder.mid_block.resnets.1", x, out: top)
+        let rev = Array(channels.reversed())
+        for (b, ch) in rev.enumerated() {
+            for r in 0...layersPerBlock { x = resnet("decoder.up_blocks.\(b).resnets.\(r)", x, out: ch) }
+            if b < rev.count - 1 { x = conv("decoder.up_blocks.\(b).upsamplers.0.conv", Ops.upsampleNearest2x(x), out: ch, k: 3) }
+        }
+        x = Ops.groupNorm(x, groups: groups, weight: p("decoder.conv_norm_out.weight"), bias: p("decoder.conv_norm_out.bias"), eps: 1e-6, silu: true)
+        return conv("decoder.conv_out", x, out: outChannels, k: 3)
+    }
+}

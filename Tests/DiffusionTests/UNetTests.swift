@@ -1,0 +1,49 @@
+import Foundation
+import Testing
+@testable import Checkpoint
+@testable import Diffusion
+@testable import TensorFile
+
+/// diffusers' UNet2DConditionModel and AutoencoderKL decoder outputs for the tiny pipelines
+/// (converters/fixtures/make_unet_fixtures.py).
+@Suite(.serialized) struct UNetTests {
+    func tensor(_ f: SafetensorsFile, _ n: String) throws -> [Float] {
+        try f.tensorBytes(n).bytes.withMemoryRebound(to: Float.self) { Array($0) }
+    }
+
+    @Test(arguments: ["sd1", "sd2", "sd1-inpaint"])
+    func unetMatchesDiffusers(name: String) throws {
+        let (base, dir) = try TextEncoderTests.base(name)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let unet = try UNet(base: base)
+        let f = try SafetensorsFile(path: DiffusionFixtures.path("unet/\(name).safetensors"))
+        let sample = try tensor(f, "sample"), context = try tensor(f, "context"), want = try tensor(f, "out")
+        let ts = try f.tensorBytes("timesteps").bytes.withMemoryRebound(to: Int64.self) { Array($0) }
+        let cin = unet.inChannels, per = cin * 64, outPer = 4 * 64, ctxPer = 77 * unet.contextDim
+        var worst: Float = 0
+        for b in 0..<2 {
+            let x = FeatureMap(c: cin, h: 8, w: 8, data: Array(sample[(b * per)..<((b + 1) * per)]))
+            let y = unet(x, timestep: Float(ts[b]), context: Array(context[(b * ctxPer)..<((b + 1) * ctxPer)]), contextTokens: 77)
+            let ref = want[(b * outPer)..<((b + 1) * outPer)]
+            let scale = ref.map(abs).max()!
+            for (g, r) in zip(y.data, ref) { worst = max(worst, abs(g - r) / scale) }
+        }
+        print("\(name) UNet vs diffusers: max |error| / max |output| = \(worst)")
+        #expect(worst < 1e-4)
+    }
+
+    @Test(arguments: ["sd1", "sd2"])
+    func vaeDecoderMatchesDiffusers(name: String) throws {
+        let (base, dir) = try TextEncoderTests.base(name)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let vae = try VAEDecoder(base: base)
+        let f = try SafetensorsFile(path: DiffusionFixtures.path("unet/\(name).safetensors"))
+        let y = vae(FeatureMap(c: 4, h: 8, w: 8, data: try tensor(f, "latents")))
+        let want = try tensor(f, "decoded")
+        #expect(y.c == 3 && y.h == 64 && y.w == 64)
+        let scale = want.map(abs).max()!
+        let worst = zip(y.data, want).map { abs($0 - $1) / scale }.max()!
+        print("\(name) VAE decoder vs diffusers: max |error| / max |output| = \(worst)")
+        #expect(worst < 1e-4)
+    }
+}
