@@ -38,7 +38,7 @@ let package = Package(
         // The inference runtime: tokenizer, text encoder, UNet, VAE, schedulers, RNG.
         .target(
             name: "Diffusion",
-            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "CBLAS", "CLidbSupport"]
+            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "CBLAS", "CPNG", "CLidbSupport"]
         ),
         .target(
             name: "LidbCLI",
@@ -63,7 +63,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DiffusionTests",
-            dependencies: ["Diffusion", "TensorFile", "Checkpoint"],
+            dependencies: ["Diffusion", "TensorFile", "Checkpoint", "CPNG"],
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "CLITests", dependencies: ["TensorFile", "lidb"]),
