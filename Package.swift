@@ -42,7 +42,7 @@ let package = Package(
         ),
         .target(
             name: "LidbCLI",
-            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "Diffusion", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(name: "lidb", dependencies: ["LidbCLI"]),
 

@@ -1,4 +1,5 @@
 import Checkpoint
+import SubjectDelta
 import TensorFile
 
 /// Weights of a base, read as f32 on demand (each tensor converted once from the base's dtype).
@@ -22,20 +23,16 @@ public final class WeightLoader {
 
 /// transformers' `CLIPTextModel` forward pass (SD 1.x: CLIP ViT-L, quick_gelu; SD 2.x: OpenCLIP
 /// ViT-H's first 23 layers, gelu), configured from the base's `text_encoder` config. Returns the
-/// last hidden state after the final layer norm, `[77 × hidden]` per prompt.
+/// last hidden state after the final layer norm, `[tokens × hidden]` per prompt.
 public final class CLIPTextEncoder {
-    struct Layer {
-        var ln1w: [Float], ln1b: [Float], ln2w: [Float], ln2b: [Float]
-        var qw: [Float], qb: [Float], kw: [Float], kb: [Float], vw: [Float], vb: [Float], ow: [Float], ob: [Float]
-        var fc1w: [Float], fc1b: [Float], fc2w: [Float], fc2b: [Float]
-    }
-
-    public let hidden: Int, heads: Int, intermediate: Int, maxPositions: Int, vocab: Int
+    public let hidden: Int, heads: Int, intermediate: Int, maxPositions: Int, vocab: Int, layerCount: Int
     public let activation: String
     public let eps: Float
-    let tokenEmbedding: [Float], positionEmbedding: [Float]
-    let layers: [Layer]
-    let finalW: [Float], finalB: [Float]
+    /// Weights by base name without the `text_encoder.text_model.` prefix, f32.
+    var w: [String: [Float]]
+    /// Adds a subject's ΔW·x on the fly (base weight name, x, rows, y).
+    public var live: ((String, UnsafePointer<Float>, Int, UnsafeMutablePointer<Float>) -> Void)?
+    static let prefix = "text_encoder.text_model."
 
     public init(base: BaseModel) throws(TensorFileError) {
         guard let c = base.config("text_encoder") else { throw TensorFileError(file: base.file.path, .missingField("components.text_encoder.config")) }
@@ -48,65 +45,79 @@ public final class CLIPTextEncoder {
         intermediate = try int("intermediate_size")
         maxPositions = try int("max_position_embeddings")
         vocab = try int("vocab_size")
-        let n = try int("num_hidden_layers")
+        layerCount = try int("num_hidden_layers")
         activation = c["hidden_act"]?.stringValue ?? "quick_gelu"
         eps = Float(c["layer_norm_eps"]?.doubleValue ?? 1e-5)
         guard hidden % heads == 0 else { throw TensorFileError(file: base.file.path, .invalidArgument("hidden_size \(hidden) is not a multiple of \(heads) heads")) }
-        let w = WeightLoader(base: base)
-        let p = "text_encoder.text_model."
-        tokenEmbedding = try w.f32(p + "embeddings.token_embedding.weight")
-        positionEmbedding = try w.f32(p + "embeddings.position_embedding.weight")
-        var ls: [Layer] = []
-        for i in 0..<n {
-            let l = p + "encoder.layers.\(i)."
-            ls.append(Layer(ln1w: try w.f32(l + "layer_norm1.weight"), ln1b: try w.f32(l + "layer_norm1.bias"),
-                            ln2w: try w.f32(l + "layer_norm2.weight"), ln2b: try w.f32(l + "layer_norm2.bias"),
-                            qw: try w.f32(l + "self_attn.q_proj.weight"), qb: try w.f32(l + "self_attn.q_proj.bias"),
-                            kw: try w.f32(l + "self_attn.k_proj.weight"), kb: try w.f32(l + "self_attn.k_proj.bias"),
-                            vw: try w.f32(l + "self_attn.v_proj.weight"), vb: try w.f32(l + "self_attn.v_proj.bias"),
-                            ow: try w.f32(l + "self_attn.out_proj.weight"), ob: try w.f32(l + "self_attn.out_proj.bias"),
-                            fc1w: try w.f32(l + "mlp.fc1.weight"), fc1b: try w.f32(l + "mlp.fc1.bias"),
-                            fc2w: try w.f32(l + "mlp.fc2.weight"), fc2b: try w.f32(l + "mlp.fc2.bias")))
+        let loader = WeightLoader(base: base)
+        var weights: [String: [Float]] = [:]
+        for t in base.file.tensors where t.name.hasPrefix(Self.prefix) {
+            weights[String(t.name.dropFirst(Self.prefix.count))] = try loader.f32(t.name)
         }
-        layers = ls
-        finalW = try w.f32(p + "final_layer_norm.weight")
-        finalB = try w.f32(p + "final_layer_norm.bias")
-        guard tokenEmbedding.count == vocab * hidden, positionEmbedding.count == maxPositions * hidden else {
+        w = weights
+        var needed = ["embeddings.token_embedding.weight", "embeddings.position_embedding.weight", "final_layer_norm.weight", "final_layer_norm.bias"]
+        for i in 0..<layerCount {
+            for n in ["layer_norm1", "layer_norm2", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2"] {
+                needed += ["encoder.layers.\(i).\(n).weight", "encoder.layers.\(i).\(n).bias"]
+            }
+        }
+        for n in needed where w[n] == nil { throw TensorFileError(file: base.file.path, tensor: Self.prefix + n, .tensorNotFound) }
+        guard w["embeddings.token_embedding.weight"]!.count == vocab * hidden, w["embeddings.position_embedding.weight"]!.count == maxPositions * hidden else {
             throw TensorFileError(file: base.file.path, .invalidArgument("text encoder embeddings do not match its config"))
         }
     }
 
+    func p(_ n: String) -> [Float] { w[n]! }
+
+    func linear(_ name: String, _ x: [Float], rows: Int, in inDim: Int, out: Int) -> [Float] {
+        var y = Ops.linear(x, rows: rows, in: inDim, weight: p(name + ".weight"), bias: p(name + ".bias"), out: out)
+        if let live { x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in live(Self.prefix + name + ".weight", xp.baseAddress!, rows, yp.baseAddress!) } } }
+        return y
+    }
+
+    /// Adds `U·D` to a weight in memory (merging a subject); `name` is the base name.
+    public func addLowRank(weight name: String, up: [Float], down: [Float], rank: Int, sign: Float = 1) -> Bool {
+        guard name.hasPrefix(Self.prefix), var v = w[String(name.dropFirst(Self.prefix.count))] else { return false }
+        let out = up.count / rank, inDim = down.count / rank
+        guard out * inDim == v.count else { return false }
+        v.withUnsafeMutableBufferPointer { vp in addLowRankUpdate(up, down, out: out, in: inDim, rank: rank, into: vp.baseAddress!, sign: sign) }
+        w[String(name.dropFirst(Self.prefix.count))] = v
+        return true
+    }
+
     /// Encodes one sequence of token ids (at most `max_position_embeddings`).
-    /// `hiddenLayer` −1 is the last layer (after the final layer norm, what SD uses); other values
-    /// return that layer's output without the final norm (`hidden_states[k]` in transformers).
+    /// `hiddenState` k returns `hidden_states[k]` of transformers (the input of layer k, without
+    /// the final norm); nil returns the last layer after the final layer norm (what SD uses).
     public func encode(_ ids: [Int], hiddenState: Int? = nil) throws(TensorFileError) -> [Float] {
         let n = ids.count
         guard n <= maxPositions else { throw TensorFileError(file: "text encoder", .invalidArgument("\(n) tokens, at most \(maxPositions)")) }
+        let tok = p("embeddings.token_embedding.weight"), pos = p("embeddings.position_embedding.weight")
         var x = [Float](repeating: 0, count: n * hidden)
         for (t, id) in ids.enumerated() {
             guard id >= 0 && id < vocab else { throw TensorFileError(file: "text encoder", .invalidArgument("token id \(id) outside the vocabulary (\(vocab))")) }
-            for j in 0..<hidden { x[t * hidden + j] = tokenEmbedding[id * hidden + j] + positionEmbedding[t * hidden + j] }
+            for j in 0..<hidden { x[t * hidden + j] = tok[id * hidden + j] + pos[t * hidden + j] }
         }
-        for (i, l) in layers.enumerated() {
+        for i in 0..<layerCount {
             if let k = hiddenState, k == i { return x }
-            var h = Ops.layerNorm(x, rows: n, channels: hidden, weight: l.ln1w, bias: l.ln1b, eps: eps)
-            let q = Ops.linear(h, rows: n, in: hidden, weight: l.qw, bias: l.qb, out: hidden)
-            let k = Ops.linear(h, rows: n, in: hidden, weight: l.kw, bias: l.kb, out: hidden)
-            let v = Ops.linear(h, rows: n, in: hidden, weight: l.vw, bias: l.vb, out: hidden)
+            let l = "encoder.layers.\(i)."
+            var h = Ops.layerNorm(x, rows: n, channels: hidden, weight: p(l + "layer_norm1.weight"), bias: p(l + "layer_norm1.bias"), eps: eps)
+            let q = linear(l + "self_attn.q_proj", h, rows: n, in: hidden, out: hidden)
+            let k = linear(l + "self_attn.k_proj", h, rows: n, in: hidden, out: hidden)
+            let v = linear(l + "self_attn.v_proj", h, rows: n, in: hidden, out: hidden)
             let a = Ops.attention(q: q, k: k, v: v, queries: n, keys: n, heads: heads, headDim: hidden / heads, causal: true)
-            let o = Ops.linear(a, rows: n, in: hidden, weight: l.ow, bias: l.ob, out: hidden)
+            let o = linear(l + "self_attn.out_proj", a, rows: n, in: hidden, out: hidden)
             for j in x.indices { x[j] += o[j] }
-            h = Ops.layerNorm(x, rows: n, channels: hidden, weight: l.ln2w, bias: l.ln2b, eps: eps)
-            var m = Ops.linear(h, rows: n, in: hidden, weight: l.fc1w, bias: l.fc1b, out: intermediate)
+            h = Ops.layerNorm(x, rows: n, channels: hidden, weight: p(l + "layer_norm2.weight"), bias: p(l + "layer_norm2.bias"), eps: eps)
+            var m = linear(l + "mlp.fc1", h, rows: n, in: hidden, out: intermediate)
             switch activation {
             case "gelu": Ops.gelu(&m)
             case "gelu_new", "gelu_pytorch_tanh": Ops.geluTanh(&m)
             default: Ops.quickGELU(&m)
             }
-            let f = Ops.linear(m, rows: n, in: intermediate, weight: l.fc2w, bias: l.fc2b, out: hidden)
+            let f = linear(l + "mlp.fc2", m, rows: n, in: intermediate, out: hidden)
             for j in x.indices { x[j] += f[j] }
         }
-        if let k = hiddenState, k == layers.count { return x }
-        return Ops.layerNorm(x, rows: n, channels: hidden, weight: finalW, bias: finalB, eps: eps)
+        if let k = hiddenState, k == layerCount { return x }
+        return Ops.layerNorm(x, rows: n, channels: hidden, weight: p("final_layer_norm.weight"), bias: p("final_layer_norm.bias"), eps: eps)
     }
 }

@@ -1,13 +1,14 @@
 import Checkpoint
+import SubjectDelta
 import Foundation
 import TensorFile
 
 /// diffusers' `UNet2DConditionModel` for SD 1.x / 2.x configurations (cross-attention down/up
 /// blocks, `UNetMidBlock2DCrossAttn`, conv or linear transformer projections, GEGLU feed-forward),
 /// f32 on the CPU. Weights are read once from the base and kept as f32.
-public final class UNet {
+public final class UNet: @unchecked Sendable {
     public let config: JSONValue
-    let w: [String: [Float]]
+    var w: [String: [Float]]
     let blockChannels: [Int]
     let layersPerBlock: Int
     let downAttention: [Bool], upAttention: [Bool]
@@ -59,6 +60,16 @@ public final class UNet {
     func p(_ name: String) -> [Float] {
         guard let v = w[name] else { fatalError("missing UNet weight \(name)") }
         return v
+    }
+
+    /// Adds `U·D` to a weight in memory (merging a subject); `name` is the base name.
+    public func addLowRank(weight name: String, up: [Float], down: [Float], rank: Int, sign: Float = 1) -> Bool {
+        guard name.hasPrefix("unet."), var v = w[String(name.dropFirst(5))] else { return false }
+        let out = up.count / rank, inDim = down.count / rank
+        guard out * inDim == v.count else { return false }
+        v.withUnsafeMutableBufferPointer { vp in addLowRankUpdate(up, down, out: out, in: inDim, rank: rank, into: vp.baseAddress!, sign: sign) }
+        w[String(name.dropFirst(5))] = v
+        return true
     }
 
     func has(_ name: String) -> Bool { w[name] != nil }

@@ -134,7 +134,7 @@ public final class MergedWeights: @unchecked Sendable {
         DispatchQueue.concurrentPerform(iterations: batches.count) { k in
             for i in batches[k] {
                 let (w, up, down, out, inDim, rank) = all[i]
-                addLowRank(up, down, out: out, in: inDim, rank: rank, into: w.pointer.baseAddress!, sign: sign)
+                addLowRankUpdate(up, down, out: out, in: inDim, rank: rank, into: w.pointer.baseAddress!, sign: sign)
             }
         }
     }

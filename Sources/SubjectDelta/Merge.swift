@@ -32,7 +32,7 @@ func gemm(_ a: [Float], _ b: [Float], m: Int, n: Int, k: Int, into c: UnsafeMuta
 
 /// `W[out×in] += sign · U[out×R] · D[R×in]`. Low ranks (the LiDB case) stream through W once per
 /// rank with saxpy, which is memory-bound and faster than a general GEMM for k ≤ 4.
-func addLowRank(_ up: [Float], _ down: [Float], out: Int, in inDim: Int, rank: Int, into w: UnsafeMutablePointer<Float>, sign: Float) {
+public func addLowRankUpdate(_ up: [Float], _ down: [Float], out: Int, in inDim: Int, rank: Int, into w: UnsafeMutablePointer<Float>, sign: Float) {
     if rank > 4 {
         gemm(up, down, m: out, n: inDim, k: rank, into: w, accumulate: true, alpha: sign)
         return
@@ -216,7 +216,7 @@ public enum Merger {
         w.withUnsafeMutableBytes { _ = DTypeConversion.convert(bytes.bytes, from: info.dtype, into: $0, to: .F32, count: n) }
         let before = bound != nil ? w : []
         w.withUnsafeMutableBufferPointer { wp in
-            for t in terms { addLowRank(t.up, t.down, out: out, in: inDim, rank: t.rank, into: wp.baseAddress!, sign: sign) }
+            for t in terms { addLowRankUpdate(t.up, t.down, out: out, in: inDim, rank: t.rank, into: wp.baseAddress!, sign: sign) }
         }
         let result = OwnedBytes(count: n * info.dtype.byteSize)
         w.withUnsafeBytes { _ = DTypeConversion.convert($0, from: .F32, into: result.buffer, to: info.dtype, count: n) }

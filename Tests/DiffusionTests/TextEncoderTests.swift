@@ -31,7 +31,7 @@ import Testing
         var worst: Float = 0, worstM2: Float = 0
         for row in 0..<3 {
             let got = try enc.encode(Array(ids[(row * 77)..<((row + 1) * 77)]))
-            let gotM2 = try enc.encode(Array(ids[(row * 77)..<((row + 1) * 77)]), hiddenState: enc.layers.count - 1)
+            let gotM2 = try enc.encode(Array(ids[(row * 77)..<((row + 1) * 77)]), hiddenState: enc.layerCount - 1)
             let scale = last[(row * per)..<((row + 1) * per)].map(abs).max()!
             for i in 0..<per {
                 worst = max(worst, abs(got[i] - last[row * per + i]) / scale)

@@ -1,0 +1,114 @@
+import ArgumentParser
+import Checkpoint
+import Diffusion
+import Foundation
+import SubjectDelta
+import TensorFile
+
+extension Sampler: ExpressibleByArgument {}
+extension ApplyMode: ExpressibleByArgument {}
+
+enum RNGChoice: String, ExpressibleByArgument, CaseIterable { case torch }
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Generate images from a prompt with a base and optional subjects.",
+        discussion: """
+        Runs diffusers' StableDiffusionPipeline algorithm on the CPU: CLIP tokenizer and text \
+        encoder, classifier-free guidance, the chosen sampler, UNet, VAE decoder. --rng torch \
+        draws the initial latents (and ancestral noise) exactly as torch.Generator().manual_seed(SEED) \
+        on the CPU, so a seed gives diffusers' image. Subjects are applied merged into the weights \
+        or live (ΔW·x added in the forward pass). PNG files carry an A1111-style 'parameters' text \
+        chunk. With --batch N, files are named OUT-1.png … OUT-N.png.
+        """
+    )
+    @Option(help: "The base .lidb.") var model: String
+    @Option(name: .customLong("subject"), help: "A subject, optionally with a weight (S.lidb:0.8); repeatable.") var subjects: [SubjectArgument] = []
+    @Option(help: "The prompt.") var prompt: String
+    @Option(help: "The negative prompt.") var negativePrompt: String = ""
+    @Option(help: "Denoising steps.") var steps: Int = 25
+    @Option(help: "Classifier-free guidance scale (1 disables guidance).") var cfg: Float = 7.5
+    @Option(help: "Seed.") var seed: UInt64 = 42
+    @Option(help: "Random number generator (torch: bit-compatible with torch's CPU generator).") var rng: RNGChoice = .torch
+    @Option(help: "ddim, euler, euler_a, dpmpp_2m, pndm.") var sampler: Sampler = .ddim
+    @Flag(help: "Karras sigmas (with dpmpp_2m).") var karras = false
+    @Option(help: "Width in pixels (multiple of 8).") var width: Int = 512
+    @Option(help: "Height in pixels (multiple of 8).") var height: Int = 512
+    @Option(help: "Images per run.") var batch: Int = 1
+    @Option(help: "merge or live.") var apply: ApplyMode = .merge
+    @Option(name: .shortAndLong, help: "Output PNG.") var output: String
+    @Flag(help: "Print per-stage times as JSON on stdout.") var timings = false
+
+    func run() throws {
+        try reportingErrors {
+            let t0 = Date()
+            let base = try BaseModel(path: model)
+            let sd = try StableDiffusion(base: base)
+            let applied = try subjects.map { (s) throws(TensorFileError) in AppliedSubject(subject: try Subject(path: s.path), weight: s.weight, path: s.path) }
+            try sd.apply(applied, mode: apply)
+            let loadTime = Date().timeIntervalSince(t0)
+            var o = GenerateOptions(prompt: prompt)
+            o.negativePrompt = negativePrompt
+            o.steps = steps
+            o.cfg = cfg
+            o.seed = seed
+            o.sampler = sampler
+            o.karras = karras
+            o.width = width
+            o.height = height
+            o.batch = batch
+            let progress = Progress("generating")
+            let images: [FeatureMap]
+            do { images = try sd.generate(o, progress: progress.update) } catch let e as TensorFileError { throw e } catch {
+                throw TensorFileError(file: model, .invalidArgument("\(error)"))
+            }
+            progress.finish()
+            let modelName = (model as NSString).lastPathComponent
+            var params = prompt + "\n"
+            if !negativePrompt.isEmpty { params += "Negative prompt: \(negativePrompt)\n" }
+            params += "Steps: \(steps), Sampler: \(sampler.displayName)\(karras ? " Karras" : ""), CFG scale: \(cfg), Seed: \(seed), Size: \(width)x\(height)"
+            params += ", Model: \(modelName), Model hash: \(base.contentFingerprint?.prefix(10) ?? "unknown"), RNG: torch"
+            if !applied.isEmpty {
+                let names = applied.map { "\(($0.path as NSString).lastPathComponent):\($0.weight):\($0.subject.targetLayers.tableFingerprint.prefix(10))" }
+                params += ", Subjects: \"\(names.joined(separator: ", "))\", Subject mode: \(apply.rawValue)"
+            }
+            params += ", Version: lidb \(lidbVersion)"
+            var written: [String] = []
+            for (i, img) in images.enumerated() {
+                let path = images.count == 1 ? output : output.replacingOccurrences(of: ".png", with: "") + "-\(i + 1).png"
+                try PNGWriter.write(rgb: PNGWriter.rgb8(img), width: img.w, height: img.h, text: [("parameters", params)], to: path)
+                written.append(path)
+            }
+            if timings {
+                let t = sd.timings
+                print(JSONValue.object([
+                    ("load_s", .double(loadTime)), ("text_encoding_s", .double(t.textEncoding)),
+                    ("unet_steps_s", .array(t.unetSteps.map { .double($0) })), ("vae_decode_s", .double(t.vaeDecode)),
+                    ("total_s", .double(Date().timeIntervalSince(t0))),
+                ]).serializedString)
+            } else {
+                print("wrote " + written.joined(separator: ", "))
+            }
+        }
+    }
+}
+
+struct Tokenize: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print the CLIP token ids of texts, as the base's tokenizer gives them (with bos/eos, unpadded).")
+    @Option(help: "The base .lidb.") var model: String
+    @Argument(help: "Texts.") var texts: [String]
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        try reportingErrors {
+            let tok = try CLIPTokenizer(base: BaseModel(path: model))
+            let rows = texts.map { tok.encode($0) }
+            if json {
+                print(JSONValue.array(zip(texts, rows).map { .object([("text", .string($0.0)), ("ids", .array($0.1.map { .int($0) }))]) }).serializedString)
+            } else {
+                for r in rows { print(r.map(String.init).joined(separator: " ")) }
+            }
+        }
+    }
+}
