@@ -215,3 +215,40 @@ let baseFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().d
         #expect(r.status == 2 && (r.stderr.contains("match no layer") || r.stderr.contains("do not fit")))
     }
 }
+
+@Suite(.serialized) struct GenerateCLITests {
+    func pixels(_ path: String) throws -> [UInt8] {
+        // The PNG's IDAT is compressed; compare decoded pixels through the library's own reader test
+        // instead — here the files are compared whole after checking they are valid PNGs.
+        [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+    }
+
+    @Test func generateMergedAndLiveGiveTheSameImage() throws {
+        let s = Scratch()
+        _ = try CLI.run(["convert", baseFixtures + "/sd1/diffusers-safetensors", "-o", s.file("base.lidb")])
+        _ = try CLI.run(["subject", "init", "--base", s.file("base.lidb"), "--seed", "5", "--std", "0.5", "-o", s.file("s.lidb")])
+        var r = try CLI.run(["generate", "--model", s.file("base.lidb"), "--subject", s.file("s.lidb") + ":0.9", "--prompt", "a photo of sks cat",
+                             "--steps", "3", "--width", "64", "--height", "64", "--apply", "merge", "-o", s.file("merged.png")])
+        #expect(r.status == 0, "\(r.stderr)")
+        r = try CLI.run(["generate", "--model", s.file("base.lidb"), "--subject", s.file("s.lidb") + ":0.9", "--prompt", "a photo of sks cat",
+                         "--steps", "3", "--width", "64", "--height", "64", "--apply", "live", "-o", s.file("live.png"), "--timings"])
+        #expect(r.status == 0 && r.stdout.contains("unet_steps_s"), "\(r.stderr)")
+        let a = try pixels(s.file("merged.png")), b = try pixels(s.file("live.png"))
+        #expect(a.starts(with: [0x89, 0x50, 0x4E, 0x47]))
+        // Same pixels, different 'Subject mode' in the text chunk: compare the IDAT chunk.
+        func idat(_ p: [UInt8]) -> [UInt8] {
+            var i = 8
+            while i + 12 <= p.count {
+                let n = Int(p[i]) << 24 | Int(p[i + 1]) << 16 | Int(p[i + 2]) << 8 | Int(p[i + 3])
+                if p[(i + 4)..<(i + 8)].elementsEqual("IDAT".utf8) { return Array(p[(i + 8)..<(i + 8 + n)]) }
+                i += 12 + n
+            }
+            return []
+        }
+        #expect(!idat(a).isEmpty && idat(a) == idat(b))
+        r = try CLI.run(["tokenize", "--model", s.file("base.lidb"), "--json", "a photo"])
+        #expect(r.status == 0 && r.stdout.contains("\"ids\""))
+        r = try CLI.run(["generate", "--model", s.file("base.lidb"), "--prompt", "x", "--width", "63", "-o", s.file("bad.png")])
+        #expect(r.status == 2 && r.stderr.contains("multiples of 8"))
+    }
+}
