@@ -15,6 +15,7 @@ public final class WeightLoader {
         let b = try base.file.tensorBytes(name)
         var out = [Float](repeating: 0, count: e.info.elementCount)
         out.withUnsafeMutableBytes { _ = DTypeConversion.convert(b.bytes, from: e.info.dtype, into: $0, to: .F32, count: e.info.elementCount) }
+        b.releasePages()  // the f32 copy is what stays resident, not the mapped file too
         return out
     }
 

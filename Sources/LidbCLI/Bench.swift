@@ -1,6 +1,8 @@
 import ArgumentParser
 import Checkpoint
 import SubjectDelta
+import Diffusion
+import Dispatch
 import TensorFile
 #if canImport(Glibc)
 import Glibc
@@ -9,7 +11,7 @@ import Glibc
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure lidb's own operations (the anchors they are compared with live in Benchmarks/).",
-        subcommands: [BenchFormat.self, BenchSubject.self]
+        subcommands: [BenchFormat.self, BenchSubject.self, BenchUNet.self]
     )
 }
 
@@ -126,6 +128,65 @@ struct BenchSubject: ParsableCommand {
                 ("merge_ms", med(merge)), ("unmerge_restore_ms", med(restore)), ("unmerge_subtract_ms", med(subtract)),
                 ("live_switch_ms", med(switching)),
             ]).serializedString)
+        }
+    }
+}
+
+struct BenchUNet: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "unet",
+        abstract: "Time UNet evaluations on a base; prints JSON.",
+        discussion: """
+        Inputs are drawn exactly as torch.Generator().manual_seed(SEED) then torch.randn(batch, 4, \
+        L, L) and torch.randn(batch, 77, cross_attention_dim) would draw them, so PyTorch can run \
+        the same evaluation (Benchmarks/unet). --check compares the output with a reference saved by \
+        that script (tensor 'out') and reports the relative error.
+        """
+    )
+    @Option(help: "The base.") var model: String
+    @Option(help: "Latent size L (64 for 512×512 images).") var latent: Int = 64
+    @Option(help: "Batch (2 = one classifier-free-guidance step).") var batch: Int = 2
+    @Option(help: "Timestep.") var timestep: Float = 500
+    @Option(help: "Input seed.") var seed: UInt64 = 0
+    @Option(name: .customLong("repeat"), help: "Evaluations to time.") var repeatCount: Int = 3
+    @Option(help: "Reference output (.safetensors with tensor 'out') to compare with.") var check: String?
+
+    func run() throws {
+        try reportingErrors {
+            var t0 = now()
+            let base = try BaseModel(path: model)
+            let unet = try UNet(base: base)
+            let load = now() - t0
+            var g = TorchGenerator(seed: seed)
+            let per = 4 * latent * latent, ctxPer = 77 * unet.contextDim
+            let sample = g.randn(count: batch * per), context = g.randn(count: batch * ctxPer)
+            var times: [Double] = []
+            var output = [Float](repeating: 0, count: batch * per)
+            for _ in 0..<max(repeatCount, 1) {
+                t0 = now()
+                final class Box: @unchecked Sendable { var out: [[Float]]; init(_ n: Int) { out = Array(repeating: [], count: n) } }
+                let box = Box(batch)
+                let lock = DispatchSemaphore(value: 1)
+                let (b, l, ts) = (batch, latent, timestep)
+                DispatchQueue.concurrentPerform(iterations: b) { i in
+                    let x = FeatureMap(c: 4, h: l, w: l, data: Array(sample[(i * per)..<((i + 1) * per)]))
+                    let y = unet(x, timestep: ts, context: Array(context[(i * ctxPer)..<((i + 1) * ctxPer)]), contextTokens: 77)
+                    lock.wait(); box.out[i] = y.data; lock.signal()
+                }
+                times.append(now() - t0)
+                output = box.out.flatMap { $0 }
+            }
+            var pairs: [(String, JSONValue)] = [("latent", .int(latent)), ("batch", .int(batch)), ("load_s", .double(load)),
+                                                ("median_s", .double(times.sorted()[times.count / 2])), ("all_s", .array(times.map { .double($0) }))]
+            if let check {
+                let ref = try SafetensorsFile(path: check)
+                let want = try ref.tensorBytes("out").bytes.withMemoryRebound(to: Float.self) { Array($0) }
+                guard want.count == output.count else { throw TensorFileError(file: check, tensor: "out", .sizeMismatch(expected: UInt64(output.count * 4), actual: UInt64(want.count * 4))) }
+                let scale = want.map(abs).max() ?? 1
+                let err = zip(output, want).map { abs($0 - $1) }.max()! / scale
+                pairs.append(("max_rel_error_vs_reference", .double(Double(err))))
+            }
+            print(JSONValue.object(pairs).serializedString)
         }
     }
 }

@@ -1,0 +1,49 @@
+"""UNet benchmark: lidb against PyTorch/diffusers, one SD 1.5-size UNet evaluation (random
+weights), same inputs, same run; wall time per evaluation, GFLOP/s and peak RSS of each process,
+and lidb's error against PyTorch's output.
+
+    python bench.py LIDB WORKDIR [--repeat N] [--latents 32,64]
+WORKDIR: the base benchmark's folder (sd15-diffusers, made by Benchmarks/base/make_sd15.py).
+"""
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from benchlib import measure  # noqa: E402
+
+# One SD 1.5 UNet evaluation at 64×64 latents, batch 2 (classifier-free guidance): 1,607 GFLOP;
+# the FLOPs scale with the number of latent pixels except attention, so 32×32 is given as measured time only.
+GFLOP_64_B2 = 1607.0
+
+
+def main():
+    lidb, work = sys.argv[1], sys.argv[2]
+    repeat = sys.argv[sys.argv.index("--repeat") + 1] if "--repeat" in sys.argv else "3"
+    latents = [int(x) for x in (sys.argv[sys.argv.index("--latents") + 1] if "--latents" in sys.argv else "32,64").split(",")]
+    folder = os.path.join(work, "sd15-diffusers")
+    if not os.path.isdir(folder):
+        subprocess.run([sys.executable, os.path.join(HERE, "..", "base", "make_sd15.py"), folder], check=True)
+    base = os.path.join(work, "sd15-f32.lidb")
+    if not os.path.exists(base):
+        subprocess.run([lidb, "convert", folder, "-o", base], check=True, capture_output=True)
+    for L in latents:
+        ref = os.path.join(work, f"unet-ref-{L}.safetensors")
+        _, torch_rss, out = measure([sys.executable, os.path.join(HERE, "torch_unet.py"), os.path.join(folder, "unet"),
+                                     "--latent", str(L), "--batch", "2", "--repeat", repeat, "--out", ref])
+        t = json.loads(out)
+        _, lidb_rss, out = measure([lidb, "bench", "unet", "--model", base, "--latent", str(L), "--batch", "2", "--repeat", repeat, "--check", ref])
+        l = json.loads(out)
+        line = (f"{L}×{L} latents, batch 2: PyTorch {t['median_s']:.2f} s, lidb {l['median_s']:.2f} s "
+                f"(ratio {l['median_s'] / t['median_s']:.2f}); peak RSS PyTorch {torch_rss:.0f} MiB, lidb {lidb_rss:.0f} MiB; "
+                f"lidb vs PyTorch output: max |error| / max |output| = {l['max_rel_error_vs_reference']:.2e}")
+        if L == 64:
+            line += (f"; {GFLOP_64_B2 / t['median_s']:.0f} GFLOP/s PyTorch, {GFLOP_64_B2 / l['median_s']:.0f} GFLOP/s lidb "
+                     f"({GFLOP_64_B2 / l['median_s'] / 168 * 100:.0f}% of sgemm peak)")
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
