@@ -253,17 +253,7 @@ public final class VAEDecoder {
     }
 
     func attention(_ n: String, _ x: FeatureMap) -> FeatureMap {
-        let c = x.c, hw = x.h * x.w
-        let h = Ops.groupNorm(x, groups: groups, weight: p(n + ".group_norm.weight"), bias: p(n + ".group_norm.bias"), eps: 1e-6)
-        let t = Ops.toTokens(h)
-        let q = Ops.linear(t, rows: hw, in: c, weight: p(n + ".to_q.weight"), bias: p(n + ".to_q.bias"), out: c)
-        let k = Ops.linear(t, rows: hw, in: c, weight: p(n + ".to_k.weight"), bias: p(n + ".to_k.bias"), out: c)
-        let v = Ops.linear(t, rows: hw, in: c, weight: p(n + ".to_v.weight"), bias: p(n + ".to_v.bias"), out: c)
-        let a = Ops.attention(q: q, k: k, v: v, queries: hw, keys: hw, heads: 1, headDim: c)
-        let o = Ops.linear(a, rows: hw, in: c, weight: p(n + ".to_out.0.weight"), bias: p(n + ".to_out.0.bias"), out: c)
-        var y = Ops.fromTokens(o, c: c, h: x.h, w: x.w)
-        for i in y.data.indices { y.data[i] += x.data[i] }
-        return y
+        VAEAttention(w: w, groups: groups).attention(n, x)
     }
 
     /// Decodes latents (already divided by the scaling factor) to an image in [-1, 1] (roughly).
@@ -281,5 +271,101 @@ public final class VAEDecoder {
         }
         x = Ops.groupNorm(x, groups: groups, weight: p("decoder.conv_norm_out.weight"), bias: p("decoder.conv_norm_out.bias"), eps: 1e-6, silu: true)
         return conv("decoder.conv_out", x, out: outChannels, k: 3)
+    }
+}
+
+/// diffusers' `AutoencoderKL` encoder: image `[3, H, W]` in [-1, 1] → the latent distribution's
+/// mean and log-variance (`[latent, H/8, W/8]` each), for img2img and finetuning.
+public final class VAEEncoder {
+    let w: [String: [Float]]
+    let channels: [Int]
+    let layersPerBlock: Int
+    let groups: Int
+    public let latentChannels: Int
+    public let scalingFactor: Float
+
+    public init(base: BaseModel) throws(TensorFileError) {
+        guard let c = base.config("vae"), let ch = c["block_out_channels"]?.arrayValue?.compactMap({ $0.int64Value.map(Int.init) }) else {
+            throw TensorFileError(file: base.file.path, .missingField("components.vae.config.block_out_channels"))
+        }
+        channels = ch
+        layersPerBlock = Int(c["layers_per_block"]?.int64Value ?? 2)
+        groups = Int(c["norm_num_groups"]?.int64Value ?? 32)
+        latentChannels = Int(c["latent_channels"]?.int64Value ?? 4)
+        scalingFactor = Float(c["scaling_factor"]?.doubleValue ?? 0.18215)
+        let loader = WeightLoader(base: base)
+        var weights: [String: [Float]] = [:]
+        for t in base.file.tensors where t.name.hasPrefix("vae.encoder.") || t.name.hasPrefix("vae.quant_conv.") {
+            weights[String(t.name.dropFirst("vae.".count))] = try loader.f32(t.name)
+        }
+        guard weights["encoder.conv_in.weight"] != nil else { throw TensorFileError(file: base.file.path, tensor: "vae.encoder.conv_in.weight", .tensorNotFound) }
+        w = weights
+    }
+
+    func p(_ n: String) -> [Float] {
+        guard let v = w[n] else { fatalError("missing VAE encoder weight \(n)") }
+        return v
+    }
+
+    func conv(_ n: String, _ x: FeatureMap, out: Int, k: Int) -> FeatureMap {
+        Ops.conv2d(x, weight: p(n + ".weight"), bias: p(n + ".bias"), out: out, kernel: k, padding: k / 2)
+    }
+
+    func resnet(_ n: String, _ x: FeatureMap, out: Int) -> FeatureMap {
+        var h = Ops.groupNorm(x, groups: groups, weight: p(n + ".norm1.weight"), bias: p(n + ".norm1.bias"), eps: 1e-6, silu: true)
+        h = conv(n + ".conv1", h, out: out, k: 3)
+        h = Ops.groupNorm(h, groups: groups, weight: p(n + ".norm2.weight"), bias: p(n + ".norm2.bias"), eps: 1e-6, silu: true)
+        h = conv(n + ".conv2", h, out: out, k: 3)
+        let skip = w[n + ".conv_shortcut.weight"] != nil ? conv(n + ".conv_shortcut", x, out: out, k: 1) : x
+        for i in h.data.indices { h.data[i] += skip.data[i] }
+        return h
+    }
+
+    public func callAsFunction(_ image: FeatureMap) -> (mean: FeatureMap, logvar: FeatureMap) {
+        var x = conv("encoder.conv_in", image, out: channels[0], k: 3)
+        for (b, ch) in channels.enumerated() {
+            for r in 0..<layersPerBlock { x = resnet("encoder.down_blocks.\(b).resnets.\(r)", x, out: ch) }
+            if b < channels.count - 1 {
+                // diffusers pads right and bottom by one, then a stride-2 3×3 convolution without padding.
+                var padded = FeatureMap(c: x.c, h: x.h + 1, w: x.w + 1)
+                for c in 0..<x.c { for i in 0..<x.h { for j in 0..<x.w { padded.data[(c * padded.h + i) * padded.w + j] = x.data[(c * x.h + i) * x.w + j] } } }
+                x = Ops.conv2d(padded, weight: p("encoder.down_blocks.\(b).downsamplers.0.conv.weight"), bias: p("encoder.down_blocks.\(b).downsamplers.0.conv.bias"),
+                               out: ch, kernel: 3, stride: 2, padding: 0)
+            }
+        }
+        let top = channels.last!
+        x = resnet("encoder.mid_block.resnets.0", x, out: top)
+        let dec = VAEAttention(w: w, groups: groups)
+        x = dec.attention("encoder.mid_block.attentions.0", x)
+        x = resnet("encoder.mid_block.resnets.1", x, out: top)
+        x = Ops.groupNorm(x, groups: groups, weight: p("encoder.conv_norm_out.weight"), bias: p("encoder.conv_norm_out.bias"), eps: 1e-6, silu: true)
+        x = conv("encoder.conv_out", x, out: 2 * latentChannels, k: 3)
+        x = conv("quant_conv", x, out: 2 * latentChannels, k: 1)
+        let half = latentChannels * x.h * x.w
+        let mean = FeatureMap(c: latentChannels, h: x.h, w: x.w, data: Array(x.data[0..<half]))
+        let logvar = FeatureMap(c: latentChannels, h: x.h, w: x.w, data: x.data[half...].map { min(max($0, -30), 20) })
+        return (mean, logvar)
+    }
+}
+
+/// The single-head attention of the VAE's mid blocks, shared by encoder and decoder.
+struct VAEAttention {
+    let w: [String: [Float]]
+    let groups: Int
+
+    func p(_ n: String) -> [Float] { w[n]! }
+
+    func attention(_ n: String, _ x: FeatureMap) -> FeatureMap {
+        let c = x.c, hw = x.h * x.w
+        let h = Ops.groupNorm(x, groups: groups, weight: p(n + ".group_norm.weight"), bias: p(n + ".group_norm.bias"), eps: 1e-6)
+        let t = Ops.toTokens(h)
+        let q = Ops.linear(t, rows: hw, in: c, weight: p(n + ".to_q.weight"), bias: p(n + ".to_q.bias"), out: c)
+        let k = Ops.linear(t, rows: hw, in: c, weight: p(n + ".to_k.weight"), bias: p(n + ".to_k.bias"), out: c)
+        let v = Ops.linear(t, rows: hw, in: c, weight: p(n + ".to_v.weight"), bias: p(n + ".to_v.bias"), out: c)
+        let a = Ops.attention(q: q, k: k, v: v, queries: hw, keys: hw, heads: 1, headDim: c)
+        let o = Ops.linear(a, rows: hw, in: c, weight: p(n + ".to_out.0.weight"), bias: p(n + ".to_out.0.bias"), out: c)
+        var y = Ops.fromTokens(o, c: c, h: x.h, w: x.w)
+        for i in y.data.indices { y.data[i] += x.data[i] }
+        return y
     }
 }

@@ -47,3 +47,21 @@ import Testing
         #expect(worst < 1e-4)
     }
 }
+
+@Suite(.serialized) struct VAEEncoderTests {
+    @Test(arguments: ["sd1", "sd2"])
+    func encoderMatchesDiffusers(name: String) throws {
+        let (base, dir) = try TextEncoderTests.base(name)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let enc = try VAEEncoder(base: base)
+        let f = try SafetensorsFile(path: DiffusionFixtures.path("unet/\(name).safetensors"))
+        func t(_ n: String) throws -> [Float] { try f.tensorBytes(n).bytes.withMemoryRebound(to: Float.self) { Array($0) } }
+        let (mean, logvar) = enc(FeatureMap(c: 3, h: 64, w: 64, data: try t("image")))
+        let wm = try t("enc_mean"), wl = try t("enc_logvar")
+        #expect(mean.c == 4 && mean.h == 8 && mean.w == 8)
+        let em = zip(mean.data, wm).map { abs($0 - $1) }.max()! / wm.map(abs).max()!
+        let el = zip(logvar.data, wl).map { abs($0 - $1) }.max()! / wl.map(abs).max()!
+        print("\(name) VAE encoder vs diffusers: mean \(em), logvar \(el) (max |error| / max |value|)")
+        #expect(em < 1e-4 && el < 1e-4)
+    }
+}
