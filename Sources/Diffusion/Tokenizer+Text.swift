@@ -60,21 +60,37 @@ func normalize(_ text: ArraySlice<Unicode.Scalar>) -> [Unicode.Scalar] {
     if text.allSatisfy({ $0.value < 0x300 }) {
         composed = Array(text)
     } else {
-        // The NFC of `tokenizers` (the unicode-normalization crate) does not compose U+11935 U+11930
-        // into U+11938 (DIVES AKURU VOWEL SIGN O), the one difference from Swift's NFC found over
-        // every canonical decomposition. U+11930 is a starter, so no reordering or other
-        // composition crosses it: composing the text in pieces that begin at each U+11930 keeps
-        // that pair apart and changes nothing else.
+        // The NFC of `tokenizers` (the unicode-normalization-alignments crate) differs from
+        // Swift's in two ways, both handled by composing the text in pieces that no reordering or
+        // composition crosses:
+        // - it does not compose U+11935 U+11930 into U+11938 (DIVES AKURU VOWEL SIGN O), the one
+        //   difference found over every canonical decomposition. U+11930 is a starter, so a piece
+        //   beginning at each U+11930 keeps that pair apart and changes nothing else;
+        // - its canonical combining classes are Unicode 9.0's: a mark with a nonzero class added
+        //   later (U+1AC0, U+1DFA, U+0898, ...) is a starter there, which is not reordered with
+        //   the marks around it and composes with nothing. Such a mark is a piece of its own.
         composed = []
         var start = text.startIndex
-        while start < text.endIndex {
-            var end = text.index(after: start)
-            while end < text.endIndex && text[end].value != 0x11930 { end = text.index(after: end) }
-            var s = ""
-            s.unicodeScalars.append(contentsOf: text[start..<end])
-            composed.append(contentsOf: String(decoding: s._nfcCodeUnits, as: UTF8.self).unicodeScalars)
-            start = end
+        var piece = ""
+        func flush() {
+            if piece.isEmpty { return }
+            composed.append(contentsOf: String(decoding: piece._nfcCodeUnits, as: UTF8.self).unicodeScalars)
+            piece = ""
         }
+        while start < text.endIndex {
+            let c = text[start]
+            if c.value == 0x11930 {
+                flush()
+            } else if isLateMark(c) {
+                flush()
+                composed.append(c)
+                start = text.index(after: start)
+                continue
+            }
+            piece.unicodeScalars.append(c)
+            start = text.index(after: start)
+        }
+        flush()
     }
     var out: [Unicode.Scalar] = []
     out.reserveCapacity(composed.count)
@@ -94,6 +110,16 @@ func normalize(_ text: ArraySlice<Unicode.Scalar>) -> [Unicode.Scalar] {
         }
     }
     return out
+}
+
+/// A mark with a nonzero canonical combining class that Unicode 9.0 did not have: `tokenizers`'
+/// NFC takes it for a starter (class 0) that composes with nothing.
+@inline(__always)
+func isLateMark(_ s: Unicode.Scalar) -> Bool {
+    guard s.value >= 0x300 else { return false }
+    let p = s.properties
+    guard p.canonicalCombiningClass.rawValue != 0, let age = p.age else { return false }
+    return age.major > 9
 }
 
 private let startOfText = Array("<|startoftext|>".unicodeScalars)
