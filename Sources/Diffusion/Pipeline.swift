@@ -161,7 +161,7 @@ public final class StableDiffusion {
             }
             let results = Results(jobs)
             let unet = self.unet
-            DispatchQueue.concurrentPerform(iterations: jobs) { j in
+            Parallel.forEach(jobs) { j in
                 let item = doCFG ? j / 2 : j
                 let useCond = !doCFG || j % 2 == 1
                 let x = FeatureMap(c: 4, h: lh, w: lw, data: Array(input[(item * per)..<((item + 1) * per)]))

@@ -168,7 +168,7 @@ struct BenchUNet: ParsableCommand {
                 let box = Box(batch)
                 let lock = DispatchSemaphore(value: 1)
                 let (b, l, ts) = (batch, latent, timestep)
-                DispatchQueue.concurrentPerform(iterations: b) { i in
+                Parallel.forEach(b) { i in
                     let x = FeatureMap(c: 4, h: l, w: l, data: Array(sample[(i * per)..<((i + 1) * per)]))
                     let y = unet(x, timestep: ts, context: Array(context[(i * ctxPer)..<((i + 1) * ctxPer)]), contextTokens: 77)
                     lock.wait(); box.out[i] = y.data; lock.signal()
