@@ -1,4 +1,5 @@
 import CBLAS
+import CLidbSupport
 import Foundation
 
 /// Dense f32 kernels over row-major buffers, with BLAS for the products. Shapes are passed
@@ -78,8 +79,10 @@ public enum Ops {
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(lk), Int32(d), scale,
                                 qp.baseAddress! + start * d, Int32(d), kh, Int32(d), 0, &scores, Int32(lk))
                 }
-                for r in 0..<rows {
-                    let limit = causal ? min(start + r + 1, lk) : lk
+                if !causal {
+                    scores.withUnsafeMutableBufferPointer { lidb_softmax_rows($0.baseAddress!, rows, lk) }
+                } else { for r in 0..<rows {
+                    let limit = min(start + r + 1, lk)
                     var m = -Float.infinity
                     for c in 0..<limit { m = max(m, scores[r * lk + c]) }
                     var s: Float = 0
@@ -87,7 +90,7 @@ public enum Ops {
                     let inv = 1 / s
                     for c in 0..<limit { scores[r * lk + c] *= inv }
                     for c in limit..<lk { scores[r * lk + c] = 0 }
-                }
+                } }
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(d), Int32(lk), 1, scores, Int32(lk), vh, Int32(d), 0, &oh, Int32(d))
                 for r in 0..<rows { for j in 0..<d { out[(start + r) * width + h * d + j] = oh[r * d + j] } }
                 start += rows

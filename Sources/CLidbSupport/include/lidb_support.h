@@ -23,6 +23,8 @@ int lidb_f32_to_f16(const float *src, uint16_t *dst, size_t n, size_t *overflow,
 /// F16 → F32 (exact) with F16C; returns 0 (and does nothing) without it.
 int lidb_f16_to_f32(const uint16_t *src, float *dst, size_t n);
 int lidb_has_f16c(void);
+/// Softmax of each row of a row-major rows × cols matrix, in place.
+void lidb_softmax_rows(float *x, size_t rows, size_t cols);
 /// Copies n floats with non-temporal stores when large (memcpy otherwise).
 void lidb_copy_floats(float *dst, const float *src, size_t n);
 
