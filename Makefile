@@ -23,6 +23,7 @@ bench: deps
 	bash Benchmarks/format/run.sh
 	bash Benchmarks/base/run.sh
 	bash Benchmarks/subject/run.sh
+	bash Benchmarks/unet/run.sh
 
 # lidb's exports loaded by diffusers' own loaders (needs the pinned Python venv).
 check-exports: deps
