@@ -233,28 +233,11 @@ public final class VAEDecoder {
         w = weights
     }
 
-    func p(_ n: String) -> [Float] {
-        guard let v = w[n] else { fatalError("missing VAE weight \(n)") }
-        return v
-    }
-
-    func conv(_ n: String, _ x: FeatureMap, out: Int, k: Int) -> FeatureMap {
-        Ops.conv2d(x, weight: p(n + ".weight"), bias: p(n + ".bias"), out: out, kernel: k, padding: k / 2)
-    }
-
-    func resnet(_ n: String, _ x: FeatureMap, out: Int) -> FeatureMap {
-        var h = Ops.groupNorm(x, groups: groups, weight: p(n + ".norm1.weight"), bias: p(n + ".norm1.bias"), eps: 1e-6, silu: true)
-        h = conv(n + ".conv1", h, out: out, k: 3)
-        h = Ops.groupNorm(h, groups: groups, weight: p(n + ".norm2.weight"), bias: p(n + ".norm2.bias"), eps: 1e-6, silu: true)
-        h = conv(n + ".conv2", h, out: out, k: 3)
-        let skip = w[n + ".conv_shortcut.weight"] != nil ? conv(n + ".conv_shortcut", x, out: out, k: 1) : x
-        for i in h.data.indices { h.data[i] += skip.data[i] }
-        return h
-    }
-
-    func attention(_ n: String, _ x: FeatureMap) -> FeatureMap {
-        VAEAttention(w: w, groups: groups).attention(n, x)
-    }
+    var blocks: VAEBlocks { VAEBlocks(w: w, groups: groups) }
+    func p(_ n: String) -> [Float] { blocks.p(n) }
+    func conv(_ n: String, _ x: FeatureMap, out: Int, k: Int) -> FeatureMap { blocks.conv(n, x, out: out, k: k) }
+    func resnet(_ n: String, _ x: FeatureMap, out: Int) -> FeatureMap { blocks.resnet(n, x, out: out) }
+    func attention(_ n: String, _ x: FeatureMap) -> FeatureMap { blocks.attention(n, x) }
 
     /// Decodes latents (already divided by the scaling factor) to an image in [-1, 1] (roughly).
     public func callAsFunction(_ latents: FeatureMap) -> FeatureMap {
@@ -302,8 +285,45 @@ public final class VAEEncoder {
         w = weights
     }
 
+    var blocks: VAEBlocks { VAEBlocks(w: w, groups: groups) }
+    func p(_ n: String) -> [Float] { blocks.p(n) }
+    func conv(_ n: String, _ x: FeatureMap, out: Int, k: Int) -> FeatureMap { blocks.conv(n, x, out: out, k: k) }
+    func resnet(_ n: String, _ x: FeatureMap, out: Int) -> FeatureMap { blocks.resnet(n, x, out: out) }
+
+    public func callAsFunction(_ image: FeatureMap) -> (mean: FeatureMap, logvar: FeatureMap) {
+        var x = conv("encoder.conv_in", image, out: channels[0], k: 3)
+        for (b, ch) in channels.enumerated() {
+            for r in 0..<layersPerBlock { x = resnet("encoder.down_blocks.\(b).resnets.\(r)", x, out: ch) }
+            if b < channels.count - 1 {
+                // diffusers pads right and bottom by one, then a stride-2 3×3 convolution without padding.
+                var padded = FeatureMap(c: x.c, h: x.h + 1, w: x.w + 1)
+                for c in 0..<x.c { for i in 0..<x.h { for j in 0..<x.w { padded.data[(c * padded.h + i) * padded.w + j] = x.data[(c * x.h + i) * x.w + j] } } }
+                x = Ops.conv2d(padded, weight: p("encoder.down_blocks.\(b).downsamplers.0.conv.weight"), bias: p("encoder.down_blocks.\(b).downsamplers.0.conv.bias"),
+                               out: ch, kernel: 3, stride: 2, padding: 0)
+            }
+        }
+        let top = channels.last!
+        x = resnet("encoder.mid_block.resnets.0", x, out: top)
+        x = blocks.attention("encoder.mid_block.attentions.0", x)
+        x = resnet("encoder.mid_block.resnets.1", x, out: top)
+        x = Ops.groupNorm(x, groups: groups, weight: p("encoder.conv_norm_out.weight"), bias: p("encoder.conv_norm_out.bias"), eps: 1e-6, silu: true)
+        x = conv("encoder.conv_out", x, out: 2 * latentChannels, k: 3)
+        x = conv("quant_conv", x, out: 2 * latentChannels, k: 1)
+        let half = latentChannels * x.h * x.w
+        let mean = FeatureMap(c: latentChannels, h: x.h, w: x.w, data: Array(x.data[0..<half]))
+        let logvar = FeatureMap(c: latentChannels, h: x.h, w: x.w, data: x.data[half...].map { min(max($0, -30), 20) })
+        return (mean, logvar)
+    }
+}
+
+/// The building blocks shared by the VAE's encoder and decoder: convolutions, ResNet blocks
+/// (GroupNorm eps 1e-6, no time embedding) and the single-head mid-block attention.
+struct VAEBlocks {
+    let w: [String: [Float]]
+    let groups: Int
+
     func p(_ n: String) -> [Float] {
-        guard let v = w[n] else { fatalError("missing VAE encoder weight \(n)") }
+        guard let v = w[n] else { fatalError("missing VAE weight \(n)") }
         return v
     }
 
@@ -320,40 +340,6 @@ public final class VAEEncoder {
         for i in h.data.indices { h.data[i] += skip.data[i] }
         return h
     }
-
-    public func callAsFunction(_ image: FeatureMap) -> (mean: FeatureMap, logvar: FeatureMap) {
-        var x = conv("encoder.conv_in", image, out: channels[0], k: 3)
-        for (b, ch) in channels.enumerated() {
-            for r in 0..<layersPerBlock { x = resnet("encoder.down_blocks.\(b).resnets.\(r)", x, out: ch) }
-            if b < channels.count - 1 {
-                // diffusers pads right and bottom by one, then a stride-2 3×3 convolution without padding.
-                var padded = FeatureMap(c: x.c, h: x.h + 1, w: x.w + 1)
-                for c in 0..<x.c { for i in 0..<x.h { for j in 0..<x.w { padded.data[(c * padded.h + i) * padded.w + j] = x.data[(c * x.h + i) * x.w + j] } } }
-                x = Ops.conv2d(padded, weight: p("encoder.down_blocks.\(b).downsamplers.0.conv.weight"), bias: p("encoder.down_blocks.\(b).downsamplers.0.conv.bias"),
-                               out: ch, kernel: 3, stride: 2, padding: 0)
-            }
-        }
-        let top = channels.last!
-        x = resnet("encoder.mid_block.resnets.0", x, out: top)
-        let dec = VAEAttention(w: w, groups: groups)
-        x = dec.attention("encoder.mid_block.attentions.0", x)
-        x = resnet("encoder.mid_block.resnets.1", x, out: top)
-        x = Ops.groupNorm(x, groups: groups, weight: p("encoder.conv_norm_out.weight"), bias: p("encoder.conv_norm_out.bias"), eps: 1e-6, silu: true)
-        x = conv("encoder.conv_out", x, out: 2 * latentChannels, k: 3)
-        x = conv("quant_conv", x, out: 2 * latentChannels, k: 1)
-        let half = latentChannels * x.h * x.w
-        let mean = FeatureMap(c: latentChannels, h: x.h, w: x.w, data: Array(x.data[0..<half]))
-        let logvar = FeatureMap(c: latentChannels, h: x.h, w: x.w, data: x.data[half...].map { min(max($0, -30), 20) })
-        return (mean, logvar)
-    }
-}
-
-/// The single-head attention of the VAE's mid blocks, shared by encoder and decoder.
-struct VAEAttention {
-    let w: [String: [Float]]
-    let groups: Int
-
-    func p(_ n: String) -> [Float] { w[n]! }
 
     func attention(_ n: String, _ x: FeatureMap) -> FeatureMap {
         let c = x.c, hw = x.h * x.w
