@@ -25,6 +25,14 @@ step "convert a diffusers pipeline to a base" "$lidb" convert "$pipeline" -o "$o
 step "inspect the base" "$lidb" inspect "$out/tiny-sd1.lidb"
 step "export it as an LDM single file" "$lidb" export "$out/tiny-sd1.lidb" --format single-file -o "$out/tiny-sd1-ldm.safetensors"
 step "and back to diffusers" "$lidb" export "$out/tiny-sd1.lidb" --format diffusers -o "$out/tiny-sd1-diffusers"
+step "make a subject (random factors, the paper's LiDB configuration)" "$lidb" subject init --base "$out/tiny-sd1.lidb" --seed 7 --std 0.5 --name demo --trigger sks -o "$out/subject.lidb"
+step "inspect it" "$lidb" inspect "$out/subject.lidb"
+step "generate with the subject, merged" "$lidb" generate --model "$out/tiny-sd1.lidb" --subject "$out/subject.lidb:0.8" --prompt "a photo of sks person" --steps 4 --width 64 --height 64 -o "$out/merged.png"
+step "generate with the subject, live" "$lidb" generate --model "$out/tiny-sd1.lidb" --subject "$out/subject.lidb:0.8" --apply live --prompt "a photo of sks person" --steps 4 --width 64 --height 64 -o "$out/live.png" --timings
+step "merge into the base file" "$lidb" merge "$out/tiny-sd1.lidb" "$out/subject.lidb:0.8" -o "$out/merged.lidb"
+step "unmerge (bit-exact restore)" "$lidb" unmerge "$out/merged.lidb" "$out/subject.lidb:0.8" --original "$out/tiny-sd1.lidb" -o "$out/restored.lidb"
+step "verify" "$lidb" verify "$out/restored.lidb"
+echo "   (the tiny models have random weights: the images are meaningless, the pipeline is real)"
 echo
 echo "outputs in $out/:"
 ls -l "$out"
