@@ -55,6 +55,34 @@ public final class UNet: @unchecked Sendable {
             weights[String(t.name.dropFirst("unet.".count))] = try loader.f32(t.name)
         }
         w = weights
+        for n in requiredWeights() where w[n] == nil {
+            throw TensorFileError(file: base.file.path, tensor: "unet." + n, .tensorNotFound)
+        }
+    }
+
+    /// Every weight the forward pass reads (the shortcut convolutions are optional).
+    func requiredWeights() -> [String] {
+        func lin(_ n: String, bias: Bool = true) -> [String] { bias ? [n + ".weight", n + ".bias"] : [n + ".weight"] }
+        func resnet(_ n: String) -> [String] { ["norm1", "conv1", "time_emb_proj", "norm2", "conv2"].flatMap { lin(n + "." + $0) } }
+        func transformer(_ n: String) -> [String] {
+            let b = n + ".transformer_blocks.0"
+            return lin(n + ".norm") + lin(n + ".proj_in") + lin(n + ".proj_out")
+                + ["norm1", "norm2", "norm3", "attn1.to_out.0", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2"].flatMap { lin(b + "." + $0) }
+                + ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn2.to_q", "attn2.to_k", "attn2.to_v"].flatMap { lin(b + "." + $0, bias: false) }
+        }
+        var names = lin("time_embedding.linear_1") + lin("time_embedding.linear_2") + lin("conv_in") + lin("conv_norm_out") + lin("conv_out")
+        for b in blockChannels.indices {
+            for r in 0..<layersPerBlock {
+                names += resnet("down_blocks.\(b).resnets.\(r)")
+                if downAttention[b] { names += transformer("down_blocks.\(b).attentions.\(r)") }
+            }
+            for r in 0...layersPerBlock {
+                names += resnet("up_blocks.\(b).resnets.\(r)")
+                if upAttention[b] { names += transformer("up_blocks.\(b).attentions.\(r)") }
+            }
+            if b < blockChannels.count - 1 { names += lin("down_blocks.\(b).downsamplers.0.conv") + lin("up_blocks.\(b).upsamplers.0.conv") }
+        }
+        return names + resnet("mid_block.resnets.0") + transformer("mid_block.attentions.0") + resnet("mid_block.resnets.1")
     }
 
     func p(_ name: String) -> [Float] {
@@ -231,6 +259,15 @@ public final class VAEDecoder {
             weights[String(t.name.dropFirst("vae.".count))] = try loader.f32(t.name)
         }
         w = weights
+        var needed = ["post_quant_conv", "decoder.conv_in", "decoder.conv_norm_out", "decoder.conv_out"]
+        needed += VAEBlocks.required(mid: "decoder.mid_block")
+        for b in ch.indices {
+            needed += (0...layersPerBlock).flatMap { VAEBlocks.requiredResnet("decoder.up_blocks.\(b).resnets.\($0)") }
+            if b < ch.count - 1 { needed.append("decoder.up_blocks.\(b).upsamplers.0.conv") }
+        }
+        for n in needed.flatMap({ [$0 + ".weight", $0 + ".bias"] }) where w[n] == nil {
+            throw TensorFileError(file: base.file.path, tensor: "vae." + n, .tensorNotFound)
+        }
     }
 
     var blocks: VAEBlocks { VAEBlocks(w: w, groups: groups) }
@@ -281,8 +318,16 @@ public final class VAEEncoder {
         for t in base.file.tensors where t.name.hasPrefix("vae.encoder.") || t.name.hasPrefix("vae.quant_conv.") {
             weights[String(t.name.dropFirst("vae.".count))] = try loader.f32(t.name)
         }
-        guard weights["encoder.conv_in.weight"] != nil else { throw TensorFileError(file: base.file.path, tensor: "vae.encoder.conv_in.weight", .tensorNotFound) }
         w = weights
+        var needed = ["encoder.conv_in", "encoder.conv_norm_out", "encoder.conv_out", "quant_conv"]
+        needed += VAEBlocks.required(mid: "encoder.mid_block")
+        for b in ch.indices {
+            needed += (0..<layersPerBlock).flatMap { VAEBlocks.requiredResnet("encoder.down_blocks.\(b).resnets.\($0)") }
+            if b < ch.count - 1 { needed.append("encoder.down_blocks.\(b).downsamplers.0.conv") }
+        }
+        for n in needed.flatMap({ [$0 + ".weight", $0 + ".bias"] }) where w[n] == nil {
+            throw TensorFileError(file: base.file.path, tensor: "vae." + n, .tensorNotFound)
+        }
     }
 
     var blocks: VAEBlocks { VAEBlocks(w: w, groups: groups) }
@@ -321,6 +366,13 @@ public final class VAEEncoder {
 struct VAEBlocks {
     let w: [String: [Float]]
     let groups: Int
+
+    /// Layers (without `.weight`/`.bias`) a ResNet block and a mid block read.
+    static func requiredResnet(_ n: String) -> [String] { ["norm1", "conv1", "norm2", "conv2"].map { n + "." + $0 } }
+    static func required(mid n: String) -> [String] {
+        requiredResnet(n + ".resnets.0") + requiredResnet(n + ".resnets.1")
+            + ["group_norm", "to_q", "to_k", "to_v", "to_out.0"].map { n + ".attentions.0." + $0 }
+    }
 
     func p(_ n: String) -> [Float] {
         guard let v = w[n] else { fatalError("missing VAE weight \(n)") }

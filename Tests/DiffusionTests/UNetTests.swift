@@ -65,3 +65,33 @@ import Testing
         #expect(em < 1e-4 && el < 1e-4)
     }
 }
+
+@Suite(.serialized) struct MissingWeightTests {
+    /// A base missing a weight is refused when the model is built, naming the tensor — not a crash mid-generation.
+    @Test func missingWeightsAreNamed() throws {
+        let (base, dir) = try TextEncoderTests.base("sd1")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for victim in ["unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight", "vae.decoder.up_blocks.2.resnets.1.conv2.bias",
+                       "vae.encoder.mid_block.attentions.0.to_v.weight", "text_encoder.text_model.encoder.layers.1.mlp.fc2.bias"] {
+            let sources = base.file.tensors.filter { $0.name != victim }.map { TensorSource.bytes($0, try! base.file.tensorBytes($0.name)) }
+            try LidbWriter.write(to: dir + "/cut.lidb", kind: "base", metadata: base.metadata, tensors: sources)
+            let cut = try BaseModel(path: dir + "/cut.lidb")
+            let e = firstError {
+                if victim.hasPrefix("unet.") { _ = try UNet(base: cut) }
+                else if victim.hasPrefix("vae.decoder") { _ = try VAEDecoder(base: cut) }
+                else if victim.hasPrefix("vae.encoder") { _ = try VAEEncoder(base: cut) }
+                else { _ = try CLIPTextEncoder(base: cut) }
+            }
+            #expect(e?.tensor == victim && e?.problem == .tensorNotFound, "\(victim): \(String(describing: e))")
+        }
+    }
+}
+
+func firstError(_ body: () throws -> Void) -> TensorFileError? {
+    do {
+        try body()
+        return nil
+    } catch {
+        return error as? TensorFileError
+    }
+}
