@@ -221,6 +221,14 @@ public struct NoiseSchedule: Sendable {
     /// `((1 - alphas_cumprod) / alphas_cumprod) ** 0.5` in float32, indexed by training timestep.
     var sigmas: [Float] { alphasCumprod.map { ((1 - $0) / $0).squareRoot() } }
 
+    /// Refuses a schedule that would index outside the training timesteps (e.g. a config whose
+    /// `steps_offset` pushes the last timestep past `num_train_timesteps`).
+    func checkInRange(_ timesteps: [Double]) throws {
+        if let bad = timesteps.first(where: { $0 < 0 || $0 >= Double(numTrainTimesteps) }) {
+            throw SchedulerError("timestep \(bad) is outside the training schedule 0…\(numTrainTimesteps - 1) (check steps_offset)")
+        }
+    }
+
     func alphaCumprod(at t: Int) -> Float {
         precondition(t >= 0 && t < alphasCumprod.count, "timestep \(t) is outside the training schedule")
         return alphasCumprod[t]

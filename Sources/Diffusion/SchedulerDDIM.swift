@@ -38,6 +38,7 @@ public struct DDIMScheduler: Scheduler {
         }
         numInferenceSteps = n
         timesteps = SchedulerMath.spacedTimesteps(timestepSpacing, train: train, count: n, offset: timestepSpacing == .leading ? stepsOffset : 0)
+        try schedule.checkInRange(timesteps)
     }
 
     public mutating func scaleModelInput(_ sample: [Float], timestep: Double) -> [Float] { sample }

@@ -44,6 +44,7 @@ public struct PNDMScheduler: Scheduler {
         var plms = Array(ascending.dropLast())
         if ascending.count >= 2 { plms.append(ascending[ascending.count - 2]) }
         plms.append(ascending[ascending.count - 1])
+        try schedule.checkInRange(plms)
         timesteps = plms.reversed()
         ets = []
         counter = 0

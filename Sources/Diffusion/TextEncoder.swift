@@ -49,23 +49,26 @@ public final class CLIPTextEncoder {
         layerCount = try int("num_hidden_layers")
         activation = c["hidden_act"]?.stringValue ?? "quick_gelu"
         eps = Float(c["layer_norm_eps"]?.doubleValue ?? 1e-5)
-        guard hidden % heads == 0 else { throw TensorFileError(file: base.file.path, .invalidArgument("hidden_size \(hidden) is not a multiple of \(heads) heads")) }
+        guard heads >= 1, hidden >= 1, hidden % heads == 0 else { throw TensorFileError(file: base.file.path, .invalidArgument("hidden_size \(hidden) is not a multiple of \(heads) heads")) }
         let loader = WeightLoader(base: base)
         var weights: [String: [Float]] = [:]
         for t in base.file.tensors where t.name.hasPrefix(Self.prefix) {
             weights[String(t.name.dropFirst(Self.prefix.count))] = try loader.f32(t.name)
         }
         w = weights
-        var needed = ["embeddings.token_embedding.weight", "embeddings.position_embedding.weight", "final_layer_norm.weight", "final_layer_norm.bias"]
+        guard layerCount >= 1, layerCount <= 256, vocab >= 1, maxPositions >= 1, intermediate >= 1 else {
+            throw TensorFileError(file: base.file.path, .invalidArgument("text encoder config: impossible sizes"))
+        }
+        let h = hidden
+        var expected: [(String, Int)] = [("embeddings.token_embedding.weight", vocab * h), ("embeddings.position_embedding.weight", maxPositions * h),
+                                         ("final_layer_norm.weight", h), ("final_layer_norm.bias", h)]
         for i in 0..<layerCount {
-            for n in ["layer_norm1", "layer_norm2", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2"] {
-                needed += ["encoder.layers.\(i).\(n).weight", "encoder.layers.\(i).\(n).bias"]
-            }
+            let l = "encoder.layers.\(i)."
+            for n in ["layer_norm1", "layer_norm2"] { expected += [(l + n + ".weight", h), (l + n + ".bias", h)] }
+            for n in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"] { expected += [(l + n + ".weight", h * h), (l + n + ".bias", h)] }
+            expected += [(l + "mlp.fc1.weight", intermediate * h), (l + "mlp.fc1.bias", intermediate), (l + "mlp.fc2.weight", h * intermediate), (l + "mlp.fc2.bias", h)]
         }
-        for n in needed where w[n] == nil { throw TensorFileError(file: base.file.path, tensor: Self.prefix + n, .tensorNotFound) }
-        guard w["embeddings.token_embedding.weight"]!.count == vocab * hidden, w["embeddings.position_embedding.weight"]!.count == maxPositions * hidden else {
-            throw TensorFileError(file: base.file.path, .invalidArgument("text encoder embeddings do not match its config"))
-        }
+        try checkWeights(w, expected: expected, prefix: Self.prefix, file: base.file.path)
     }
 
     func p(_ n: String) -> [Float] { w[n]! }

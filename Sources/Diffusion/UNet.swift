@@ -28,7 +28,7 @@ public final class UNet: @unchecked Sendable {
         func fail(_ m: String) -> TensorFileError { TensorFileError(file: base.file.path, .invalidArgument("unet config: " + m)) }
         guard let ch = ints("block_out_channels"), let L = c["layers_per_block"]?.int64Value,
               let down = c["down_block_types"]?.arrayValue?.compactMap(\.stringValue),
-              let up = c["up_block_types"]?.arrayValue?.compactMap(\.stringValue), down.count == ch.count, up.count == ch.count else {
+              let up = c["up_block_types"]?.arrayValue?.compactMap(\.stringValue), !ch.isEmpty, down.count == ch.count, up.count == ch.count else {
             throw fail("needs block_out_channels, layers_per_block, down_block_types, up_block_types")
         }
         blockChannels = ch
@@ -43,6 +43,8 @@ public final class UNet: @unchecked Sendable {
         } else { throw fail("attention_head_dim must be a number or one per block") }
         groups = Int(c["norm_num_groups"]?.int64Value ?? 32)
         eps = Float(c["norm_eps"]?.doubleValue ?? 1e-5)
+        try checkArchitecture(channels: ch, layers: Int(L), groups: groups, file: base.file.path, component: "unet")
+        guard heads.allSatisfy({ $0 >= 1 }) else { throw fail("attention heads must be at least 1") }
         linearProjection = c["use_linear_projection"]?.boolValue ?? false
         inChannels = Int(c["in_channels"]?.int64Value ?? 4)
         outChannels = Int(c["out_channels"]?.int64Value ?? 4)
@@ -55,34 +57,58 @@ public final class UNet: @unchecked Sendable {
             weights[String(t.name.dropFirst("unet.".count))] = try loader.f32(t.name)
         }
         w = weights
-        for n in requiredWeights() where w[n] == nil {
-            throw TensorFileError(file: base.file.path, tensor: "unet." + n, .tensorNotFound)
+        for (b, c) in blockChannels.enumerated() where c % heads[b] != 0 {
+            throw fail("block \(b): \(c) channels are not divisible into \(heads[b]) heads")
         }
+        try checkWeights(w, expected: expectedWeights(), prefix: "unet.", file: base.file.path)
     }
 
-    /// Every weight the forward pass reads (the shortcut convolutions are optional).
-    func requiredWeights() -> [String] {
-        func lin(_ n: String, bias: Bool = true) -> [String] { bias ? [n + ".weight", n + ".bias"] : [n + ".weight"] }
-        func resnet(_ n: String) -> [String] { ["norm1", "conv1", "time_emb_proj", "norm2", "conv2"].flatMap { lin(n + "." + $0) } }
-        func transformer(_ n: String) -> [String] {
+    /// Every weight the forward pass reads, with the number of values the config implies (the
+    /// channel bookkeeping mirrors `callAsFunction`, including the skip connections).
+    func expectedWeights() -> [(String, Int)] {
+        var out: [(String, Int)] = []
+        func add(_ n: String, _ weight: Int, _ bias: Int?) {
+            out.append((n + ".weight", weight))
+            if let bias { out.append((n + ".bias", bias)) }
+        }
+        let c0 = blockChannels[0], temb = 4 * c0
+        func resnet(_ n: String, _ i: Int, _ o: Int) {
+            add(n + ".norm1", i, i); add(n + ".conv1", o * i * 9, o); add(n + ".time_emb_proj", o * temb, o)
+            add(n + ".norm2", o, o); add(n + ".conv2", o * o * 9, o)
+            if i != o || w[n + ".conv_shortcut.weight"] != nil { add(n + ".conv_shortcut", o * i, o) }
+        }
+        func transformer(_ n: String, _ c: Int) {
             let b = n + ".transformer_blocks.0"
-            return lin(n + ".norm") + lin(n + ".proj_in") + lin(n + ".proj_out")
-                + ["norm1", "norm2", "norm3", "attn1.to_out.0", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2"].flatMap { lin(b + "." + $0) }
-                + ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn2.to_q", "attn2.to_k", "attn2.to_v"].flatMap { lin(b + "." + $0, bias: false) }
+            add(n + ".norm", c, c); add(n + ".proj_in", c * c, c); add(n + ".proj_out", c * c, c)
+            for x in ["norm1", "norm2", "norm3"] { add(b + "." + x, c, c) }
+            for x in ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn2.to_q"] { add(b + "." + x, c * c, nil) }
+            for x in ["attn2.to_k", "attn2.to_v"] { add(b + "." + x, c * contextDim, nil) }
+            add(b + ".attn1.to_out.0", c * c, c); add(b + ".attn2.to_out.0", c * c, c)
+            let inner = (w[b + ".ff.net.2.weight"]?.count ?? 0) / c
+            add(b + ".ff.net.0.proj", 2 * inner * c, 2 * inner); add(b + ".ff.net.2", c * inner, c)
         }
-        var names = lin("time_embedding.linear_1") + lin("time_embedding.linear_2") + lin("conv_in") + lin("conv_norm_out") + lin("conv_out")
-        for b in blockChannels.indices {
+        add("time_embedding.linear_1", temb * c0, temb); add("time_embedding.linear_2", temb * temb, temb)
+        add("conv_in", c0 * inChannels * 9, c0); add("conv_norm_out", c0, c0); add("conv_out", outChannels * c0 * 9, outChannels)
+        var skips = [c0], x = c0
+        for (b, ch) in blockChannels.enumerated() {
             for r in 0..<layersPerBlock {
-                names += resnet("down_blocks.\(b).resnets.\(r)")
-                if downAttention[b] { names += transformer("down_blocks.\(b).attentions.\(r)") }
+                resnet("down_blocks.\(b).resnets.\(r)", x, ch)
+                x = ch
+                if downAttention[b] { transformer("down_blocks.\(b).attentions.\(r)", ch) }
+                skips.append(ch)
             }
-            for r in 0...layersPerBlock {
-                names += resnet("up_blocks.\(b).resnets.\(r)")
-                if upAttention[b] { names += transformer("up_blocks.\(b).attentions.\(r)") }
-            }
-            if b < blockChannels.count - 1 { names += lin("down_blocks.\(b).downsamplers.0.conv") + lin("up_blocks.\(b).upsamplers.0.conv") }
+            if b < blockChannels.count - 1 { add("down_blocks.\(b).downsamplers.0.conv", ch * ch * 9, ch); skips.append(ch) }
         }
-        return names + resnet("mid_block.resnets.0") + transformer("mid_block.attentions.0") + resnet("mid_block.resnets.1")
+        resnet("mid_block.resnets.0", x, x); transformer("mid_block.attentions.0", x); resnet("mid_block.resnets.1", x, x)
+        for (b, ch) in blockChannels.reversed().enumerated() {
+            for r in 0...layersPerBlock {
+                resnet("up_blocks.\(b).resnets.\(r)", x + (skips.popLast() ?? 0), ch)
+                x = ch
+                if upAttention[b] { transformer("up_blocks.\(b).attentions.\(r)", ch) }
+            }
+            if b < blockChannels.count - 1 { add("up_blocks.\(b).upsamplers.0.conv", ch * ch * 9, ch) }
+        }
+        return out
     }
 
     func p(_ name: String) -> [Float] {
@@ -244,9 +270,11 @@ public final class VAEDecoder {
     public let scalingFactor: Float
 
     public init(base: BaseModel) throws(TensorFileError) {
-        guard let c = base.config("vae"), let ch = c["block_out_channels"]?.arrayValue?.compactMap({ $0.int64Value.map(Int.init) }) else {
+        guard let c = base.config("vae"), let ch = c["block_out_channels"]?.arrayValue?.compactMap({ $0.int64Value.map(Int.init) }), !ch.isEmpty else {
             throw TensorFileError(file: base.file.path, .missingField("components.vae.config.block_out_channels"))
         }
+        try checkArchitecture(channels: ch, layers: Int(c["layers_per_block"]?.int64Value ?? 2), groups: Int(c["norm_num_groups"]?.int64Value ?? 32),
+                              file: base.file.path, component: "vae")
         channels = ch
         layersPerBlock = Int(c["layers_per_block"]?.int64Value ?? 2)
         groups = Int(c["norm_num_groups"]?.int64Value ?? 32)
@@ -259,15 +287,16 @@ public final class VAEDecoder {
             weights[String(t.name.dropFirst("vae.".count))] = try loader.f32(t.name)
         }
         w = weights
-        var needed = ["post_quant_conv", "decoder.conv_in", "decoder.conv_norm_out", "decoder.conv_out"]
-        needed += VAEBlocks.required(mid: "decoder.mid_block")
-        for b in ch.indices {
-            needed += (0...layersPerBlock).flatMap { VAEBlocks.requiredResnet("decoder.up_blocks.\(b).resnets.\($0)") }
-            if b < ch.count - 1 { needed.append("decoder.up_blocks.\(b).upsamplers.0.conv") }
+        let top = ch.last!, lat = latentChannels
+        var expected = VAEBlocks.conv("post_quant_conv", lat, lat, k: 1) + VAEBlocks.conv("decoder.conv_in", lat, top, k: 3)
+        expected += VAEBlocks.mid("decoder.mid_block", top, w)
+        var x = top
+        for (b, c) in ch.reversed().enumerated() {
+            for r in 0...layersPerBlock { expected += VAEBlocks.resnet("decoder.up_blocks.\(b).resnets.\(r)", x, c, w); x = c }
+            if b < ch.count - 1 { expected += VAEBlocks.conv("decoder.up_blocks.\(b).upsamplers.0.conv", c, c, k: 3) }
         }
-        for n in needed.flatMap({ [$0 + ".weight", $0 + ".bias"] }) where w[n] == nil {
-            throw TensorFileError(file: base.file.path, tensor: "vae." + n, .tensorNotFound)
-        }
+        expected += VAEBlocks.norm("decoder.conv_norm_out", x) + VAEBlocks.conv("decoder.conv_out", x, outChannels, k: 3)
+        try checkWeights(w, expected: expected, prefix: "vae.", file: base.file.path)
     }
 
     var blocks: VAEBlocks { VAEBlocks(w: w, groups: groups) }
@@ -305,9 +334,11 @@ public final class VAEEncoder {
     public let scalingFactor: Float
 
     public init(base: BaseModel) throws(TensorFileError) {
-        guard let c = base.config("vae"), let ch = c["block_out_channels"]?.arrayValue?.compactMap({ $0.int64Value.map(Int.init) }) else {
+        guard let c = base.config("vae"), let ch = c["block_out_channels"]?.arrayValue?.compactMap({ $0.int64Value.map(Int.init) }), !ch.isEmpty else {
             throw TensorFileError(file: base.file.path, .missingField("components.vae.config.block_out_channels"))
         }
+        try checkArchitecture(channels: ch, layers: Int(c["layers_per_block"]?.int64Value ?? 2), groups: Int(c["norm_num_groups"]?.int64Value ?? 32),
+                              file: base.file.path, component: "vae")
         channels = ch
         layersPerBlock = Int(c["layers_per_block"]?.int64Value ?? 2)
         groups = Int(c["norm_num_groups"]?.int64Value ?? 32)
@@ -319,15 +350,16 @@ public final class VAEEncoder {
             weights[String(t.name.dropFirst("vae.".count))] = try loader.f32(t.name)
         }
         w = weights
-        var needed = ["encoder.conv_in", "encoder.conv_norm_out", "encoder.conv_out", "quant_conv"]
-        needed += VAEBlocks.required(mid: "encoder.mid_block")
-        for b in ch.indices {
-            needed += (0..<layersPerBlock).flatMap { VAEBlocks.requiredResnet("encoder.down_blocks.\(b).resnets.\($0)") }
-            if b < ch.count - 1 { needed.append("encoder.down_blocks.\(b).downsamplers.0.conv") }
+        let lat = latentChannels, inCh = Int(c["in_channels"]?.int64Value ?? 3)
+        var expected = VAEBlocks.conv("encoder.conv_in", inCh, ch[0], k: 3)
+        var x = ch[0]
+        for (b, c) in ch.enumerated() {
+            for r in 0..<layersPerBlock { expected += VAEBlocks.resnet("encoder.down_blocks.\(b).resnets.\(r)", x, c, w); x = c }
+            if b < ch.count - 1 { expected += VAEBlocks.conv("encoder.down_blocks.\(b).downsamplers.0.conv", c, c, k: 3) }
         }
-        for n in needed.flatMap({ [$0 + ".weight", $0 + ".bias"] }) where w[n] == nil {
-            throw TensorFileError(file: base.file.path, tensor: "vae." + n, .tensorNotFound)
-        }
+        expected += VAEBlocks.mid("encoder.mid_block", x, w) + VAEBlocks.norm("encoder.conv_norm_out", x)
+        expected += VAEBlocks.conv("encoder.conv_out", x, 2 * lat, k: 3) + VAEBlocks.conv("quant_conv", 2 * lat, 2 * lat, k: 1)
+        try checkWeights(w, expected: expected, prefix: "vae.", file: base.file.path)
     }
 
     var blocks: VAEBlocks { VAEBlocks(w: w, groups: groups) }
@@ -367,11 +399,17 @@ struct VAEBlocks {
     let w: [String: [Float]]
     let groups: Int
 
-    /// Layers (without `.weight`/`.bias`) a ResNet block and a mid block read.
-    static func requiredResnet(_ n: String) -> [String] { ["norm1", "conv1", "norm2", "conv2"].map { n + "." + $0 } }
-    static func required(mid n: String) -> [String] {
-        requiredResnet(n + ".resnets.0") + requiredResnet(n + ".resnets.1")
-            + ["group_norm", "to_q", "to_k", "to_v", "to_out.0"].map { n + ".attentions.0." + $0 }
+    /// Weights (with their numbers of values) of the blocks, for `checkWeights`.
+    static func conv(_ n: String, _ i: Int, _ o: Int, k: Int) -> [(String, Int)] { [(n + ".weight", o * i * k * k), (n + ".bias", o)] }
+    static func norm(_ n: String, _ c: Int) -> [(String, Int)] { [(n + ".weight", c), (n + ".bias", c)] }
+    static func resnet(_ n: String, _ i: Int, _ o: Int, _ w: [String: [Float]]) -> [(String, Int)] {
+        var out = norm(n + ".norm1", i) + conv(n + ".conv1", i, o, k: 3) + norm(n + ".norm2", o) + conv(n + ".conv2", o, o, k: 3)
+        if i != o || w[n + ".conv_shortcut.weight"] != nil { out += conv(n + ".conv_shortcut", i, o, k: 1) }
+        return out
+    }
+    static func mid(_ n: String, _ c: Int, _ w: [String: [Float]]) -> [(String, Int)] {
+        resnet(n + ".resnets.0", c, c, w) + resnet(n + ".resnets.1", c, c, w) + norm(n + ".attentions.0.group_norm", c)
+            + ["to_q", "to_k", "to_v", "to_out.0"].flatMap { conv(n + ".attentions.0." + $0, c, c, k: 1) }
     }
 
     func p(_ n: String) -> [Float] {
@@ -405,5 +443,24 @@ struct VAEBlocks {
         var y = Ops.fromTokens(o, c: c, h: x.h, w: x.w)
         for i in y.data.indices { y.data[i] += x.data[i] }
         return y
+    }
+}
+
+/// Refuses weights a model would read that are missing or of another size than its config says,
+/// naming the tensor (a base whose config and weights disagree must not crash a generation).
+func checkWeights(_ w: [String: [Float]], expected: [(String, Int)], prefix: String, file: String) throws(TensorFileError) {
+    for (n, count) in expected {
+        guard let v = w[n] else { throw TensorFileError(file: file, tensor: prefix + n, .tensorNotFound) }
+        guard v.count == count else {
+            throw TensorFileError(file: file, tensor: prefix + n, .invalidShape("\(v.count) values where the model's config needs \(count)"))
+        }
+    }
+}
+
+/// Sizes that the forward passes divide or loop by: refused with a clear message when impossible.
+func checkArchitecture(channels: [Int], layers: Int, groups: Int, file: String, component: String) throws(TensorFileError) {
+    guard layers >= 1, layers <= 64 else { throw TensorFileError(file: file, .invalidArgument("\(component) config: layers_per_block \(layers) must be 1…64")) }
+    guard groups >= 1, channels.allSatisfy({ $0 >= 1 && $0 % groups == 0 }) else {
+        throw TensorFileError(file: file, .invalidArgument("\(component) config: block channels \(channels) must be positive multiples of norm_num_groups \(groups)"))
     }
 }

@@ -138,6 +138,9 @@ public enum LoRAInterop {
     /// dimensions (`down_train = A·down_auxᵀ`, `up_train = up_auxᵀ·B`), reporting the relative
     /// Frobenius error of ΔW per layer.
     public static func project(_ subject: Subject, seed: UInt64, a: Int, b: Int, cache: BasisCache = BasisCache()) throws(TensorFileError) -> (Subject, [(String, Double)]) {
+        guard a >= 1, b >= 1 else {
+            throw TensorFileError(file: "projection", .invalidArgument("basis dimensions must be at least 1 (got a = \(a), b = \(b))"))
+        }
         var out = subject
         var errors: [(String, Double)] = []
         out.basis = .seed(seed)

@@ -95,3 +95,29 @@ func firstError(_ body: () throws -> Void) -> TensorFileError? {
         return error as? TensorFileError
     }
 }
+
+@Suite(.serialized) struct InconsistentConfigTests {
+    /// A base whose configs disagree with its weights is refused when the model is built.
+    @Test func configsThatDoNotFitTheWeightsAreRefused() throws {
+        let (base, dir) = try TextEncoderTests.base("sd1")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func rewritten(_ component: String, _ key: String, _ value: JSONValue) throws -> BaseModel {
+            let comps = base.metadata["components"]!
+            let comp = comps[component]!
+            let md = base.metadata.setting("components", comps.setting(component, comp.setting("config", comp["config"]!.setting(key, value))))
+            let sources = base.file.tensors.map { TensorSource.bytes($0, try! base.file.tensorBytes($0.name)) }
+            try LidbWriter.write(to: dir + "/bad.lidb", kind: "base", metadata: md, tensors: sources)
+            return try BaseModel(path: dir + "/bad.lidb")
+        }
+        let wide = try rewritten("unet", "cross_attention_dim", .int(48))
+        #expect(firstError { _ = try UNet(base: wide) }.map { "\($0)".contains("config needs") } == true)
+        let groups = try rewritten("unet", "norm_num_groups", .int(0))
+        #expect(firstError { _ = try UNet(base: groups) }.map { "\($0)".contains("norm_num_groups") } == true)
+        let vae = try rewritten("vae", "latent_channels", .int(8))
+        #expect(firstError { _ = try VAEDecoder(base: vae) }.map { "\($0)".contains("config needs") } == true)
+        let heads = try rewritten("text_encoder", "num_attention_heads", .int(0))
+        #expect(firstError { _ = try CLIPTextEncoder(base: heads) } != nil)
+        let inter = try rewritten("text_encoder", "intermediate_size", .int(38))
+        #expect(firstError { _ = try CLIPTextEncoder(base: inter) }.map { "\($0)".contains("config needs") } == true)
+    }
+}
