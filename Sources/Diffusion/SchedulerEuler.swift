@@ -6,7 +6,7 @@
 /// Not provided: s_churn (always 0, so the sampler stays deterministic), exponential and beta
 /// sigmas, log_linear interpolation, continuous timesteps with v_prediction,
 /// rescale_betas_zero_snr.
-public struct EulerDiscreteScheduler: Scheduler {
+public struct EulerDiscreteScheduler: Scheduler, SigmaIndexed {
     public let schedule: NoiseSchedule
     public let predictionType: PredictionType
     public let timestepSpacing: TimestepSpacing
@@ -21,7 +21,7 @@ public struct EulerDiscreteScheduler: Scheduler {
     public private(set) var sigmas: [Float]
     public private(set) var numInferenceSteps: Int?
     /// The position in the schedule, set on the first scaleModelInput/step from the timestep.
-    public private(set) var stepIndex: Int?
+    public internal(set) var stepIndex: Int?
     /// Where to start instead of looking the first timestep up (diffusers' set_begin_index).
     public var beginIndex: Int?
 
@@ -81,19 +81,8 @@ public struct EulerDiscreteScheduler: Scheduler {
         beginIndex = nil
     }
 
-    mutating func initStepIndex(_ timestep: Double) {
-        if let b = beginIndex { stepIndex = b; return }
-        guard let i = indexForTimestep(timestep, in: timesteps) else {
-            preconditionFailure("timestep \(timestep) is not in the schedule")
-        }
-        stepIndex = i
-    }
-
     public mutating func scaleModelInput(_ sample: [Float], timestep: Double) -> [Float] {
-        if stepIndex == nil { initStepIndex(timestep) }
-        let sigma = sigmas[stepIndex!]
-        let d = (sigma * sigma + 1).squareRoot()
-        return map1(sample) { $0 / d }
+        scaledBySigma(sample, timestep: timestep)
     }
 
     public mutating func step<N: NoiseSource>(modelOutput: [Float], timestep: Double, sample: [Float], noise: inout N) -> [Float] {

@@ -5,7 +5,7 @@
 /// Provided: prediction types epsilon and v_prediction (diffusers does not implement
 /// "sample" here); timestep_spacing linspace (the default), leading and trailing.
 /// Not provided: rescale_betas_zero_snr.
-public struct EulerAncestralDiscreteScheduler: Scheduler {
+public struct EulerAncestralDiscreteScheduler: Scheduler, SigmaIndexed {
     public let schedule: NoiseSchedule
     public let predictionType: PredictionType
     public let timestepSpacing: TimestepSpacing
@@ -14,7 +14,7 @@ public struct EulerAncestralDiscreteScheduler: Scheduler {
     public private(set) var timesteps: [Double]
     public private(set) var sigmas: [Float]
     public private(set) var numInferenceSteps: Int?
-    public private(set) var stepIndex: Int?
+    public internal(set) var stepIndex: Int?
     public var beginIndex: Int?
 
     public init(config: SchedulerConfig) throws {
@@ -47,19 +47,8 @@ public struct EulerAncestralDiscreteScheduler: Scheduler {
         beginIndex = nil
     }
 
-    mutating func initStepIndex(_ timestep: Double) {
-        if let b = beginIndex { stepIndex = b; return }
-        guard let i = indexForTimestep(timestep, in: timesteps) else {
-            preconditionFailure("timestep \(timestep) is not in the schedule")
-        }
-        stepIndex = i
-    }
-
     public mutating func scaleModelInput(_ sample: [Float], timestep: Double) -> [Float] {
-        if stepIndex == nil { initStepIndex(timestep) }
-        let sigma = sigmas[stepIndex!]
-        let d = (sigma * sigma + 1).squareRoot()
-        return map1(sample) { $0 / d }
+        scaledBySigma(sample, timestep: timestep)
     }
 
     public mutating func step<N: NoiseSource>(modelOutput: [Float], timestep: Double, sample: [Float], noise: inout N) -> [Float] {

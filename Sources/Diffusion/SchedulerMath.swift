@@ -171,3 +171,29 @@ func map1(_ a: [Float], _ f: (Float) -> Float) -> [Float] {
         n = a.count
     }
 }
+
+/// The Euler schedulers' shared bookkeeping: which sigma a timestep is at, and the model input
+/// `sample / sqrt(sigma² + 1)` (diffusers' `_init_step_index` and `scale_model_input`).
+protocol SigmaIndexed {
+    var timesteps: [Double] { get }
+    var sigmas: [Float] { get }
+    var stepIndex: Int? { get set }
+    var beginIndex: Int? { get }
+}
+
+extension SigmaIndexed {
+    mutating func initStepIndex(_ timestep: Double) {
+        if let b = beginIndex { stepIndex = b; return }
+        guard let i = indexForTimestep(timestep, in: timesteps) else {
+            preconditionFailure("timestep \(timestep) is not in the schedule")
+        }
+        stepIndex = i
+    }
+
+    mutating func scaledBySigma(_ sample: [Float], timestep: Double) -> [Float] {
+        if stepIndex == nil { initStepIndex(timestep) }
+        let sigma = sigmas[stepIndex!]
+        let d = (sigma * sigma + 1).squareRoot()
+        return map1(sample) { $0 / d }
+    }
+}

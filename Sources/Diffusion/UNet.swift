@@ -270,23 +270,15 @@ public final class VAEDecoder {
     public let scalingFactor: Float
 
     public init(base: BaseModel) throws(TensorFileError) {
-        guard let c = base.config("vae"), let ch = c["block_out_channels"]?.arrayValue?.compactMap({ $0.int64Value.map(Int.init) }), !ch.isEmpty else {
-            throw TensorFileError(file: base.file.path, .missingField("components.vae.config.block_out_channels"))
-        }
-        try checkArchitecture(channels: ch, layers: Int(c["layers_per_block"]?.int64Value ?? 2), groups: Int(c["norm_num_groups"]?.int64Value ?? 32),
-                              file: base.file.path, component: "vae")
+        let cfg = try VAEConfig(base: base)
+        let ch = cfg.channels
         channels = ch
-        layersPerBlock = Int(c["layers_per_block"]?.int64Value ?? 2)
-        groups = Int(c["norm_num_groups"]?.int64Value ?? 32)
-        latentChannels = Int(c["latent_channels"]?.int64Value ?? 4)
-        outChannels = Int(c["out_channels"]?.int64Value ?? 3)
-        scalingFactor = Float(c["scaling_factor"]?.doubleValue ?? 0.18215)
-        let loader = WeightLoader(base: base)
-        var weights: [String: [Float]] = [:]
-        for t in base.file.tensors where t.name.hasPrefix("vae.decoder.") || t.name.hasPrefix("vae.post_quant_conv.") {
-            weights[String(t.name.dropFirst("vae.".count))] = try loader.f32(t.name)
-        }
-        w = weights
+        layersPerBlock = cfg.layersPerBlock
+        groups = cfg.groups
+        latentChannels = cfg.latentChannels
+        outChannels = cfg.outChannels
+        scalingFactor = cfg.scalingFactor
+        w = try cfg.weights(base, prefixes: ["vae.decoder.", "vae.post_quant_conv."])
         let top = ch.last!, lat = latentChannels
         var expected = VAEBlocks.conv("post_quant_conv", lat, lat, k: 1) + VAEBlocks.conv("decoder.conv_in", lat, top, k: 3)
         expected += VAEBlocks.mid("decoder.mid_block", top, w)
@@ -334,23 +326,15 @@ public final class VAEEncoder {
     public let scalingFactor: Float
 
     public init(base: BaseModel) throws(TensorFileError) {
-        guard let c = base.config("vae"), let ch = c["block_out_channels"]?.arrayValue?.compactMap({ $0.int64Value.map(Int.init) }), !ch.isEmpty else {
-            throw TensorFileError(file: base.file.path, .missingField("components.vae.config.block_out_channels"))
-        }
-        try checkArchitecture(channels: ch, layers: Int(c["layers_per_block"]?.int64Value ?? 2), groups: Int(c["norm_num_groups"]?.int64Value ?? 32),
-                              file: base.file.path, component: "vae")
+        let cfg = try VAEConfig(base: base)
+        let ch = cfg.channels
         channels = ch
-        layersPerBlock = Int(c["layers_per_block"]?.int64Value ?? 2)
-        groups = Int(c["norm_num_groups"]?.int64Value ?? 32)
-        latentChannels = Int(c["latent_channels"]?.int64Value ?? 4)
-        scalingFactor = Float(c["scaling_factor"]?.doubleValue ?? 0.18215)
-        let loader = WeightLoader(base: base)
-        var weights: [String: [Float]] = [:]
-        for t in base.file.tensors where t.name.hasPrefix("vae.encoder.") || t.name.hasPrefix("vae.quant_conv.") {
-            weights[String(t.name.dropFirst("vae.".count))] = try loader.f32(t.name)
-        }
-        w = weights
-        let lat = latentChannels, inCh = Int(c["in_channels"]?.int64Value ?? 3)
+        layersPerBlock = cfg.layersPerBlock
+        groups = cfg.groups
+        latentChannels = cfg.latentChannels
+        scalingFactor = cfg.scalingFactor
+        w = try cfg.weights(base, prefixes: ["vae.encoder.", "vae.quant_conv."])
+        let lat = latentChannels, inCh = cfg.inChannels
         var expected = VAEBlocks.conv("encoder.conv_in", inCh, ch[0], k: 3)
         var x = ch[0]
         for (b, c) in ch.enumerated() {
@@ -390,6 +374,40 @@ public final class VAEEncoder {
         let mean = FeatureMap(c: latentChannels, h: x.h, w: x.w, data: Array(x.data[0..<half]))
         let logvar = FeatureMap(c: latentChannels, h: x.h, w: x.w, data: x.data[half...].map { min(max($0, -30), 20) })
         return (mean, logvar)
+    }
+}
+
+/// The VAE's configuration as both halves read it, validated.
+struct VAEConfig {
+    let channels: [Int]
+    let layersPerBlock: Int, groups: Int, latentChannels: Int, inChannels: Int, outChannels: Int
+    let scalingFactor: Float
+
+    init(base: BaseModel) throws(TensorFileError) {
+        guard let c = base.config("vae"), let ch = c["block_out_channels"]?.arrayValue?.compactMap({ $0.int64Value.map(Int.init) }), !ch.isEmpty else {
+            throw TensorFileError(file: base.file.path, .missingField("components.vae.config.block_out_channels"))
+        }
+        channels = ch
+        layersPerBlock = Int(c["layers_per_block"]?.int64Value ?? 2)
+        groups = Int(c["norm_num_groups"]?.int64Value ?? 32)
+        latentChannels = Int(c["latent_channels"]?.int64Value ?? 4)
+        inChannels = Int(c["in_channels"]?.int64Value ?? 3)
+        outChannels = Int(c["out_channels"]?.int64Value ?? 3)
+        scalingFactor = Float(c["scaling_factor"]?.doubleValue ?? 0.18215)
+        try checkArchitecture(channels: ch, layers: layersPerBlock, groups: groups, file: base.file.path, component: "vae")
+        guard latentChannels >= 1, inChannels >= 1, outChannels >= 1 else {
+            throw TensorFileError(file: base.file.path, .invalidArgument("vae config: channel counts must be at least 1"))
+        }
+    }
+
+    /// The f32 weights under `prefixes`, keyed without `vae.`.
+    func weights(_ base: BaseModel, prefixes: [String]) throws(TensorFileError) -> [String: [Float]] {
+        let loader = WeightLoader(base: base)
+        var w: [String: [Float]] = [:]
+        for t in base.file.tensors where prefixes.contains(where: { t.name.hasPrefix($0) }) {
+            w[String(t.name.dropFirst("vae.".count))] = try loader.f32(t.name)
+        }
+        return w
     }
 }
 
