@@ -47,7 +47,8 @@ public enum TargetSet: String, CaseIterable, Sendable {
     /// The target layers of this set in a base's tensor table, in the base's order.
     public func layers(in tensors: [TensorInfo]) -> [TargetLayer] {
         tensors.compactMap { t in
-            guard t.shape.count == 2, contains(t.name) else { return nil }
+            // Empty weights have nothing to adapt (and no basis could span them).
+            guard t.shape.count == 2, t.shape[0] > 0, t.shape[1] > 0, contains(t.name) else { return nil }
             return TargetLayer(name: String(t.name.dropLast(".weight".count)), out: t.shape[0], in: t.shape[1])
         }
     }
