@@ -10,12 +10,15 @@ demo: deps
 test: deps test-python
 	swift build --build-tests
 	swift test --skip-build
+	LIDB_BIN="$$(swift build --show-bin-path)/lidb" $(PYVENV)/bin/python -m unittest discover -s converters/python/cross
 
 # The independent Python reader/writer of the format (numpy + zstandard only), in its own venv.
 PYVENV ?= .build/pyvenv
 test-python:
 	@test -x $(PYVENV)/bin/python || python3 -m venv $(PYVENV)
 	@$(PYVENV)/bin/python -c "import numpy, zstandard" 2>/dev/null || $(PYVENV)/bin/pip install -q "numpy==2.4.6" "zstandard==0.25.0"
+	@$(PYVENV)/bin/pip install -q ./converters/python
+	cd /tmp && $(CURDIR)/$(PYVENV)/bin/python -c "import lidb, lidb.base, lidb.subject; print('lidb (Python)', lidb.__version__, 'installed')"
 	$(PYVENV)/bin/python -m unittest discover -s converters/python/tests
 	$(PYVENV)/bin/python converters/python/make_spec_example.py --check
 
@@ -30,6 +33,7 @@ check-exports: deps
 	swift build -c release --product lidb
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/checks/check_exports.py "$$(swift build -c release --show-bin-path)/lidb"
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/checks/check_lora_exports.py "$$(swift build -c release --show-bin-path)/lidb"
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/checks/check_python_diffusers.py "$$(swift build -c release --show-bin-path)/lidb"
 
 fuzz: deps
 	bash Fuzz/run.sh
