@@ -1,0 +1,96 @@
+import Foundation
+import Testing
+import TensorFile
+@testable import Imaging
+
+@Suite struct PreprocessingTests {
+    static let names = ImagingFixtures.preprocessCases.map { $0["name"] as! String }
+
+    static func jsonValue(_ any: Any) -> JSONValue {
+        let data = try! JSONSerialization.data(withJSONObject: any, options: [.fragmentsAllowed])
+        return try! JSONValue.parse([UInt8](data))
+    }
+
+    /// Largest difference in [0, 1] pixel units (before normalisation): |Δ| · std.
+    static func maxPixelDiff(_ a: [Float], _ b: [Float], std: [Double]) -> Double {
+        let plane = a.count / 3
+        var m = 0.0
+        for i in 0..<a.count { m = max(m, Double(abs(a[i] - b[i])) * std[i / plane]) }
+        return m
+    }
+
+    /// pixel_values match transformers' default (torchvision) processor within 1/255 per pixel;
+    /// the PIL-backend processor's difference is reported.
+    @Test(arguments: names)
+    func matchesTransformers(name: String) throws {
+        let c = ImagingFixtures.preprocessCases.first { $0["name"] as! String == name }!
+        let pp = try ImagePreprocessing(json: Self.jsonValue(c["preprocessing"]!), file: "manifest.json")
+        #expect(pp.outputHeight == c["height"] as! Int && pp.outputWidth == c["width"] as! Int)
+        let image = try ImagingFixtures.reference(c["image"] as! String)
+        let ours = pp.apply(image)
+        let variants = c["variants"] as! [String: String]
+        let tv = try ImagingFixtures.floats(variants["torchvision"]!)
+        let pil = try ImagingFixtures.floats(variants["pil"]!)
+        #expect(ours.count == tv.count && ours.count == pil.count)
+        guard ours.count == tv.count, ours.count == pil.count else { return }
+        let dTV = Self.maxPixelDiff(ours, tv, std: pp.imageStd)
+        let dPIL = Self.maxPixelDiff(ours, pil, std: pp.imageStd)
+        let dRef = Self.maxPixelDiff(tv, pil, std: pp.imageStd)
+        print(String(format: "preprocess %@: max |Δ|·255 vs torchvision %.4f, vs PIL %.4f (torchvision vs PIL %.4f)", name, dTV * 255, dPIL * 255, dRef * 255))
+        #expect(dTV <= 1.0 / 255 + 1e-6)
+    }
+
+    /// The presets equal transformers' processor defaults as the fixtures record them.
+    @Test func presetsMatchTheFixtureConfigs() throws {
+        for c in ImagingFixtures.preprocessCases {
+            let pp = try ImagePreprocessing(json: Self.jsonValue(c["preprocessing"]!), file: "manifest.json")
+            let name = c["name"] as! String
+            if name == "clip24_pad" { continue }
+            if name.hasPrefix("clip") { #expect(pp == .clip(size: pp.outputHeight), "\(name)") }
+            if name.hasPrefix("vit") { #expect(pp == .vit(size: pp.outputHeight), "\(name)") }
+        }
+    }
+
+    @Test func jsonRoundTrips() throws {
+        for pp in [ImagePreprocessing.clip(size: 224), .vit(size: 384), .clip(size: 24)] {
+            let back = try ImagePreprocessing(json: pp.json, file: "pp.json")
+            #expect(back == pp)
+            let reparsed = try ImagePreprocessing(json: try JSONValue.parse(pp.json.serialized()), file: "pp.json")
+            #expect(reparsed == pp && reparsed.json == pp.json)
+        }
+        let custom = json(#"{"size": {"height": 30, "width": 20}, "crop_size": {"height": 16, "width": 12}, "resample": "bicubic", "rescale_factor": 0.5, "image_mean": [0, 0.25, 1], "image_std": [1, 2, 3]}"#)
+        let pp = try ImagePreprocessing(json: custom, file: "pp.json")
+        #expect(pp.outputHeight == 16 && pp.outputWidth == 12)
+        #expect(try ImagePreprocessing(json: pp.json, file: "pp.json") == pp)
+        #expect(pp.json.serializedString == #"{"size":{"height":30,"width":20},"crop_size":{"height":16,"width":12},"resample":"bicubic","rescale_factor":0.5,"image_mean":[0.0,0.25,1.0],"image_std":[1.0,2.0,3.0]}"#)
+    }
+
+    /// Bad descriptions are refused naming the key.
+    @Test func badJSONNamesTheKey() throws {
+        let good = ImagePreprocessing.clip(size: 32).json
+        let cases: [(JSONValue, String)] = [
+            (good.removing("resample"), "resample"),
+            (good.setting("do_resize", .bool(true)), "do_resize"),
+            (good.setting("size", json(#"{"shortest_edge": 0}"#)), "size.shortest_edge"),
+            (good.setting("size", json(#"{"shortest_edge": 2.5}"#)), "size.shortest_edge"),
+            (good.setting("size", json(#"{"longest_edge": 10}"#)), "size"),
+            (good.setting("size", json(#"{"height": 10}"#)), "size"),
+            (good.setting("crop_size", .null), "crop_size"),
+            (good.setting("crop_size", json(#"{"height": 10, "width": -1}"#)), "crop_size.width"),
+            (good.setting("resample", .string("lanczos")), "resample"),
+            (good.setting("resample", .int(3)), "resample"),
+            (good.setting("rescale_factor", .string("1/255")), "rescale_factor"),
+            (good.setting("rescale_factor", .int(0)), "rescale_factor"),
+            (good.setting("image_mean", json("[0.5, 0.5]")), "image_mean"),
+            (good.setting("image_std", json("[0.5, 0, 0.5]")), "image_std"),
+            (good.setting("image_std", json(#"[0.5, "a", 0.5]"#)), "image_std"),
+            (json("[1, 2]"), "(root)"),
+        ]
+        for (value, key) in cases {
+            let e = preprocessingError(value)
+            guard case let .invalidPreprocessing(file, k, problem) = e else { Issue.record("\(key): expected invalidPreprocessing, got \(String(describing: e))"); continue }
+            #expect(file == "pp.json" && k == key && !problem.isEmpty, "\(key): got key \(k)")
+            #expect("\(e!)".contains("pp.json") && "\(e!)".contains(key))
+        }
+    }
+}
