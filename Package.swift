@@ -77,7 +77,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ImagingTests",
-            dependencies: ["Imaging", "TensorFile"],
+            dependencies: ["Imaging", "TensorFile", .product(name: "Crypto", package: "swift-crypto")],
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "CLITests", dependencies: ["TensorFile", "lidb"]),

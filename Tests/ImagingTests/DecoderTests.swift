@@ -8,8 +8,13 @@ import Testing
     func decodesLikePIL(name: String) throws {
         let c = ImagingFixtures.decodeCase(name)
         let (image, info) = try ImageDecoder.decode(file: ImagingFixtures.path(c["file"] as! String))
+        #expect(image.width == c["width"] as! Int && image.height == c["height"] as! Int)
+        if let hash = c["sha256"] as? String {
+            // Large image: PIL's decoding is stored as a SHA-256 of its RGB bytes.
+            #expect(ImagingFixtures.sha256Hex(image.pixels) == hash)
+            return
+        }
         let ref = try ImagingFixtures.reference(name)
-        #expect(image.width == ref.width && image.height == ref.height)
         #expect(info.format == c["format"] as! String)
         #expect(info.bitDepth == c["bit_depth"] as! Int)
         #expect(info.colorType == c["color_type"] as! String)

@@ -29,6 +29,21 @@ import TensorFile
         let image = try ImagingFixtures.reference(c["image"] as! String)
         let ours = pp.apply(image)
         let variants = c["variants"] as! [String: String]
+        if c["stored"] as! String == "uint8" {
+            // 8-bit values u with pixel_values == (u − mean/f) / (std/f) in float32 (checked by the generator).
+            let u = try ImagingFixtures.bytes(variants["torchvision"]!)
+            let inv = Float(1.0 / pp.rescaleFactor)
+            let plane = u.count / 3
+            let tv = u.indices.map { i in (Float(u[i]) - Float(pp.imageMean[i / plane]) * inv) / (Float(pp.imageStd[i / plane]) * inv) }
+            #expect(ours.count == tv.count)
+            guard ours.count == tv.count else { return }
+            let dTV = Self.maxPixelDiff(ours, tv, std: pp.imageStd)
+            let dPIL = c["pil_max_pixel_diff"] as! Double
+            print(String(format: "preprocess %@: max |Δ|·255 vs torchvision %.4f (torchvision vs PIL %.4f)", name, dTV * 255, dPIL * 255))
+            #expect(dTV <= 1.0 / 255 + 1e-6)
+            #expect(dTV < 1e-5, "bit-level agreement with torch's uint8 resampling")
+            return
+        }
         let tv = try ImagingFixtures.floats(variants["torchvision"]!)
         let pil = try ImagingFixtures.floats(variants["pil"]!)
         #expect(ours.count == tv.count && ours.count == pil.count)
@@ -38,6 +53,8 @@ import TensorFile
         let dRef = Self.maxPixelDiff(tv, pil, std: pp.imageStd)
         print(String(format: "preprocess %@: max |Δ|·255 vs torchvision %.4f, vs PIL %.4f (torchvision vs PIL %.4f)", name, dTV * 255, dPIL * 255, dRef * 255))
         #expect(dTV <= 1.0 / 255 + 1e-6)
+        #expect(dTV < 1e-5, "bit-level agreement with torch's uint8 resampling")
+        #expect(dPIL <= 1.0 / 255 + 1e-6)
     }
 
     /// The presets equal transformers' processor defaults as the fixtures record them.
@@ -46,6 +63,8 @@ import TensorFile
             let pp = try ImagePreprocessing(json: Self.jsonValue(c["preprocessing"]!), file: "manifest.json")
             let name = c["name"] as! String
             if name == "clip24_pad" { continue }
+            #expect(c["class"] as! [String: String] == ["torchvision": name.hasPrefix("clip") ? "CLIPImageProcessor" : "ViTImageProcessor",
+                                                         "pil": name.hasPrefix("clip") ? "CLIPImageProcessorPil" : "ViTImageProcessorPil"])
             if name.hasPrefix("clip") { #expect(pp == .clip(size: pp.outputHeight), "\(name)") }
             if name.hasPrefix("vit") { #expect(pp == .vit(size: pp.outputHeight), "\(name)") }
         }
