@@ -205,3 +205,41 @@ public struct ImagePreprocessing: Sendable, Equatable {
         return out
     }
 }
+
+extension ImagePreprocessing {
+    /// Reads a transformers `preprocessor_config.json` as transformers itself writes it (`resample`
+    /// as PIL's number, `do_*` switches, extra keys such as `image_processor_type` ignored).
+    /// `size` and `crop_size` must be in the dictionary form; `do_resize` must be true (or absent).
+    /// A `false` `do_center_crop` means no crop; a `false` `do_rescale` a factor of 1; a `false`
+    /// `do_normalize` mean 0 and std 1.
+    public init(transformersConfig config: JSONValue, file: String) throws(ImageError) {
+        func bad(_ key: String, _ problem: String) -> ImageError { .invalidPreprocessing(file: file, key: key, problem: problem) }
+        guard config.objectValue != nil else { throw bad("(root)", "not a JSON object") }
+        func flag(_ key: String, default value: Bool) throws(ImageError) -> Bool {
+            guard let v = config[key] else { return value }
+            guard let b = v.boolValue else { throw bad(key, "must be true or false") }
+            return b
+        }
+        func required(_ key: String) throws(ImageError) -> JSONValue {
+            guard let v = config[key] else { throw bad(key, "missing") }
+            return v
+        }
+        guard try flag("do_resize", default: true) else { throw bad("do_resize", "must be true: images of any size are resized") }
+        let resample: JSONValue
+        switch try required("resample") {
+        case let r where r.int64Value == 2: resample = .string("bilinear")
+        case let r where r.int64Value == 3: resample = .string("bicubic")
+        case let r where r.stringValue == "bilinear" || r.stringValue == "bicubic": resample = r
+        default: throw bad("resample", "must be 2 (bilinear) or 3 (bicubic)")
+        }
+        let crop: JSONValue = try flag("do_center_crop", default: false) ? try required("crop_size") : .null
+        let rescale: JSONValue = try flag("do_rescale", default: true) ? try required("rescale_factor") : .int(1)
+        let normalize = try flag("do_normalize", default: true)
+        let mean: JSONValue = normalize ? try required("image_mean") : .array([.int(0), .int(0), .int(0)])
+        let std: JSONValue = normalize ? try required("image_std") : .array([.int(1), .int(1), .int(1)])
+        try self.init(json: .object([
+            ("size", try required("size")), ("crop_size", crop), ("resample", resample),
+            ("rescale_factor", rescale), ("image_mean", mean), ("image_std", std),
+        ]), file: file)
+    }
+}

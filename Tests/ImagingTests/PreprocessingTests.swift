@@ -113,3 +113,39 @@ import TensorFile
         }
     }
 }
+
+@Suite struct TransformersConfigTests {
+    /// Configs as transformers writes them (`resample` numbers, `do_*` switches) give the
+    /// processor's own pixel_values.
+    @Test(arguments: (ImagingFixtures.manifest["transformers_configs"] as! [[String: Any]]).map { $0["name"] as! String })
+    func readsTransformersConfigs(name: String) throws {
+        let c = (ImagingFixtures.manifest["transformers_configs"] as! [[String: Any]]).first { $0["name"] as! String == name }!
+        let pp = try ImagePreprocessing(transformersConfig: PreprocessingTests.jsonValue(c["config"]!), file: "preprocessor_config.json")
+        #expect(pp.outputHeight == c["height"] as! Int && pp.outputWidth == c["width"] as! Int)
+        let ours = pp.apply(try ImagingFixtures.reference(c["image"] as! String))
+        let ref = try ImagingFixtures.floats(c["pixel_values"] as! String)
+        #expect(ours.count == ref.count)
+        guard ours.count == ref.count else { return }
+        let maxAbs = zip(ours, ref).map { abs($0 - $1) }.max()!
+        print("transformers config \(name): max |Δ| = \(maxAbs)")
+        #expect(maxAbs <= 1e-4)
+    }
+
+    @Test func refusesWhatItCannotRepresent() throws {
+        let clip = try PreprocessingTests.jsonValue((ImagingFixtures.manifest["transformers_configs"] as! [[String: Any]])[0]["config"]!)
+        let cases: [(JSONValue, String)] = [
+            (clip.setting("do_resize", .bool(false)), "do_resize"),
+            (clip.setting("resample", .int(1)), "resample"),
+            (clip.removing("resample"), "resample"),
+            (clip.setting("size", .int(224)), "size"),
+            (clip.removing("crop_size"), "crop_size"),
+            (clip.setting("do_normalize", .string("yes")), "do_normalize"),
+        ]
+        for (value, key) in cases {
+            var caught: ImageError?
+            do { _ = try ImagePreprocessing(transformersConfig: value, file: "preprocessor_config.json") } catch { caught = error }
+            guard case let .invalidPreprocessing(_, k, _) = caught else { Issue.record("\(key): got \(String(describing: caught))"); continue }
+            #expect(k == key)
+        }
+    }
+}
