@@ -206,3 +206,26 @@ import Testing
         return nil
     }
 }
+
+@Suite struct CorruptionTests {
+    /// Random byte changes anywhere in PNG and JPEG files: every outcome is an image or a typed
+    /// error, never a crash or a hang.
+    @Test(arguments: ["images/rgb8.png", "images/palette_trns.png", "images/grey2.png", "images/baseline.jpg", "images/progressive.jpg", "images/orient6.jpg"])
+    func randomCorruptionNeverCrashes(file: String) throws {
+        let original = try ImagingFixtures.bytes(file)
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15 &+ UInt64(original.count)
+        func next() -> Int {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Int(truncatingIfNeeded: state >> 33)
+        }
+        let limits = ImageLimits(maxPixels: 1 << 20, maxSide: 4096, maxFileBytes: 1 << 20)
+        var decoded = 0, refused = 0
+        for _ in 0..<400 {
+            var b = original
+            for _ in 0..<(1 + next() % 8) { b[next() % b.count] = UInt8(truncatingIfNeeded: next()) }
+            if decodeError(b, name: file, limits: limits) == nil { decoded += 1 } else { refused += 1 }
+        }
+        print("corruption \(file): 400 variants, \(decoded) decoded, \(refused) refused")
+        #expect(decoded + refused == 400)
+    }
+}
