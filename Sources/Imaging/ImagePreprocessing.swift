@@ -16,15 +16,15 @@ public struct ImagePreprocessing: Sendable, Equatable {
         case bilinear, bicubic
     }
 
-    public var size: Size
+    public let size: Size
     /// Centre crop to (height, width) after resizing, or nil for none.
-    public var cropSize: (height: Int, width: Int)?
-    public var resample: Resample
-    public var rescaleFactor: Double
-    public var imageMean: [Double]
-    public var imageStd: [Double]
+    public let cropSize: (height: Int, width: Int)?
+    public let resample: Resample
+    public let rescaleFactor: Double
+    public let imageMean: [Double]
+    public let imageStd: [Double]
 
-    public init(size: Size, cropSize: (height: Int, width: Int)?, resample: Resample, rescaleFactor: Double, imageMean: [Double], imageStd: [Double]) {
+    init(size: Size, cropSize: (height: Int, width: Int)?, resample: Resample, rescaleFactor: Double, imageMean: [Double], imageStd: [Double]) {
         self.size = size
         self.cropSize = cropSize
         self.resample = resample

@@ -20,6 +20,7 @@ import Testing
         #expect(info.colorType == c["color_type"] as! String)
         #expect(info.hadAlpha == c["alpha"] as! Bool)
         #expect(info.orientation == c["orientation"] as! Int)
+        #expect(info.interlaced == (name.hasSuffix("_interlaced") || name == "progressive"))
         #expect(info.width == c["source_width"] as! Int && info.height == c["source_height"] as! Int)
         guard image.pixels.count == ref.pixels.count else { return }
         let maxDiff = zip(image.pixels, ref.pixels).map { abs(Int($0) - Int($1)) }.max() ?? 0
