@@ -46,6 +46,7 @@ fixtures:
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_layer_tables.py
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_merge_fixtures.py
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_lora_fixtures.py
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_image_fixtures.py
 samples:
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/samples/make_samples.py
 

@@ -7,6 +7,7 @@ let package = Package(
     name: "lidb",
     products: [
         .library(name: "TensorFile", targets: ["TensorFile"]),
+        .library(name: "Imaging", targets: ["Imaging"]),
         .executable(name: "lidb", targets: ["lidb"]),
     ],
     dependencies: [
@@ -18,12 +19,20 @@ let package = Package(
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
+        .systemLibrary(name: "CJPEG", pkgConfig: "libjpeg", providers: [.apt(["libjpeg62-turbo-dev"])]),
         // Small C kernels that Swift cannot express efficiently (hardware CRC32C).
         .target(name: "CLidbSupport"),
+        // libpng/libjpeg decoding with their longjmp error handling kept inside C.
+        .target(name: "CImagingSupport", dependencies: ["CPNG", "CJPEG"]),
 
         .target(
             name: "TensorFile",
             dependencies: ["CZstd", "CLidbSupport"]
+        ),
+        // Image input: PNG/JPEG decoding with limits, EXIF orientation, encoder preprocessing.
+        .target(
+            name: "Imaging",
+            dependencies: ["TensorFile", "CImagingSupport"]
         ),
         // Base checkpoints: diffusers folders, LDM single files, name maps, base.lidb, export.
         .target(
@@ -64,6 +73,11 @@ let package = Package(
         .testTarget(
             name: "DiffusionTests",
             dependencies: ["Diffusion", "TensorFile", "Checkpoint", "CPNG"],
+            exclude: ["Fixtures"]
+        ),
+        .testTarget(
+            name: "ImagingTests",
+            dependencies: ["Imaging", "TensorFile", .product(name: "Crypto", package: "swift-crypto")],
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "CLITests", dependencies: ["TensorFile", "lidb"]),

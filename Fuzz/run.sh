@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (one per parser) with address sanitizer and runs each for
 # FUZZ_SECONDS (default 600), in parallel, seeded from the test fixtures and samples.
-#   FUZZ_TARGETS="safetensors lidb torch" picks the targets (default: all three).
+#   FUZZ_TARGETS="safetensors lidb torch image" picks the targets (default: all four).
 #   bash Fuzz/run.sh            # build and run both
 #   FUZZ_SECONDS=60 bash Fuzz/run.sh
 set -euo pipefail
@@ -20,18 +20,34 @@ build() {  # name, entry file
         exit 1
     fi
 }
-targets="${FUZZ_TARGETS:-safetensors lidb torch}"
+# The image decoder: its Swift files (they do not need TensorFile) and the C decoding shim.
+build_image() {
+    mkdir -p "$out/image"
+    clang -O2 -g -fsanitize=address,fuzzer-no-link -I Sources/CImagingSupport/include \
+        -c Sources/CImagingSupport/decode.c -o "$out/image/decode.o"
+    if ! swiftc -O -g -sanitize=fuzzer,address -parse-as-library -module-name Imaging \
+        -I Sources/CImagingSupport/include \
+        Sources/Imaging/ImageDecoder.swift Sources/Imaging/ExifOrientation.swift Sources/Imaging/Image.swift \
+        Sources/Imaging/ImageError.swift Fuzz/ImageDecoderFuzz.swift "$out/image/decode.o" -lpng16 -ljpeg \
+        -o "$out/fuzz-image" > "$out/fuzz-image.build.log" 2>&1; then
+        grep -v "ld.gold: warning" "$out/fuzz-image.build.log" >&2
+        exit 1
+    fi
+}
+targets="${FUZZ_TARGETS:-safetensors lidb torch image}"
 for t in $targets; do
     case $t in
         safetensors) build fuzz-safetensors Fuzz/SafetensorsHeaderFuzz.swift ;;
         lidb) build fuzz-lidb Fuzz/LidbHeaderFuzz.swift ;;
         torch) build fuzz-torch Fuzz/TorchCheckpointFuzz.swift ;;
+        image) build_image ;;
         *) echo "unknown fuzz target $t" >&2; exit 2 ;;
     esac
 done
 
 # Seed corpora: real files of each format.
-mkdir -p Fuzz/corpus-safetensors Fuzz/corpus-lidb Fuzz/corpus-torch
+mkdir -p Fuzz/corpus-safetensors Fuzz/corpus-lidb Fuzz/corpus-torch Fuzz/corpus-image
+find Tests/ImagingTests/Fixtures/images Tests/ImagingTests/Fixtures/malformed -type f -size -20k -exec cp {} Fuzz/corpus-image/ \;
 find Tests/TensorFileTests/Fixtures/torch -maxdepth 1 -type f \( -name '*.pt' -o -name '*.ckpt' -o -name '*.bin' \) -size -200k -exec cp {} Fuzz/corpus-torch/ \;
 find Tests/TensorFileTests/Fixtures -name '*.safetensors' -size -200k -exec cp {} Fuzz/corpus-safetensors/ \;
 lidb="$(swift build --show-bin-path)/lidb"

@@ -21,4 +21,6 @@ fi
 
 "$venv/bin/python" -m pip install --upgrade pip
 "$venv/bin/python" -m pip install -r "$here/requirements.txt"
+# transformers' default image processors need torchvision built for the pinned torch.
+"$venv/bin/python" -c "import torch, torchvision; torchvision.ops.nms  # noqa" >/dev/null
 echo "venv ready: $venv"
