@@ -1,38 +1,61 @@
 #!/usr/bin/env bash
-# The quick start: builds lidb in release mode and runs it on the bundled samples.
+# The quick start: builds lidb in release mode and runs the whole flow on the bundled samples —
+# convert a base and a hypernetwork, personalise from a photo, generate merged and live, merge,
+# unmerge, verify. Everything goes to $LIDB_DEMO_OUT (default demo-output/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${LIDB_DEMO_OUT:-demo-output}"
 rm -rf "$out"
 mkdir -p "$out"
-step() { local t0=$SECONDS; echo; echo "== $1"; shift; "$@"; echo "   ($((SECONDS - t0)) s)"; }
+summary=()
+step() {
+    local title=$1; shift
+    local t0=$EPOCHREALTIME
+    echo; echo "== $title"
+    "$@"
+    local dt; dt=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')
+    printf '   (%.2f s)\n' "$dt"
+    summary+=("$(printf '%8.2f s  %s' "$dt" "$title")")
+}
+start=$EPOCHREALTIME
 
-step "build (release)" swift build -c release --product lidb
+step "build lidb (release)" swift build -c release --product lidb
 lidb="$(swift build -c release --show-bin-path)/lidb"
-step "inspect the sample safetensors file" "$lidb" inspect samples/tiny-clip-text.safetensors
-step "convert it to .lidb (lossless)" "$lidb" convert samples/tiny-clip-text.safetensors -o "$out/tiny-clip-text.lidb"
-step "inspect the .lidb file" "$lidb" inspect "$out/tiny-clip-text.lidb"
-step "verify every checksum" "$lidb" verify "$out/tiny-clip-text.lidb"
-step "convert to f16, zstd-compressed" "$lidb" convert "$out/tiny-clip-text.lidb" -o "$out/tiny-clip-text-f16.lidb" --dtype f16 --zstd
-step "and back to safetensors" "$lidb" convert "$out/tiny-clip-text.lidb" -o "$out/roundtrip.safetensors"
-if cmp -s samples/tiny-clip-text.safetensors "$out/roundtrip.safetensors"; then
-    echo "   round trip safetensors → lidb → safetensors: identical bytes"
-else
-    echo "   round trip differs" >&2; exit 1
-fi
-pipeline=Tests/BaseTests/Fixtures/sd1/diffusers-safetensors   # a tiny random-weight SD 1.x pipeline
-step "convert a diffusers pipeline to a base" "$lidb" convert "$pipeline" -o "$out/tiny-sd1.lidb" --dtype f16
-step "inspect the base" "$lidb" inspect "$out/tiny-sd1.lidb"
-step "export it as an LDM single file" "$lidb" export "$out/tiny-sd1.lidb" --format single-file -o "$out/tiny-sd1-ldm.safetensors"
-step "and back to diffusers" "$lidb" export "$out/tiny-sd1.lidb" --format diffusers -o "$out/tiny-sd1-diffusers"
-step "make a subject (random factors, the paper's LiDB configuration)" "$lidb" subject init --base "$out/tiny-sd1.lidb" --seed 7 --std 0.5 --name demo --trigger sks -o "$out/subject.lidb"
-step "inspect it" "$lidb" inspect "$out/subject.lidb"
-step "generate with the subject, merged" "$lidb" generate --model "$out/tiny-sd1.lidb" --subject "$out/subject.lidb:0.8" --prompt "a photo of sks person" --steps 4 --width 64 --height 64 -o "$out/merged.png"
-step "generate with the subject, live" "$lidb" generate --model "$out/tiny-sd1.lidb" --subject "$out/subject.lidb:0.8" --apply live --prompt "a photo of sks person" --steps 4 --width 64 --height 64 -o "$out/live.png" --timings
-step "merge into the base file" "$lidb" merge "$out/tiny-sd1.lidb" "$out/subject.lidb:0.8" -o "$out/merged.lidb"
-step "unmerge (bit-exact restore)" "$lidb" unmerge "$out/merged.lidb" "$out/subject.lidb:0.8" --original "$out/tiny-sd1.lidb" -o "$out/restored.lidb"
-step "verify" "$lidb" verify "$out/restored.lidb"
-echo "   (the tiny models have random weights: the images are meaningless, the pipeline is real)"
+
+step "convert the sample pipeline (diffusers folder, f16) to a base" \
+    "$lidb" convert samples/tiny-sd -o "$out/tiny-sd.lidb"
+step "convert the sample hypernetwork (safetensors + config) to a .lidb" \
+    "$lidb" convert samples/tiny-hyper.safetensors --kind hypernetwork --config samples/tiny-hyper.json -o "$out/tiny-hyper.lidb"
+step "personalise: photo in, subject file out" \
+    "$lidb" personalize --hypernet "$out/tiny-hyper.lidb" --base "$out/tiny-sd.lidb" --image samples/face.jpg \
+        --trigger sks --class face --name sample-face -o "$out/face.lidb" --timings
+step "inspect the subject (size, trained parameters, binding, provenance)" \
+    "$lidb" inspect "$out/face.lidb"
+ls -l "$out/face.lidb"
+step "generate with the subject merged into the weights" \
+    "$lidb" generate --model "$out/tiny-sd.lidb" --subject "$out/face.lidb" --prompt "a photo of sks face" \
+        --steps 20 --width 256 --height 256 --seed 42 -o "$out/merged.png"
+step "generate with the subject applied live (weights untouched)" \
+    "$lidb" generate --model "$out/tiny-sd.lidb" --subject "$out/face.lidb" --apply live --prompt "a photo of sks face" \
+        --steps 20 --width 256 --height 256 --seed 42 -o "$out/live.png"
+if cmp -s "$out/merged.png" "$out/live.png"; then echo "   merged and live images: identical pixels"; fi
+step "import a PEFT LoRA as a second subject" \
+    "$lidb" subject import samples/lora-peft.safetensors --base "$out/tiny-sd.lidb" -o "$out/lora.lidb"
+step "merge both subjects into a new base file" \
+    "$lidb" merge "$out/tiny-sd.lidb" "$out/face.lidb" "$out/lora.lidb:0.5" -o "$out/merged.lidb"
+step "unmerge them again (bit-exact restore from the original)" \
+    "$lidb" unmerge "$out/merged.lidb" "$out/face.lidb" "$out/lora.lidb:0.5" --original "$out/tiny-sd.lidb" -o "$out/restored.lidb"
+step "verify every checksum of the restored base" "$lidb" verify "$out/restored.lidb"
+step "export the subject as a LoRA for diffusers/ComfyUI" \
+    "$lidb" subject export "$out/face.lidb" --format kohya -o "$out/face-kohya.safetensors"
+
+total=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')
+echo
+echo "The sample models have random weights: the images are noise, every step of the pipeline is real."
+echo
+echo "steps:"
+printf '%s\n' "${summary[@]}"
+printf '%8.2f s  total\n' "$total"
 echo
 echo "outputs in $out/:"
 ls -l "$out"
