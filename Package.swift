@@ -40,9 +40,14 @@ let package = Package(
             name: "Diffusion",
             dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "CBLAS", "CPNG", "CLidbSupport"]
         ),
+        // The HyperDreamBooth hypernetwork: ViT image encoder, weight decoder, subject from a photo.
+        .target(
+            name: "Hypernetwork",
+            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "Diffusion", "CBLAS", "CLidbSupport", .product(name: "Crypto", package: "swift-crypto")]
+        ),
         .target(
             name: "LidbCLI",
-            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "Diffusion", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "Diffusion", "Hypernetwork", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(name: "lidb", dependencies: ["LidbCLI"]),
 
@@ -64,6 +69,11 @@ let package = Package(
         .testTarget(
             name: "DiffusionTests",
             dependencies: ["Diffusion", "TensorFile", "Checkpoint", "CPNG"],
+            exclude: ["Fixtures"]
+        ),
+        .testTarget(
+            name: "HypernetworkTests",
+            dependencies: ["Hypernetwork", "SubjectDelta", "Checkpoint", "TensorFile"],
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "CLITests", dependencies: ["TensorFile", "lidb"]),
