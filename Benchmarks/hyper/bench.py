@@ -1,7 +1,7 @@
 """Hypernetwork benchmark: lidb against the PyTorch reference on one photo, same weights (random,
 ViT-H/14-sized CLIP-vision encoder, decoder for SD 1.5's 200-layer `paper` table), same preprocessed
 input, same run. Reports seconds per photo (median of --repeat, model loaded), their ratio, each
-process's peak RSS, and lidb's error against PyTorch's predictions. Runs are interleaved
+process's peak RSS, the CPU time per photo (all threads; PyTorch's OpenMP threads may spin), and lidb's error against PyTorch's predictions. Runs are interleaved
 (--rounds pairs of PyTorch then lidb) because the machine may be shared.
 
     python bench.py LIDB WORKDIR [--repeat N] [--rounds R]
@@ -38,6 +38,7 @@ def main():
         l = json.loads(out)
         print(f"round {r + 1}: one photo, {l['layers']} layers: PyTorch {t['median_s']:.2f} s (all {', '.join(f'{x:.2f}' for x in t['all_s'])}), "
               f"lidb {l['median_s']:.2f} s (all {', '.join(f'{x:.2f}' for x in l['all_s'])}), ratio lidb/PyTorch {l['median_s'] / t['median_s']:.2f}; "
+              f"CPU seconds per photo PyTorch {t['cpu_s_median']:.2f}, lidb {l['cpu_s_median']:.2f}; "
               f"peak RSS PyTorch {torch_rss:.0f} MiB, lidb {lidb_rss:.0f} MiB; load PyTorch {t['load_s']:.1f} s, lidb {l['load_s']:.1f} s; "
               f"lidb vs PyTorch: max |error| / max |output| = {l['max_rel_error_vs_reference']:.2e}", flush=True)
 

@@ -29,13 +29,15 @@ with open(os.path.join(a.work, "hyper.json")) as f:
 model = build(cfg, load_file(os.path.join(a.work, "hyper.safetensors")))
 load = time.perf_counter() - t0
 pixels = load_file(os.path.join(a.work, "pixels.safetensors"))["pixel_values"][None]
-times = []
+times, cpu = [], []
 with torch.inference_mode():
     for _ in range(a.repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = model(pixels)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
 if a.out:
     save_file({"down_train": torch.cat([d[0].reshape(-1) for d, _ in out]).contiguous(),
                "up_train": torch.cat([u[0].reshape(-1) for _, u in out]).contiguous()}, a.out)
-print(json.dumps({"layers": len(out), "load_s": load, "median_s": sorted(times)[len(times) // 2], "all_s": times}))
+print(json.dumps({"layers": len(out), "load_s": load, "median_s": sorted(times)[len(times) // 2], "all_s": times,
+                  "cpu_s_median": sorted(cpu)[len(cpu) // 2]}))

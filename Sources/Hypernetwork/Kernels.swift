@@ -63,8 +63,13 @@ enum Kernels {
                 }
             }
         default:
-            split(count) { s, e in for i in s..<e { let v = p.p[i]; p.p[i] = 0.5 * v * (1 + Foundation.erf(v * 0.70710678118654752)) } }
+            split(count) { s, e in geluErf(p.p + s, count: e - s) }
         }
+    }
+
+    /// GELU with the error function, `x · (1 + erf(x/√2)) / 2`, in place (vectorised C kernel).
+    static func geluErf(_ x: UnsafeMutablePointer<Float>, count n: Int) {
+        lidb_gelu_erf(x, n)
     }
 
     /// Multi-head attention without a mask. Queries row `i`, head `h` at `q[i·qs + h·d ..< +d]`

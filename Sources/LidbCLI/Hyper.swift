@@ -2,6 +2,9 @@ import ArgumentParser
 import Diffusion
 import Hypernetwork
 import TensorFile
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Runs `body`, turning hypernetwork errors into one line on stderr and exit code 2.
 func reportingHypernetworkErrors(_ body: () throws -> Void) throws {
@@ -44,15 +47,18 @@ struct BenchHyper: ParsableCommand {
                 let h = try Hypernetwork(path: model)
                 let load = now() - t0
                 let px = try f32Tensor(SafetensorsFile(path: pixels), "pixel_values")
-                var times: [Double] = []
+                var times: [Double] = [], cpu: [Double] = []
                 var preds: [LayerPrediction] = []
                 for _ in 0..<max(repeatCount, 1) {
                     t0 = now()
+                    let c0 = processCPUTime()
                     preds = try h.predict(pixels: px)
                     times.append(now() - t0)
+                    cpu.append(processCPUTime() - c0)
                 }
                 var pairs: [(String, JSONValue)] = [("layers", .int(preds.count)), ("load_s", .double(load)),
-                                                    ("median_s", .double(times.sorted()[times.count / 2])), ("all_s", .array(times.map { .double($0) }))]
+                                                    ("median_s", .double(times.sorted()[times.count / 2])), ("all_s", .array(times.map { .double($0) })),
+                                                    ("cpu_s_median", .double(cpu.sorted()[cpu.count / 2]))]
                 if let check {
                     let ref = try SafetensorsFile(path: check)
                     var worst: Float = 0
@@ -70,6 +76,13 @@ struct BenchHyper: ParsableCommand {
             }
         }
     }
+}
+
+/// CPU seconds used by this process so far (all threads).
+func processCPUTime() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
 }
 
 func f32Tensor(_ f: TensorCollection, _ name: String) throws(TensorFileError) -> [Float] {
