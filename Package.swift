@@ -1,7 +1,8 @@
 // swift-tools-version: 6.1
 import PackageDescription
 
-// Layers (bottom to top): C shims → TensorFile (format) → SubjectDelta → Diffusion → Hypernetwork → CLI.
+// Layers (bottom to top): C shims → TensorFile (format) → Imaging, Checkpoint → SubjectDelta → Diffusion
+// → Hypernetwork → CLI.
 // Lower layers never import higher ones.
 let package = Package(
     name: "lidb",
@@ -49,9 +50,14 @@ let package = Package(
             name: "Diffusion",
             dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "CBLAS", "CPNG", "CLidbSupport"]
         ),
+        // The HyperDreamBooth hypernetwork: ViT image encoder, weight decoder, subject from a photo.
+        .target(
+            name: "Hypernetwork",
+            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "Diffusion", "CBLAS", "CLidbSupport", .product(name: "Crypto", package: "swift-crypto")]
+        ),
         .target(
             name: "LidbCLI",
-            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "Diffusion", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "Diffusion", "Hypernetwork", "Imaging", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(name: "lidb", dependencies: ["LidbCLI"]),
 
@@ -78,6 +84,11 @@ let package = Package(
         .testTarget(
             name: "ImagingTests",
             dependencies: ["Imaging", "TensorFile", .product(name: "Crypto", package: "swift-crypto")],
+            exclude: ["Fixtures"]
+        ),
+        .testTarget(
+            name: "HypernetworkTests",
+            dependencies: ["Hypernetwork", "SubjectDelta", "Checkpoint", "TensorFile"],
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "CLITests", dependencies: ["TensorFile", "lidb"]),

@@ -11,7 +11,7 @@ import Glibc
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure lidb's own operations (the anchors they are compared with live in Benchmarks/).",
-        subcommands: [BenchFormat.self, BenchSubject.self, BenchUNet.self]
+        subcommands: [BenchFormat.self, BenchSubject.self, BenchUNet.self, BenchHyper.self]
     )
 }
 

@@ -34,6 +34,8 @@ struct Convert: ParsableCommand {
         configs adjusted to the tensors' shapes, or from --config DIR (a diffusers folder, which \
         also supplies the tokenizer).
 
+        Hypernetworks: --kind hypernetwork --config hyper.json makes a hypernetwork file from its         weights; the config and the tensors are checked against each other first         (spec/hypernetwork.md).
+
         Other inputs convert tensor by tensor. With --dtype keep the conversion is lossless: \
         safetensors → lidb → safetensors gives the same bytes. --dtype f32|f16|bf16 casts \
         floating-point tensors (round to nearest even) and leaves integer tensors alone; values that \
@@ -51,9 +53,13 @@ struct Convert: ParsableCommand {
     @Flag(help: "Base: take the UNet from the checkpoint's EMA weights (model_ema.*).") var ema = false
     @Option(help: "Base: epsilon or v_prediction (default: the scheduler config's; single files: epsilon for SD 1.x, v_prediction for SD 2.x).")
     var predictionType: PredictionChoice?
-    @Option(help: "Base from a single file: a diffusers folder with the model's configs and tokenizer.") var config: String?
+    @Option(help: "Base from a single file: a diffusers folder with the model's configs and tokenizer. With --kind hypernetwork: the hypernetwork's hyper.json (spec/hypernetwork.md).") var config: String?
 
     func run() throws {
+        if kind == "hypernetwork", let config {
+            try convertHypernetwork(input: input, config: config, output: output, dtype: dtype.dtype, zstd: zstd)
+            return
+        }
         try reportingErrors {
             let progress = Progress("converting")
             if output.hasSuffix(".lidb"), try isBaseInput(input) {

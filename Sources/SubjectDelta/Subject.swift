@@ -13,6 +13,15 @@ public struct LiDBTerm: Sendable, Equatable {
     /// `[b, rank]`, row-major.
     public var upTrain: [Float]
     public var scale: Float { alpha / Float(rank) }
+
+    public init(rank: Int, a: Int, b: Int, alpha: Float, downTrain: [Float], upTrain: [Float]) {
+        self.rank = rank
+        self.a = a
+        self.b = b
+        self.alpha = alpha
+        self.downTrain = downTrain
+        self.upTrain = upTrain
+    }
 }
 
 /// A plain LoRA term: `ΔW = alpha/rank · up · down`.
@@ -30,6 +39,12 @@ public struct SubjectLayer: Sendable, Equatable {
     public var target: TargetLayer
     public var lidb: LiDBTerm?
     public var lora: LoRATerm?
+
+    public init(target: TargetLayer, lidb: LiDBTerm?, lora: LoRATerm?) {
+        self.target = target
+        self.lidb = lidb
+        self.lora = lora
+    }
 }
 
 /// Where a subject's bases come from.

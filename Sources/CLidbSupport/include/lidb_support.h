@@ -25,6 +25,8 @@ int lidb_f16_to_f32(const uint16_t *src, float *dst, size_t n);
 int lidb_has_f16c(void);
 /// Softmax of each row of a row-major rows × cols matrix, in place.
 void lidb_softmax_rows(float *x, size_t rows, size_t cols);
+/// GELU with the error function (erf as a rational approximation, absolute error ≤ 5e-7), in place.
+void lidb_gelu_erf(float *x, size_t n);
 /// Copies n floats with non-temporal stores when large (memcpy otherwise).
 void lidb_copy_floats(float *dst, const float *src, size_t n);
 
