@@ -38,17 +38,27 @@ check-exports: deps
 fuzz: deps
 	bash Fuzz/run.sh
 
-# Reference fixtures and samples (need the pinned Python venv: converters/setup_venv.sh).
-fixtures:
+# Reference fixtures and samples (need the pinned Python venv: converters/setup_venv.sh). The samples
+# come first: the personalisation fixtures are computed from them.
+fixtures: samples
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_format_fixtures.py
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_pickle_fixtures.py
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_base_fixtures.py
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_layer_tables.py
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_merge_fixtures.py
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_lora_fixtures.py
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_tokenizer_fixtures.py
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_rng_fixtures.py
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_scheduler_fixtures.py
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_text_encoder_fixtures.py
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_unet_fixtures.py
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_pipeline_fixtures.py
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_image_fixtures.py
-samples:
-	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/samples/make_samples.py
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_hyper_fixtures.py
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_personalize_fixtures.py
+samples: deps
+	swift build -c release --product lidb
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/samples/make_samples.py "$$(swift build -c release --show-bin-path)/lidb"
 
 clean:
 	rm -rf .build demo-output

@@ -57,7 +57,7 @@ let package = Package(
         ),
         .target(
             name: "LidbCLI",
-            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "Diffusion", "Hypernetwork", "Imaging", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "Diffusion", "Hypernetwork", "Imaging", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Crypto", package: "swift-crypto")]
         ),
         .executableTarget(name: "lidb", dependencies: ["LidbCLI"]),
 
@@ -91,7 +91,7 @@ let package = Package(
             dependencies: ["Hypernetwork", "SubjectDelta", "Checkpoint", "TensorFile"],
             exclude: ["Fixtures"]
         ),
-        .testTarget(name: "CLITests", dependencies: ["TensorFile", "lidb"]),
+        .testTarget(name: "CLITests", dependencies: ["TensorFile", "lidb", .product(name: "Crypto", package: "swift-crypto")], exclude: ["Fixtures"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CBLAS", "CPNG", "CZstd"]),
     ]
 )

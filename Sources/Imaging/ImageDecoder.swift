@@ -109,6 +109,12 @@ public enum ImageDecoder {
         bytes.count >= prefix.count && bytes[0..<prefix.count].elementsEqual(prefix)
     }
 
+    /// The bytes of an image file (refusing non-regular files and files over `limits.maxFileBytes`),
+    /// e.g. to hash exactly what `decode(bytes:name:)` is then given.
+    public static func fileBytes(_ path: String, limits: ImageLimits = .default) throws(ImageError) -> [UInt8] {
+        try readFile(path, maxBytes: limits.maxFileBytes)
+    }
+
     static func readFile(_ path: String, maxBytes: Int) throws(ImageError) -> [UInt8] {
         var st = stat()
         if stat(path, &st) != 0 {

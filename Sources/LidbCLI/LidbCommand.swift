@@ -15,7 +15,7 @@ public struct LidbCommand: ParsableCommand {
         Exit codes: 0 success, 1 a check found damage (verify), 2 bad input or usage.
         """,
         version: "0.1.0",
-        subcommands: [Inspect.self, Verify.self, Convert.self, Export.self, SubjectCommand.self, Merge.self, Unmerge.self, Generate.self, Tokenize.self, Bench.self]
+        subcommands: [Inspect.self, Verify.self, Convert.self, Export.self, SubjectCommand.self, Personalize.self, Merge.self, Unmerge.self, Generate.self, Tokenize.self, Bench.self]
     )
     public init() {}
 }

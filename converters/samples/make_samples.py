@@ -83,9 +83,6 @@ def build_pipeline():
         special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
                    "unk_token": "<|endoftext|>"}
         (tok / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
-    (tok / "tokenizer_config.json").write_text(json.dumps(
-        {**special, "add_prefix_space": False, "do_lower_case": True, "errors": "replace", "model_max_length": 77,
-         "tokenizer_class": "CLIPTokenizer"}, indent=2, sort_keys=True) + "\n")
         (tok / "tokenizer_config.json").write_text(json.dumps(
             {**special, "add_prefix_space": False, "do_lower_case": True, "errors": "replace", "model_max_length": 77,
              "tokenizer_class": "CLIPTokenizer"}, indent=2, sort_keys=True) + "\n")
@@ -110,6 +107,9 @@ def make_pipeline(pipe) -> Path:
     special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
                "unk_token": "<|endoftext|>"}
     (tok / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+    (tok / "tokenizer_config.json").write_text(json.dumps(
+        {**special, "add_prefix_space": False, "do_lower_case": True, "errors": "replace", "model_max_length": 77,
+         "tokenizer_class": "CLIPTokenizer"}, indent=2, sort_keys=True) + "\n")
     return target
 
 
@@ -167,14 +167,40 @@ def make_lora(pipe) -> Path:
 
 
 def make_hypernetwork() -> list:
-    """The tiny hypernetwork (PyTorch reference, random weights) for tiny-sd's `paper` table."""
+    """The tiny hypernetwork (PyTorch reference of spec/hypernetwork.md) for tiny-sd's `paper` table:
+    a CLIP-vision encoder on 64-px images (patch 8, width 64, 2 layers), a 2-layer decoder of width 64
+    refining for 4 iterations, the paper's subject configuration (rank 1, a = 100, b = 50, clamped
+    to tiny-sd's layers). Weights: N(0, 0.02²) from numpy's PCG64, layer norms at weight 1, bias 0."""
+    from safetensors import safe_open
+
     sys.path.insert(0, str(ROOT / "converters" / "python" / "reference"))
-    try:
-        import hypernetwork as ref  # noqa: F401
-    except ImportError:
-        print("converters/python/reference/hypernetwork.py not found: no sample hypernetwork", file=sys.stderr)
-        return []
-    return ref.make_sample(OUT / "tiny-sd", OUT / "tiny-hyper", seed=SEED + 11)
+    from hypernetwork import Hypernetwork, clip_preprocessing, make_config, targets_from_tensors
+
+    rows = []
+    for comp, file in (("unet", "unet/diffusion_pytorch_model.safetensors"), ("text_encoder", "text_encoder/model.safetensors")):
+        names = []
+        with safe_open(str(OUT / "tiny-sd" / file), "pt") as f:
+            for k in f.keys():
+                k2 = "text_model." + k if comp == "text_encoder" and not k.startswith("text_model.") else k
+                names.append((f"{comp}.{k2}", list(f.get_slice(k).get_shape())))
+        rows += sorted(names, key=lambda r: r[0].encode())
+    layers = targets_from_tensors(rows, "paper")
+    cfg = make_config(
+        dict(type="clip-vision", image_size=64, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+             intermediate_size=128, hidden_act="quick_gelu", layer_norm_eps=1e-5, tokens="all"),
+        dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, iterations=4, layer_norm_eps=1e-5),
+        clip_preprocessing(64),
+        dict(rank=1, a=100, b=50, alpha=1.0, basis={"generator": "lidb-basis-1", "seed": SEED}),
+        "paper", "sd1", layers)
+    torch.manual_seed(SEED + 11)
+    model = seeded_(Hypernetwork(cfg).eval(), SEED + 11)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "layrnorm" in name:
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+    weights, config = OUT / "tiny-hyper.safetensors", OUT / "tiny-hyper.json"
+    model.save(str(weights), str(config))
+    return [weights, config]
 
 
 def make_subjects(lidb: str) -> list:
