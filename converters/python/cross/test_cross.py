@@ -24,9 +24,11 @@ sys.path.insert(0, os.path.dirname(HERE))
 from lidb import read  # noqa: E402
 from lidb.base import read_base, write_base  # noqa: E402
 from lidb.safetensors_io import read_safetensors  # noqa: E402
+from lidb.hypernetwork import read_hypernetwork, write_hypernetwork  # noqa: E402
 from lidb.subject import LiDBTerm, LoRATerm, Subject, SubjectLayer, read_subject, write_subject  # noqa: E402
 
 PIPE = os.path.join(ROOT, "Tests", "BaseTests", "Fixtures", "sd1", "diffusers-safetensors")
+SAMPLES = os.path.join(ROOT, "samples")
 LORA = os.path.join(ROOT, "Tests", "SubjectTests", "Fixtures", "lora", "peft.safetensors")
 FILES = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
          "text_encoder": "model.safetensors"}
@@ -250,6 +252,47 @@ class CrossTests(unittest.TestCase):
         merged = self.path("imported-merged.lidb")
         lidb("merge", self.base, sp, "-o", merged)
         self.check_merge(sp, merged)
+
+
+    # -- hypernetwork files
+    def test_hypernetworks_both_ways(self):
+        """The sample hypernetwork converted by Swift is read here with the source's tensors and
+        config; written here, Swift reads it and personalises to the same subject."""
+        base = self.path("tiny-sd.lidb")
+        lidb("convert", os.path.join(SAMPLES, "tiny-sd"), "-o", base)
+        swift_h = self.path("swift-hyper.lidb")
+        lidb("convert", os.path.join(SAMPLES, "tiny-hyper.safetensors"), "--kind", "hypernetwork", "--config",
+             os.path.join(SAMPLES, "tiny-hyper.json"), "-o", swift_h)
+        src, _ = read_safetensors(os.path.join(SAMPLES, "tiny-hyper.safetensors"))
+        with open(os.path.join(SAMPLES, "tiny-hyper.json")) as f:
+            config = json.load(f)
+        with read_hypernetwork(swift_h) as h:
+            self.assertEqual(h.config, config)
+            self.assertEqual(h.config, swift_metadata(swift_h))
+            self.assertEqual(set(h.container.names), set(src))
+            for k, v in src.items():
+                self.assertTrue(np.array_equal(h.tensor(k), v), k)
+            swift_fp = h.fingerprint
+        py_h = self.path("python-hyper.lidb")
+        write_hypernetwork(py_h, config, src)
+        lidb("verify", py_h)
+        subjects = {}
+        for label, hyper in (("swift", swift_h), ("python", py_h)):
+            out = self.path(f"face-{label}.lidb")
+            lidb("personalize", "--hypernet", hyper, "--base", base, "--image", os.path.join(SAMPLES, "face.jpg"),
+                 "--dtype", "f32", "-o", out)
+            subjects[label] = read_subject(out)
+        self.assertEqual(subjects["swift"].info["provenance"]["hypernetwork"], swift_fp)
+        with read_hypernetwork(py_h) as h:
+            self.assertEqual(subjects["python"].info["provenance"]["hypernetwork"], h.fingerprint)
+        for a, b in zip(subjects["swift"].layers, subjects["python"].layers):
+            self.assertEqual(a.name, b.name)
+            self.assertTrue(np.array_equal(a.lidb.down_train, b.lidb.down_train), a.name)
+            self.assertTrue(np.array_equal(a.lidb.up_train, b.lidb.up_train), a.name)
+        # a damaged table is refused by both readers
+        bad = dict(config, decoder=dict(config["decoder"], weight_tokens=config["decoder"]["weight_tokens"] + 1))
+        with self.assertRaises(ValueError):
+            write_hypernetwork(self.path("bad.lidb"), bad, src)
 
 
 if __name__ == "__main__":
