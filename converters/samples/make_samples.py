@@ -5,7 +5,8 @@ Run from the repository root with the pinned venv (converters/setup_venv.sh) and
     python converters/samples/make_samples.py [PATH/TO/lidb]
 
 Every model here has random weights from a fixed seed (numpy PCG64): the shapes and the code paths
-are those of real checkpoints, the images they make are noise.
+are those of real checkpoints, the images they make are noise. The UNet and VAE weights are scaled
+by 1/√fan_in so that activations keep their scale and the noise is visible.
 
 samples/tiny-sd/
     A diffusers StableDiffusionPipeline folder (safetensors, F16) with the SD 1.x architecture at
@@ -52,6 +53,23 @@ SD15_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_
                       set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, trained_betas=None)
 
 
+def variance_preserving_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Seeded weights that keep activations at unit scale (so the images are visible noise, not
+    grey): every matrix or kernel N(0, 1/fan_in) from numpy's PCG64, norms at weight 1, biases 0."""
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.state_dict().items()):
+            if p.dim() >= 2:
+                fan_in = int(np.prod(p.shape[1:]))
+                values = rng.standard_normal(p.numel()).astype(np.float32) / np.float32(np.sqrt(fan_in))
+                p.copy_(torch.from_numpy(values).reshape(p.shape))
+            elif name.endswith("weight") and "norm" in name:
+                p.fill_(1.0)
+            else:
+                p.zero_()
+    return model
+
+
 def build_pipeline():
     import diffusers
     import transformers
@@ -65,13 +83,13 @@ def build_pipeline():
                                         intermediate_size=64, vocab_size=len(vocab), projection_dim=32,
                                         hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
     torch.manual_seed(SEED)
-    unet = seeded_(UNet2DConditionModel(
+    unet = variance_preserving_(UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 32, 64, 64),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8, act_fn="silu", flip_sin_to_cos=True,
         freq_shift=0, downsample_padding=1, mid_block_scale_factor=1, norm_eps=1e-5).eval(), SEED)
-    vae = seeded_(AutoencoderKL(
+    vae = variance_preserving_(AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(32, 32, 64, 64),
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         norm_num_groups=8, act_fn="silu", sample_size=128, scaling_factor=0.18215).eval(), SEED + 2)
