@@ -32,5 +32,8 @@ import Testing
         let lines = r.stderr.split(separator: "\n")
         #expect(lines.count == 1 && lines[0].contains("bad.json") && lines[0].contains("decoder.num_heads"), "\(r.stderr)")
         #expect(s.contents == ["bad.json"], "no output or temporary file")
+        let noConfig = try CLI.run(["convert", Self.dir + "/hyper.safetensors", "--kind", "hypernetwork", "-o", s.file("h.lidb")])
+        #expect(noConfig.status == 2 && noConfig.stderr.contains("--config"))
+        #expect(s.contents == ["bad.json"])
     }
 }

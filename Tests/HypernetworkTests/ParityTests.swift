@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Testing
 @testable import Checkpoint
@@ -62,6 +63,15 @@ import Testing
         let merged = try LidbFile(path: tmp.file("merged.lidb"))
         let name = preds[0].target.weightName
         #expect(try floats(merged, name) != floats(base.file, name))
+    }
+
+    @Test func fingerprintIsTheHeaderDigest() throws {
+        let tmp = TempDir()
+        let h = try Self.converted("clip", tmp), v = try Self.converted("vit", tmp)
+        let l = try LidbFile(path: tmp.file("clip.lidb"))
+        let header = UnsafeRawBufferPointer(rebasing: l.map.bytes[64..<(64 + Int(l.layout.headerStoredLength))])
+        #expect(h.fingerprint == SHA256.hash(data: header).map { String(format: "%02x", $0) }.joined())
+        #expect(h.fingerprint.count == 64 && h.fingerprint != v.fingerprint)
     }
 
     @Test func cliConvertGivesTheSameFile() throws {
