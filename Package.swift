@@ -73,7 +73,7 @@ let package = Package(
         ),
         .testTarget(
             name: "HypernetworkTests",
-            dependencies: ["Hypernetwork", "SubjectDelta", "Checkpoint", "TensorFile", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["Hypernetwork", "SubjectDelta", "Checkpoint", "TensorFile", "CLidbSupport", .product(name: "Crypto", package: "swift-crypto")],
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "CLITests", dependencies: ["TensorFile", "lidb"]),
