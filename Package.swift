@@ -88,7 +88,7 @@ let package = Package(
         ),
         .testTarget(
             name: "HypernetworkTests",
-            dependencies: ["Hypernetwork", "SubjectDelta", "Checkpoint", "TensorFile"],
+            dependencies: ["Hypernetwork", "SubjectDelta", "Checkpoint", "TensorFile", "CLidbSupport", .product(name: "Crypto", package: "swift-crypto")],
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "CLITests", dependencies: ["TensorFile", "lidb", .product(name: "Crypto", package: "swift-crypto")], exclude: ["Fixtures"]),

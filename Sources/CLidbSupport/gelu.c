@@ -44,3 +44,46 @@ void lidb_gelu_erf(float *x, size_t n) {
 #endif
     gelu_generic(x, n);
 }
+
+// exp(x) for |x| ≤ 87: 2^n · p(r) with n = round(x·log2 e), r = x − n·ln 2 (two-step Cody–Waite),
+// p a degree-6 Taylor-like polynomial; relative error below 3e-7. Written as plain float and integer
+// operations so loops over it vectorise.
+static inline float exp_poly(float x) {
+    x = x < -87.0f ? -87.0f : (x > 87.0f ? 87.0f : x);
+    float n = __builtin_roundevenf(x * 1.44269504088896341f);
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { int i; float f; } scale = { .i = ((int)n + 127) << 23 };
+    return p * scale.f;
+}
+
+#define QUICK_GELU_LOOP                                                              \
+    for (size_t i = 0; i < n; i++) {                                                \
+        float v = x[i], a = -1.702f * v;                                             \
+        float s = a > 87.0f ? 0.0f : 1.0f / (1.0f + exp_poly(a));                    \
+        x[i] = v * s;                                                                \
+    }
+
+static void quick_gelu_generic(float *x, size_t n) { QUICK_GELU_LOOP }
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) static void quick_gelu_avx2(float *x, size_t n) { QUICK_GELU_LOOP }
+#endif
+
+void lidb_quick_gelu(float *x, size_t n) {
+#if defined(__x86_64__)
+    if (gelu_avx2_state < 0) {
+        __builtin_cpu_init();
+        gelu_avx2_state = (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 1 : 0;
+    }
+    if (gelu_avx2_state) { quick_gelu_avx2(x, n); return; }
+#endif
+    quick_gelu_generic(x, n);
+}

@@ -56,7 +56,8 @@ public final class Hypernetwork {
         config = cfg
         try cfg.check(tensors: file.tensors, file: path)
         let header = UnsafeRawBufferPointer(rebasing: file.map.bytes[64..<(64 + Int(file.layout.headerStoredLength))])
-        fingerprint = SHA256.hash(data: header).map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
+        let digits = Array("0123456789abcdef")
+        fingerprint = String(SHA256.hash(data: header).flatMap { [digits[Int($0 >> 4)], digits[Int($0 & 15)]] })
 
         let p = path
         func f32(_ name: String) throws(HypernetworkError) -> [Float] {

@@ -54,7 +54,7 @@ enum Kernels {
         let p = Pointer(p: x)
         switch name {
         case "quick_gelu":
-            split(count) { s, e in for i in s..<e { let v = p.p[i]; p.p[i] = v / (1 + Foundation.exp(-1.702 * v)) } }
+            split(count) { s, e in lidb_quick_gelu(p.p + s, e - s) }
         case "gelu_new", "gelu_pytorch_tanh":
             split(count) { s, e in
                 for i in s..<e {

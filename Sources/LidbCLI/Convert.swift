@@ -61,6 +61,9 @@ struct Convert: ParsableCommand {
             return
         }
         try reportingErrors {
+            if kind == "hypernetwork" {
+                throw TensorFileError(file: input, .invalidArgument("a hypernetwork needs its configuration: --config hyper.json (spec/hypernetwork.md)"))
+            }
             let progress = Progress("converting")
             if output.hasSuffix(".lidb"), try isBaseInput(input) {
                 let options = BaseConvertOptions(dtype: dtype.dtype, vae: vae, ema: ema, predictionType: predictionType?.rawValue, configFolder: config)

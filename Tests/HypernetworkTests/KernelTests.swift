@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import Hypernetwork
+import CLidbSupport
 
 @Suite struct KernelTests {
     /// The vectorised erf against libm's (double precision) over the whole float range that matters.
@@ -16,6 +17,20 @@ import Testing
             worst = max(worst, err)
         }
         print("GELU: max |error| / max(1, |GELU|) = \(worst)")
+        #expect(worst <= 1e-6)
+    }
+
+    @Test func quickGELUIsWithinItsBound() {
+        var xs = (0..<20001).map { Float(-60 + 120 * Double($0) / 20000) }
+        xs += [0, 1e-30, -1e-30, 200, -200, .greatestFiniteMagnitude, -.greatestFiniteMagnitude]
+        var y = xs
+        y.withUnsafeMutableBufferPointer { lidb_quick_gelu($0.baseAddress!, $0.count) }
+        var worst: Double = 0
+        for (x, g) in zip(xs, y) {
+            let want = Double(x) / (1 + Foundation.exp(-1.702 * Double(x)))
+            worst = max(worst, abs(Double(g) - want) / max(1, abs(want)))
+        }
+        print("quick GELU: max |error| / max(1, |y|) = \(worst)")
         #expect(worst <= 1e-6)
     }
 }

@@ -27,6 +27,8 @@ int lidb_has_f16c(void);
 void lidb_softmax_rows(float *x, size_t rows, size_t cols);
 /// GELU with the error function (erf as a rational approximation, absolute error ≤ 5e-7), in place.
 void lidb_gelu_erf(float *x, size_t n);
+/// x·σ(1.702x) (CLIP's quick GELU) with a polynomial exp (relative error below 3e-7), in place.
+void lidb_quick_gelu(float *x, size_t n);
 /// Copies n floats with non-temporal stores when large (memcpy otherwise).
 void lidb_copy_floats(float *dst, const float *src, size_t n);
 
