@@ -70,6 +70,16 @@ public final class Hypernetwork {
                 return out
             } catch { throw HypernetworkError(file: p, .file(error)) }
         }
+        /// One pre-norm encoder layer; the two encoder types differ only in the names.
+        func encoderLayer(_ l: String, ln1: String, ln2: String, attention a: String, out: String) throws(HypernetworkError) -> EncoderLayer {
+            EncoderLayer(
+                ln1w: try f32(l + ln1 + ".weight"), ln1b: try f32(l + ln1 + ".bias"),
+                wqkv: try f32(l + a + "q_proj.weight") + f32(l + a + "k_proj.weight") + f32(l + a + "v_proj.weight"),
+                bqkv: try f32(l + a + "q_proj.bias") + f32(l + a + "k_proj.bias") + f32(l + a + "v_proj.bias"),
+                wo: try f32(l + a + out + ".weight"), bo: try f32(l + a + out + ".bias"),
+                ln2w: try f32(l + ln2 + ".weight"), ln2b: try f32(l + ln2 + ".bias"),
+                w1: try f32(l + "mlp.fc1.weight"), b1: try f32(l + "mlp.fc1.bias"), w2: try f32(l + "mlp.fc2.weight"), b2: try f32(l + "mlp.fc2.bias"))
+        }
         let e = cfg.encoder, ie = "image_encoder."
         var layers: [EncoderLayer] = []
         switch e.type {
@@ -81,14 +91,7 @@ public final class Hypernetwork {
             preNorm = (try f32(ie + "pre_layrnorm.weight"), try f32(ie + "pre_layrnorm.bias"))
             finalNorm = (try f32(ie + "post_layernorm.weight"), try f32(ie + "post_layernorm.bias"))
             for i in 0..<e.layers {
-                let l = ie + "encoder.layers.\(i)."
-                layers.append(EncoderLayer(
-                    ln1w: try f32(l + "layer_norm1.weight"), ln1b: try f32(l + "layer_norm1.bias"),
-                    wqkv: try f32(l + "self_attn.q_proj.weight") + f32(l + "self_attn.k_proj.weight") + f32(l + "self_attn.v_proj.weight"),
-                    bqkv: try f32(l + "self_attn.q_proj.bias") + f32(l + "self_attn.k_proj.bias") + f32(l + "self_attn.v_proj.bias"),
-                    wo: try f32(l + "self_attn.out_proj.weight"), bo: try f32(l + "self_attn.out_proj.bias"),
-                    ln2w: try f32(l + "layer_norm2.weight"), ln2b: try f32(l + "layer_norm2.bias"),
-                    w1: try f32(l + "mlp.fc1.weight"), b1: try f32(l + "mlp.fc1.bias"), w2: try f32(l + "mlp.fc2.weight"), b2: try f32(l + "mlp.fc2.bias")))
+                layers.append(try encoderLayer(ie + "encoder.layers.\(i).", ln1: "layer_norm1", ln2: "layer_norm2", attention: "self_attn.", out: "out_proj"))
             }
         case .vit:
             patchW = try f32(ie + "embeddings.patch_embeddings.projection.weight")
@@ -98,14 +101,7 @@ public final class Hypernetwork {
             preNorm = nil
             finalNorm = (try f32(ie + "layernorm.weight"), try f32(ie + "layernorm.bias"))
             for i in 0..<e.layers {
-                let l = ie + "layers.\(i)."
-                layers.append(EncoderLayer(
-                    ln1w: try f32(l + "layernorm_before.weight"), ln1b: try f32(l + "layernorm_before.bias"),
-                    wqkv: try f32(l + "attention.q_proj.weight") + f32(l + "attention.k_proj.weight") + f32(l + "attention.v_proj.weight"),
-                    bqkv: try f32(l + "attention.q_proj.bias") + f32(l + "attention.k_proj.bias") + f32(l + "attention.v_proj.bias"),
-                    wo: try f32(l + "attention.o_proj.weight"), bo: try f32(l + "attention.o_proj.bias"),
-                    ln2w: try f32(l + "layernorm_after.weight"), ln2b: try f32(l + "layernorm_after.bias"),
-                    w1: try f32(l + "mlp.fc1.weight"), b1: try f32(l + "mlp.fc1.bias"), w2: try f32(l + "mlp.fc2.weight"), b2: try f32(l + "mlp.fc2.bias")))
+                layers.append(try encoderLayer(ie + "layers.\(i).", ln1: "layernorm_before", ln2: "layernorm_after", attention: "attention.", out: "o_proj"))
             }
         }
         encoderLayers = layers

@@ -6,19 +6,9 @@ import TensorFile
 import Glibc
 #endif
 
-/// Runs `body`, turning hypernetwork errors into one line on stderr and exit code 2.
-func reportingHypernetworkErrors(_ body: () throws -> Void) throws {
-    do {
-        try body()
-    } catch let e as HypernetworkError {
-        printError("lidb: error: \(e.description)")
-        throw ExitCode(2)
-    }
-}
-
 /// `lidb convert W.safetensors --kind hypernetwork --config hyper.json -o hyper.lidb`.
 func convertHypernetwork(input: String, config: String, output: String, dtype: DType?, zstd: Bool) throws {
-    try reportingHypernetworkErrors {
+    try reportingErrors {
         let s = try HypernetworkConverter.convert(weights: input, config: config, to: output, dtype: dtype, zstd: zstd)
         print("wrote \(output): hypernetwork, \(s.tensorCount) tensors, \(s.layers) target layers")
     }
@@ -41,39 +31,37 @@ struct BenchHyper: ParsableCommand {
     @Option(help: "Reference output (.safetensors with 'down_train' and 'up_train').") var check: String?
 
     func run() throws {
-        try reportingHypernetworkErrors {
-            try reportingErrors {
-                var t0 = now()
-                let h = try Hypernetwork(path: model)
-                let load = now() - t0
-                let px = try f32Tensor(SafetensorsFile(path: pixels), "pixel_values")
-                var times: [Double] = [], cpu: [Double] = []
-                var preds: [LayerPrediction] = []
-                for _ in 0..<max(repeatCount, 1) {
-                    t0 = now()
-                    let c0 = processCPUTime()
-                    preds = try h.predict(pixels: px)
-                    times.append(now() - t0)
-                    cpu.append(processCPUTime() - c0)
-                }
-                var pairs: [(String, JSONValue)] = [("layers", .int(preds.count)), ("load_s", .double(load)),
-                                                    ("median_s", .double(times.sorted()[times.count / 2])), ("all_s", .array(times.map { .double($0) })),
-                                                    ("cpu_s_median", .double(cpu.sorted()[cpu.count / 2]))]
-                if let check {
-                    let ref = try SafetensorsFile(path: check)
-                    var worst: Float = 0
-                    for (name, got) in [("down_train", preds.flatMap(\.downTrain)), ("up_train", preds.flatMap(\.upTrain))] {
-                        let want = try f32Tensor(ref, name)
-                        guard want.count == got.count else {
-                            throw TensorFileError(file: check, tensor: name, .sizeMismatch(expected: UInt64(got.count * 4), actual: UInt64(want.count * 4)))
-                        }
-                        let scale = want.map(abs).max() ?? 1
-                        worst = max(worst, zip(got, want).map { abs($0 - $1) }.max()! / scale)
-                    }
-                    pairs.append(("max_rel_error_vs_reference", .double(Double(worst))))
-                }
-                print(JSONValue.object(pairs).serializedString)
+        try reportingErrors {
+            var t0 = now()
+            let h = try Hypernetwork(path: model)
+            let load = now() - t0
+            let px = try f32Tensor(SafetensorsFile(path: pixels), "pixel_values")
+            var times: [Double] = [], cpu: [Double] = []
+            var preds: [LayerPrediction] = []
+            for _ in 0..<max(repeatCount, 1) {
+                t0 = now()
+                let c0 = processCPUTime()
+                preds = try h.predict(pixels: px)
+                times.append(now() - t0)
+                cpu.append(processCPUTime() - c0)
             }
+            var pairs: [(String, JSONValue)] = [("layers", .int(preds.count)), ("load_s", .double(load)),
+                                                ("median_s", .double(times.sorted()[times.count / 2])), ("all_s", .array(times.map { .double($0) })),
+                                                ("cpu_s_median", .double(cpu.sorted()[cpu.count / 2]))]
+            if let check {
+                let ref = try SafetensorsFile(path: check)
+                var worst: Float = 0
+                for (name, got) in [("down_train", preds.flatMap(\.downTrain)), ("up_train", preds.flatMap(\.upTrain))] {
+                    let want = try f32Tensor(ref, name)
+                    guard want.count == got.count else {
+                        throw TensorFileError(file: check, tensor: name, .sizeMismatch(expected: UInt64(got.count * 4), actual: UInt64(want.count * 4)))
+                    }
+                    let scale = want.map(abs).max() ?? 1
+                    worst = max(worst, zip(got, want).map { abs($0 - $1) }.max()! / scale)
+                }
+                pairs.append(("max_rel_error_vs_reference", .double(Double(worst))))
+            }
+            print(JSONValue.object(pairs).serializedString)
         }
     }
 }

@@ -1,4 +1,6 @@
 import ArgumentParser
+import Hypernetwork
+import Imaging
 import TensorFile
 #if canImport(Glibc)
 import Glibc
@@ -20,11 +22,18 @@ public struct LidbCommand: ParsableCommand {
     public init() {}
 }
 
-/// Runs `body`, turning library errors into one line on stderr and exit code 2.
+/// Runs `body`, turning library errors (files, hypernetworks, images) into one line on stderr and
+/// exit code 2.
 func reportingErrors(_ body: () throws -> Void) throws {
     do {
         try body()
     } catch let e as TensorFileError {
+        printError("lidb: error: \(e.description)")
+        throw ExitCode(2)
+    } catch let e as HypernetworkError {
+        printError("lidb: error: \(e.description)")
+        throw ExitCode(2)
+    } catch let e as ImageError {
         printError("lidb: error: \(e.description)")
         throw ExitCode(2)
     }

@@ -33,13 +33,7 @@ struct Personalize: ParsableCommand {
     @Flag(help: "Print per-stage times as JSON on stdout.") var timings = false
 
     func run() throws {
-        try reportingHypernetworkErrors {
-            try reportingErrors {
-                try reportingImageErrors {
-                    try personalize()
-                }
-            }
-        }
+        try reportingErrors { try personalize() }
     }
 
     func personalize() throws {
@@ -77,15 +71,5 @@ struct Personalize: ParsableCommand {
         if timings {
             print(JSONValue.object(stages).serializedString)
         }
-    }
-}
-
-/// Runs `body`, turning image errors into one line on stderr and exit code 2.
-func reportingImageErrors(_ body: () throws -> Void) throws {
-    do {
-        try body()
-    } catch let e as ImageError {
-        printError("lidb: error: \(e.description)")
-        throw ExitCode(2)
     }
 }

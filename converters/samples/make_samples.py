@@ -53,6 +53,18 @@ SD15_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_
                       set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, trained_betas=None)
 
 
+def write_tokenizer_folder(tok: Path) -> None:
+    """The files of an SD 1.x tokenizer folder, with CLIP's real vocabulary (samples/clip-tokenizer)."""
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copyfile(OUT / "clip-tokenizer" / name, tok / name)
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+               "unk_token": "<|endoftext|>"}
+    (tok / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+    (tok / "tokenizer_config.json").write_text(json.dumps(
+        {**special, "add_prefix_space": False, "do_lower_case": True, "errors": "replace", "model_max_length": 77,
+         "tokenizer_class": "CLIPTokenizer"}, indent=2, sort_keys=True) + "\n")
+
+
 def variance_preserving_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Seeded weights that keep activations at unit scale (so the images are visible noise, not
     grey): every matrix or kernel N(0, 1/fan_in) from numpy's PCG64, norms at weight 1, biases 0."""
@@ -96,14 +108,7 @@ def build_pipeline():
     with tempfile.TemporaryDirectory() as tmp:
         tok = Path(tmp) / "tokenizer"
         tok.mkdir()
-        for name in ("vocab.json", "merges.txt"):
-            shutil.copyfile(OUT / "clip-tokenizer" / name, tok / name)
-        special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-                   "unk_token": "<|endoftext|>"}
-        (tok / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
-        (tok / "tokenizer_config.json").write_text(json.dumps(
-            {**special, "add_prefix_space": False, "do_lower_case": True, "errors": "replace", "model_max_length": 77,
-             "tokenizer_class": "CLIPTokenizer"}, indent=2, sort_keys=True) + "\n")
+        write_tokenizer_folder(tok)
         tokenizer = CLIPTokenizer.from_pretrained(tok, local_files_only=True)
     return StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                    scheduler=PNDMScheduler(**SD15_SCHEDULER), safety_checker=None,
@@ -120,14 +125,7 @@ def make_pipeline(pipe) -> Path:
     # has the slow files, which CLIPTokenizer and lidb read.
     tok = target / "tokenizer"
     (tok / "tokenizer.json").unlink(missing_ok=True)
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copyfile(OUT / "clip-tokenizer" / name, tok / name)
-    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-               "unk_token": "<|endoftext|>"}
-    (tok / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
-    (tok / "tokenizer_config.json").write_text(json.dumps(
-        {**special, "add_prefix_space": False, "do_lower_case": True, "errors": "replace", "model_max_length": 77,
-         "tokenizer_class": "CLIPTokenizer"}, indent=2, sort_keys=True) + "\n")
+    write_tokenizer_folder(tok)
     return target
 
 
