@@ -13,8 +13,11 @@ public final class WeightLoader {
             throw TensorFileError(file: base.file.path, tensor: name, .unsupportedConversion(from: e.info.dtype.name, to: "F32"))
         }
         let b = try base.file.tensorBytes(name)
-        var out = [Float](repeating: 0, count: e.info.elementCount)
-        out.withUnsafeMutableBytes { _ = DTypeConversion.convert(b.bytes, from: e.info.dtype, into: $0, to: .F32, count: e.info.elementCount) }
+        let n = e.info.elementCount
+        let out = [Float](unsafeUninitializedCapacity: n) { buf, count in
+            _ = DTypeConversion.convert(b.bytes, from: e.info.dtype, into: UnsafeMutableRawBufferPointer(buf), to: .F32, count: n)
+            count = n
+        }
         b.releasePages()  // the f32 copy is what stays resident, not the mapped file too
         return out
     }
