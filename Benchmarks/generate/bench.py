@@ -5,7 +5,8 @@ evaluation at batch 2), VAE decode, total wall time and peak RSS, as ratios lidb
 lidb for the f32 and the f16 base. The images are compared pixel by pixel (8-bit).
 
     python bench.py LIDB WORKDIR [--steps 20] [--size 512]
-WORKDIR: the base benchmark's folder (sd15-diffusers, sd15-f32.lidb, sd15-f16.lidb).
+WORKDIR: the base benchmark's folder (sd15-diffusers; the f32 base sd15-f32.lidb is the UNet
+benchmark's, the f16 base sd15-diffusers-f16.lidb is made here, both from the diffusers folder).
 """
 import json
 import os
@@ -34,7 +35,7 @@ def main():
     folder = os.path.join(work, "sd15-diffusers")
     if not os.path.isdir(folder):
         subprocess.run([sys.executable, os.path.join(HERE, "..", "base", "make_sd15.py"), folder], check=True)
-    bases = {"f32": os.path.join(work, "sd15-f32.lidb"), "f16": os.path.join(work, "sd15-f16.lidb")}
+    bases = {"f32": os.path.join(work, "sd15-f32.lidb"), "f16": os.path.join(work, "sd15-diffusers-f16.lidb")}
     for dtype, path in bases.items():
         if not os.path.exists(path):
             extra = ["--dtype", "f16"] if dtype == "f16" else []

@@ -3,7 +3,11 @@
 // when the CPU has them, portable C otherwise.
 #include "lidb_support.h"
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -136,6 +140,22 @@ void lidb_group_norm(const float *x, float *y, size_t channels, size_t hw, size_
         for (size_t c = g * per; c < (g + 1) * per; c++) {
             float a = inv * weight[c], b = bias[c] - m * inv * weight[c];
             affine(x + c * hw, y + c * hw, hw, a, b, silu);
+        }
+    }
+}
+
+void lidb_group_norm_coefficients(const float *x, size_t channels, size_t hw, size_t group_begin, size_t group_end, size_t groups,
+                                  const float *weight, const float *bias, float eps, float *scale, float *shift) {
+    size_t per = channels / groups;
+    for (size_t g = group_begin; g < group_end; g++) {
+        const float *xg = x + g * per * hw;
+        size_t n = per * hw;
+        double mean = sum_f(xg, n) / (double)n;
+        double var = sqdev_f(xg, n, mean) / (double)n;
+        float inv = (float)(1.0 / sqrt(var + (double)eps)), m = (float)mean;
+        for (size_t c = g * per; c < (g + 1) * per; c++) {
+            scale[c] = inv * weight[c];
+            shift[c] = bias[c] - m * inv * weight[c];
         }
     }
 }
@@ -273,69 +293,98 @@ void lidb_add_channel_bias(float *y, const float *bias, size_t channels, size_t 
 // Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1],
 // Aᵀ = [1 1 1 0; 0 1 -1 -1]. The ⊙ summed over input channels is 16 GEMMs.
 
-void lidb_winograd_weights(const float *w, size_t out, size_t in, float *u) {
-    const size_t plane = out * in;
-    for (size_t o = 0; o < out; o++) {
-        for (size_t c = 0; c < in; c++) {
-            const float *g = w + (o * in + c) * 9;
-            float t[4][3];
-            for (int j = 0; j < 3; j++) {
-                float g0 = g[j], g1 = g[3 + j], g2 = g[6 + j];
-                t[0][j] = g0;
-                t[1][j] = 0.5f * (g0 + g1 + g2);
-                t[2][j] = 0.5f * (g0 - g1 + g2);
-                t[3][j] = g2;
+void lidb_winograd_weights(const float *w, size_t out, size_t in, size_t o_begin, size_t o_end, float *u) {
+    const size_t plane = out * in, B = 64;
+    float tmp[16][64];
+    for (size_t o = o_begin; o < o_end; o++) {
+        for (size_t c0 = 0; c0 < in; c0 += B) {
+            size_t nb = in - c0 < B ? in - c0 : B;
+            for (size_t q = 0; q < nb; q++) {
+                const float *g = w + (o * in + c0 + q) * 9;
+                float t[4][3];
+                for (int j = 0; j < 3; j++) {
+                    float g0 = g[j], g1 = g[3 + j], g2 = g[6 + j];
+                    t[0][j] = g0;
+                    t[1][j] = 0.5f * (g0 + g1 + g2);
+                    t[2][j] = 0.5f * (g0 - g1 + g2);
+                    t[3][j] = g2;
+                }
+                for (int i = 0; i < 4; i++) {
+                    float a = t[i][0], b = t[i][1], d = t[i][2];
+                    tmp[4 * i + 0][q] = a;
+                    tmp[4 * i + 1][q] = 0.5f * (a + b + d);
+                    tmp[4 * i + 2][q] = 0.5f * (a - b + d);
+                    tmp[4 * i + 3][q] = d;
+                }
             }
-            float *dst = u + o * in + c;
-            for (int i = 0; i < 4; i++) {
-                float a = t[i][0], b = t[i][1], d = t[i][2];
-                dst[(4 * i + 0) * plane] = a;
-                dst[(4 * i + 1) * plane] = 0.5f * (a + b + d);
-                dst[(4 * i + 2) * plane] = 0.5f * (a - b + d);
-                dst[(4 * i + 3) * plane] = d;
-            }
+            for (int k = 0; k < 16; k++) memcpy(u + k * plane + o * in + c0, tmp[k], nb * sizeof(float));
         }
     }
 }
 
-void lidb_winograd_input(const float *x, size_t c, size_t h, size_t w, size_t t0, size_t nt, float *v) {
-    const size_t tw = (w + 1) / 2, plane = c * nt;
-    for (size_t ch = 0; ch < c; ch++) {
-        const float *src = x + ch * h * w;
-        for (size_t j = 0; j < nt; j++) {
-            size_t t = t0 + j, ty = t / tw, tx = t % tw;
-            long y0 = 2 * (long)ty - 1, x0 = 2 * (long)tx - 1;
-            float d[4][4];
-            int inside = y0 >= 0 && x0 >= 0 && y0 + 4 <= (long)h && x0 + 4 <= (long)w;
-            if (inside) {
-                for (int r = 0; r < 4; r++) { const float *row = src + (size_t)(y0 + r) * w + (size_t)x0; d[r][0] = row[0]; d[r][1] = row[1]; d[r][2] = row[2]; d[r][3] = row[3]; }
-            } else {
-                for (int r = 0; r < 4; r++) for (int q = 0; q < 4; q++) {
-                    long yy = y0 + r, xx = x0 + q;
-                    d[r][q] = (yy >= 0 && yy < (long)h && xx >= 0 && xx < (long)w) ? src[(size_t)yy * w + (size_t)xx] : 0.0f;
+void lidb_winograd_input(const float *x, size_t c, size_t h, size_t w, size_t t0, size_t nt, size_t c_begin, size_t c_end,
+                         const float *scale, const float *shift, int silu, int upsample, float *v) {
+    const size_t tw = (w + 1) / 2, plane = c * nt, pw = 2 * tw + 2;
+    // Per tile row: the column transform Bᵀ d of the four input rows (zero-padded to 2·tw + 2
+    // columns), then the row transform of each tile's four columns.
+    float *buf = malloc(8 * pw * sizeof(float));
+    if (!buf) abort();
+    float (*rows)[pw] = (float (*)[pw])buf, (*e)[pw] = (float (*)[pw])(buf + 4 * pw);
+    for (size_t ch = c_begin; ch < c_end; ch++) {
+        const size_t sh = upsample ? h / 2 : h, sw = upsample ? w / 2 : w;
+        const float *src = x + ch * sh * sw;
+        size_t j = 0;
+        while (j < nt) {
+            size_t t = t0 + j, ty = t / tw, tx0 = t % tw;
+            size_t run = tw - tx0;
+            if (run > nt - j) run = nt - j;
+            long y0 = 2 * (long)ty - 1;
+            for (int r = 0; r < 4; r++) {
+                long yy = y0 + r;
+                rows[r][0] = 0.0f;
+                if (yy >= 0 && yy < (long)h) {
+                    if (upsample) {
+                        const float *srow = src + (size_t)(yy / 2) * sw;
+                        for (size_t q = 0; q < sw; q++) { rows[r][1 + 2 * q] = srow[q]; rows[r][2 + 2 * q] = srow[q]; }
+                    } else {
+                        memcpy(&rows[r][1], src + (size_t)yy * w, w * sizeof(float));
+                    }
+                    // The normalisation (and SiLU) before the convolution; padding stays zero.
+                    if (scale) affine(&rows[r][1], &rows[r][1], w, scale[ch], shift[ch], silu);
+                } else {
+                    memset(&rows[r][1], 0, w * sizeof(float));
                 }
+                for (size_t q = w + 1; q < pw; q++) rows[r][q] = 0.0f;
             }
-            float e[4][4];
-            for (int q = 0; q < 4; q++) {
-                e[0][q] = d[0][q] - d[2][q];
-                e[1][q] = d[1][q] + d[2][q];
-                e[2][q] = d[2][q] - d[1][q];
-                e[3][q] = d[1][q] - d[3][q];
+            for (size_t q = 0; q < pw; q++) {
+                e[0][q] = rows[0][q] - rows[2][q];
+                e[1][q] = rows[1][q] + rows[2][q];
+                e[2][q] = rows[2][q] - rows[1][q];
+                e[3][q] = rows[1][q] - rows[3][q];
             }
             float *dst = v + ch * nt + j;
             for (int i = 0; i < 4; i++) {
-                dst[(4 * i + 0) * plane] = e[i][0] - e[i][2];
-                dst[(4 * i + 1) * plane] = e[i][1] + e[i][2];
-                dst[(4 * i + 2) * plane] = e[i][2] - e[i][1];
-                dst[(4 * i + 3) * plane] = e[i][1] - e[i][3];
+                float *d0 = dst + (4 * i + 0) * plane, *d1 = dst + (4 * i + 1) * plane;
+                float *d2 = dst + (4 * i + 2) * plane, *d3 = dst + (4 * i + 3) * plane;
+                const float *ei = e[i] + 2 * tx0;  // tile tx reads padded columns 2tx … 2tx + 3
+                for (size_t k = 0; k < run; k++) {
+                    const float *q = ei + 2 * k;
+                    d0[k] = q[0] - q[2];
+                    d1[k] = q[1] + q[2];
+                    d2[k] = q[2] - q[1];
+                    d3[k] = q[1] - q[3];
+                }
             }
+            j += run;
         }
     }
+    free(buf);
 }
 
-void lidb_winograd_output(const float *m, size_t out, size_t h, size_t w, size_t t0, size_t nt, const float *bias, float *y) {
+void lidb_winograd_output(const float *m, size_t out, size_t h, size_t w, size_t t0, size_t nt, size_t o_begin, size_t o_end,
+                          const float *bias, float *y) {
     const size_t tw = (w + 1) / 2, plane = out * nt;
-    for (size_t o = 0; o < out; o++) {
+    for (size_t o = o_begin; o < o_end; o++) {
         float b = bias ? bias[o] : 0.0f;
         float *dst = y + o * h * w;
         const float *src = m + o * nt;
@@ -357,4 +406,14 @@ void lidb_winograd_output(const float *m, size_t out, size_t h, size_t w, size_t
             }
         }
     }
+}
+
+void lidb_keep_freed_memory(void) {
+#if defined(__GLIBC__)
+    // Allocations up to 32 MiB come from the heap, and freed memory is not handed back to the
+    // kernel at once: the runtime frees and reallocates buffers of the same sizes every layer, and
+    // fresh pages from the kernel would have to be zeroed each time.
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
+#endif
 }

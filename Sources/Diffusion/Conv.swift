@@ -34,17 +34,30 @@ extension Ops {
     /// when both channel counts and the number of output tiles are large enough for the 16 GEMMs
     /// to beat one im2col GEMM with 2.25× the multiplications.
     static func useWinograd(in c: Int, out: Int, h: Int, w: Int) -> Bool {
-        winogradEnabled && c >= 16 && out >= 16 && ((h + 1) / 2) * ((w + 1) / 2) >= 16
+        winogradEnabled && (winogradAlways || winogradPays(in: c, out: out, h: h, w: w))
+    }
+
+    static func winogradPays(in c: Int, out: Int, h: Int, w: Int) -> Bool {
+        c >= 16 && out >= 16 && ((h + 1) / 2) * ((w + 1) / 2) >= 16
     }
 
     /// Set to false to compute every convolution directly (im2col + GEMM), e.g. to compare.
     nonisolated(unsafe) public static var winogradEnabled = true
+    /// Set to true to use Winograd for every stride-1, padding-1 3×3 convolution whatever its
+    /// size (the tests run the small reference models this way).
+    nonisolated(unsafe) public static var winogradAlways = false
 
     /// A stride-1, padding-1 3×3 convolution with Winograd F(2×2, 3×3): weights, input tiles and
     /// outputs transformed in C, the 16 products as GEMMs. Tiles are processed in bands and output
     /// channels in blocks, so the transformed buffers stay within `im2colBudget` floats each.
-    static func conv3x3Winograd(_ x: FeatureMap, weight: [Float], bias: [Float]?, out: Int, budget: Int = im2colBudget) -> FeatureMap {
-        let c = x.c, h = x.h, w = x.w
+    /// `normalized` applies a per-channel scale and shift (and SiLU) to the input as it is read;
+    /// `upsample` reads the input upsampled 2× by nearest neighbour.
+    static func conv3x3Winograd(_ x: FeatureMap, weight: [Float], bias: [Float]?, out: Int, budget: Int = im2colBudget,
+                                normalized: (scale: [Float], shift: [Float], silu: Bool)? = nil, upsample: Bool = false) -> FeatureMap {
+        let c = x.c, h = upsample ? 2 * x.h : x.h, w = upsample ? 2 * x.w : x.w
+        precondition(normalized.map { $0.scale.count == c && $0.shift.count == c } ?? true)
+        let scale = normalized?.scale ?? [], shift = normalized?.shift ?? [], silu: Int32 = normalized?.silu == true ? 1 : 0
+        let upFlag: Int32 = upsample ? 1 : 0
         precondition(weight.count == out * c * 9 && bias.map { $0.count == out } ?? true)
         let tiles = ((h + 1) / 2) * ((w + 1) / 2)
         let band = min(tiles, max(16, budget / (16 * max(c, out))))
@@ -53,25 +66,34 @@ extension Ops {
         var u = [Float](unsafeUninitializedCapacity: 16 * block * c) { _, n in n = 16 * block * c }
         var v = [Float](unsafeUninitializedCapacity: 16 * c * band) { _, n in n = 16 * c * band }
         var m = [Float](unsafeUninitializedCapacity: 16 * block * band) { _, n in n = 16 * block * band }
+        let biasValues = bias ?? []
         x.data.withUnsafeBufferPointer { xp in weight.withUnsafeBufferPointer { wp in y.data.withUnsafeMutableBufferPointer { yp in
         u.withUnsafeMutableBufferPointer { up in v.withUnsafeMutableBufferPointer { vp in m.withUnsafeMutableBufferPointer { mp in
+        biasValues.withUnsafeBufferPointer { bp in scale.withUnsafeBufferPointer { sp in shift.withUnsafeBufferPointer { tp in
+            let ss = normalized == nil ? nil : sp.baseAddress.map { UnsafeSendable($0) }
+            let ts = normalized == nil ? nil : tp.baseAddress.map { UnsafeSendable($0) }
+            let (xs, ws, ys) = (UnsafeSendable(xp.baseAddress!), UnsafeSendable(wp.baseAddress!), UnsafeSendable(yp.baseAddress!))
+            let (us, vs, ms) = (UnsafeSendable(up.baseAddress!), UnsafeSendable(vp.baseAddress!), UnsafeSendable(mp.baseAddress!))
+            let bs = bias == nil ? nil : bp.baseAddress.map { UnsafeSendable($0) }
             var o0 = 0
             while o0 < out {
-                let ob = min(block, out - o0)
-                lidb_winograd_weights(wp.baseAddress! + o0 * c * 9, ob, c, up.baseAddress!)
+                let ob = min(block, out - o0), base = o0
+                Parallel.ranges(ob, work: ob * c * 16) { r in
+                    lidb_winograd_weights(ws.p + base * c * 9, ob, c, r.lowerBound, r.upperBound, us.p)
+                }
                 var t0 = 0
                 while t0 < tiles {
-                    let nt = min(band, tiles - t0)
-                    lidb_winograd_input(xp.baseAddress!, c, h, w, t0, nt, vp.baseAddress!)
+                    let nt = min(band, tiles - t0), first = t0
+                    Parallel.ranges(c, work: c * nt * 16) { r in
+                        lidb_winograd_input(xs.p, c, h, w, first, nt, r.lowerBound, r.upperBound, ss?.p, ts?.p, silu, upFlag, vs.p)
+                    }
                     for xi in 0..<16 {
                         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(ob), Int32(nt), Int32(c), 1,
                                     up.baseAddress! + xi * ob * c, Int32(c), vp.baseAddress! + xi * c * nt, Int32(nt),
                                     0, mp.baseAddress! + xi * ob * nt, Int32(nt))
                     }
-                    if let bias {
-                        bias.withUnsafeBufferPointer { lidb_winograd_output(mp.baseAddress!, ob, h, w, t0, nt, $0.baseAddress! + o0, yp.baseAddress! + o0 * h * w) }
-                    } else {
-                        lidb_winograd_output(mp.baseAddress!, ob, h, w, t0, nt, nil, yp.baseAddress! + o0 * h * w)
+                    Parallel.ranges(ob, work: ob * nt * 16) { r in
+                        lidb_winograd_output(ms.p, ob, h, w, first, nt, r.lowerBound, r.upperBound, bs.map { $0.p + base }, ys.p + base * h * w)
                     }
                     t0 += nt
                 }
@@ -79,7 +101,46 @@ extension Ops {
             }
         } } }
         } } }
+        } } }
         return y
+    }
+
+    /// `conv2d(groupNorm(x, …, silu:), …)` for a 3×3, stride-1, padding-1 convolution, with the
+    /// normalisation applied while the convolution reads its input when Winograd is used (the
+    /// normalised map is never stored; same values as the two steps).
+    public static func groupNormConv3x3(_ x: FeatureMap, groups g: Int, normWeight: [Float], normBias: [Float], eps: Float, silu: Bool,
+                                        weight: [Float], bias: [Float]?, out: Int) -> FeatureMap {
+        guard useWinograd(in: x.c, out: out, h: x.h, w: x.w) else {
+            return conv2d(groupNorm(x, groups: g, weight: normWeight, bias: normBias, eps: eps, silu: silu), weight: weight, bias: bias, out: out,
+                          kernel: 3, padding: 1)
+        }
+        let (scale, shift) = groupNormCoefficients(x, groups: g, weight: normWeight, bias: normBias, eps: eps)
+        return conv3x3Winograd(x, weight: weight, bias: bias, out: out, normalized: (scale, shift, silu))
+    }
+
+    /// `conv2d(upsampleNearest2x(x), …)` for a 3×3, stride-1, padding-1 convolution, reading the
+    /// input upsampled on the fly when Winograd is used.
+    public static func upsampleConv3x3(_ x: FeatureMap, weight: [Float], bias: [Float]?, out: Int) -> FeatureMap {
+        guard useWinograd(in: x.c, out: out, h: 2 * x.h, w: 2 * x.w) else {
+            return conv2d(upsampleNearest2x(x), weight: weight, bias: bias, out: out, kernel: 3, padding: 1)
+        }
+        return conv3x3Winograd(x, weight: weight, bias: bias, out: out, upsample: true)
+    }
+
+    /// The per-channel scale and shift of a group norm over `x`.
+    static func groupNormCoefficients(_ x: FeatureMap, groups g: Int, weight: [Float], bias: [Float], eps: Float) -> ([Float], [Float]) {
+        precondition(weight.count == x.c && bias.count == x.c && x.c % g == 0)
+        var scale = [Float](repeating: 0, count: x.c), shift = [Float](repeating: 0, count: x.c)
+        let hw = x.h * x.w, c = x.c
+        x.data.withUnsafeBufferPointer { xp in weight.withUnsafeBufferPointer { wp in bias.withUnsafeBufferPointer { bp in
+        scale.withUnsafeMutableBufferPointer { sp in shift.withUnsafeMutableBufferPointer { tp in
+            let (xs, ws, bs, ss, ts) = (UnsafeSendable(xp.baseAddress!), UnsafeSendable(wp.baseAddress!), UnsafeSendable(bp.baseAddress!),
+                                        UnsafeSendable(sp.baseAddress!), UnsafeSendable(tp.baseAddress!))
+            Parallel.ranges(g, work: c * hw) { r in
+                lidb_group_norm_coefficients(xs.p, c, hw, r.lowerBound, r.upperBound, g, ws.p, bs.p, eps, ss.p, ts.p)
+            }
+        } } } } }
+        return (scale, shift)
     }
 
     /// `conv2d` without Winograd: im2col + GEMM (a single GEMM for 1×1 stride-1 kernels).

@@ -1,4 +1,5 @@
 import CBLAS
+import CLidbSupport
 import Dispatch
 import Synchronization
 
@@ -8,6 +9,9 @@ import Synchronization
 /// their work over the cores themselves (`ranges`).
 public enum Parallel {
     public static var cores: Int { Int(openblas_get_num_procs()) }
+
+    /// Called by the models' initialisers: configures the allocator once.
+    static let allocatorConfigured: Bool = { lidb_keep_freed_memory(); return true }()
 
     /// How many `forEach` regions with more than one job are running.
     static let regions = Atomic<Int>(0)

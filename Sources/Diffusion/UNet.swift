@@ -52,12 +52,8 @@ public final class UNet: @unchecked Sendable {
         contextDim = Int(c["cross_attention_dim"]?.int64Value ?? 768)
         flipSinToCos = c["flip_sin_to_cos"]?.boolValue ?? true
         freqShift = Float(c["freq_shift"]?.doubleValue ?? 0)
-        let loader = WeightLoader(base: base)
-        var weights: [String: [Float]] = [:]
-        for t in base.file.tensors where t.name.hasPrefix("unet.") {
-            weights[String(t.name.dropFirst("unet.".count))] = try loader.f32(t.name)
-        }
-        w = weights
+        _ = Parallel.allocatorConfigured
+        w = try WeightLoader(base: base).all(prefix: "unet.")
         for (b, c) in blockChannels.enumerated() where c % heads[b] != 0 {
             throw fail("block \(b): \(c) channels are not divisible into \(heads[b]) heads")
         }
@@ -153,15 +149,15 @@ public final class UNet: @unchecked Sendable {
     }
 
     func resnet(_ name: String, _ x: FeatureMap, temb: [Float], out: Int) -> FeatureMap {
-        var h = Ops.groupNorm(x, groups: groups, weight: p(name + ".norm1.weight"), bias: p(name + ".norm1.bias"), eps: eps, silu: true)
-        h = conv(name + ".conv1", h, out: out, k: 3)
+        var h = Ops.groupNormConv3x3(x, groups: groups, normWeight: p(name + ".norm1.weight"), normBias: p(name + ".norm1.bias"), eps: eps, silu: true,
+                                     weight: p(name + ".conv1.weight"), bias: p(name + ".conv1.bias"), out: out)
         var t = temb
         Ops.silu(&t)
         let tp = Ops.linear(t, rows: 1, in: t.count, weight: p(name + ".time_emb_proj.weight"), bias: p(name + ".time_emb_proj.bias"), out: out)
         let hw = h.h * h.w
         h.data.withUnsafeMutableBufferPointer { lidb_add_channel_bias($0.baseAddress!, tp, out, hw) }
-        h = Ops.groupNorm(h, groups: groups, weight: p(name + ".norm2.weight"), bias: p(name + ".norm2.bias"), eps: eps, silu: true)
-        h = conv(name + ".conv2", h, out: out, k: 3)
+        h = Ops.groupNormConv3x3(h, groups: groups, normWeight: p(name + ".norm2.weight"), normBias: p(name + ".norm2.bias"), eps: eps, silu: true,
+                                 weight: p(name + ".conv2.weight"), bias: p(name + ".conv2.bias"), out: out)
         let skip = has(name + ".conv_shortcut.weight") ? conv(name + ".conv_shortcut", x, out: out, k: 1) : x
         Ops.add(&h.data, skip.data)
         return h
@@ -256,11 +252,11 @@ public final class UNet: @unchecked Sendable {
                 if upAttention[b] { x = transformer("up_blocks.\(b).attentions.\(r)", x, context: context, contextTokens: contextTokens, heads: upHeads[b]) }
             }
             if b < upChannels.count - 1 {
-                x = conv("up_blocks.\(b).upsamplers.0.conv", Ops.upsampleNearest2x(x), out: ch, k: 3)
+                x = Ops.upsampleConv3x3(x, weight: p("up_blocks.\(b).upsamplers.0.conv.weight"), bias: p("up_blocks.\(b).upsamplers.0.conv.bias"), out: ch)
             }
         }
-        x = Ops.groupNorm(x, groups: groups, weight: p("conv_norm_out.weight"), bias: p("conv_norm_out.bias"), eps: eps, silu: true)
-        return conv("conv_out", x, out: outChannels, k: 3)
+        return Ops.groupNormConv3x3(x, groups: groups, normWeight: p("conv_norm_out.weight"), normBias: p("conv_norm_out.bias"), eps: eps, silu: true,
+                                    weight: p("conv_out.weight"), bias: p("conv_out.bias"), out: outChannels)
     }
 }
 
@@ -313,10 +309,13 @@ public final class VAEDecoder {
         let rev = Array(channels.reversed())
         for (b, ch) in rev.enumerated() {
             for r in 0...layersPerBlock { x = resnet("decoder.up_blocks.\(b).resnets.\(r)", x, out: ch) }
-            if b < rev.count - 1 { x = conv("decoder.up_blocks.\(b).upsamplers.0.conv", Ops.upsampleNearest2x(x), out: ch, k: 3) }
+            if b < rev.count - 1 {
+                let n = "decoder.up_blocks.\(b).upsamplers.0.conv"
+                x = Ops.upsampleConv3x3(x, weight: p(n + ".weight"), bias: p(n + ".bias"), out: ch)
+            }
         }
-        x = Ops.groupNorm(x, groups: groups, weight: p("decoder.conv_norm_out.weight"), bias: p("decoder.conv_norm_out.bias"), eps: 1e-6, silu: true)
-        return conv("decoder.conv_out", x, out: outChannels, k: 3)
+        return Ops.groupNormConv3x3(x, groups: groups, normWeight: p("decoder.conv_norm_out.weight"), normBias: p("decoder.conv_norm_out.bias"), eps: 1e-6,
+                                    silu: true, weight: p("decoder.conv_out.weight"), bias: p("decoder.conv_out.bias"), out: outChannels)
     }
 }
 
@@ -407,6 +406,7 @@ struct VAEConfig {
 
     /// The f32 weights under `prefixes`, keyed without `vae.`.
     func weights(_ base: BaseModel, prefixes: [String]) throws(TensorFileError) -> [String: [Float]] {
+        _ = Parallel.allocatorConfigured
         let loader = WeightLoader(base: base)
         var w: [String: [Float]] = [:]
         for t in base.file.tensors where prefixes.contains(where: { t.name.hasPrefix($0) }) {
@@ -445,10 +445,10 @@ struct VAEBlocks {
     }
 
     func resnet(_ n: String, _ x: FeatureMap, out: Int) -> FeatureMap {
-        var h = Ops.groupNorm(x, groups: groups, weight: p(n + ".norm1.weight"), bias: p(n + ".norm1.bias"), eps: 1e-6, silu: true)
-        h = conv(n + ".conv1", h, out: out, k: 3)
-        h = Ops.groupNorm(h, groups: groups, weight: p(n + ".norm2.weight"), bias: p(n + ".norm2.bias"), eps: 1e-6, silu: true)
-        h = conv(n + ".conv2", h, out: out, k: 3)
+        var h = Ops.groupNormConv3x3(x, groups: groups, normWeight: p(n + ".norm1.weight"), normBias: p(n + ".norm1.bias"), eps: 1e-6, silu: true,
+                                     weight: p(n + ".conv1.weight"), bias: p(n + ".conv1.bias"), out: out)
+        h = Ops.groupNormConv3x3(h, groups: groups, normWeight: p(n + ".norm2.weight"), normBias: p(n + ".norm2.bias"), eps: 1e-6, silu: true,
+                                 weight: p(n + ".conv2.weight"), bias: p(n + ".conv2.bias"), out: out)
         let skip = w[n + ".conv_shortcut.weight"] != nil ? conv(n + ".conv_shortcut", x, out: out, k: 1) : x
         Ops.add(&h.data, skip.data)
         return h

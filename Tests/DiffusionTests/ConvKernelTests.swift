@@ -50,12 +50,11 @@ import Testing
         #expect(Self.relError(banded.data, whole.data) < 1e-6)
     }
 
-    /// The dispatcher picks Winograd only for stride-1, padding-1 3×3 convolutions; switching it
-    /// off gives the direct result.
+    /// Winograd is picked by itself only where its 16 GEMMs are large enough.
     @Test func dispatch() {
-        #expect(Ops.useWinograd(in: 320, out: 320, h: 64, w: 64))
-        #expect(!Ops.useWinograd(in: 4, out: 320, h: 64, w: 64))
-        #expect(!Ops.useWinograd(in: 320, out: 4, h: 64, w: 64))
-        #expect(!Ops.useWinograd(in: 320, out: 320, h: 4, w: 4))
+        #expect(Ops.winogradPays(in: 320, out: 320, h: 64, w: 64))
+        #expect(!Ops.winogradPays(in: 4, out: 320, h: 64, w: 64))
+        #expect(!Ops.winogradPays(in: 320, out: 4, h: 64, w: 64))
+        #expect(!Ops.winogradPays(in: 320, out: 320, h: 4, w: 4))
     }
 }

@@ -33,6 +33,10 @@ void lidb_copy_floats(float *dst, const float *src, size_t n);
 /// `silu` is non-zero, SiLU. `y` may be `x`.
 void lidb_group_norm(const float *x, float *y, size_t channels, size_t hw, size_t group_begin, size_t group_end, size_t groups,
                      const float *weight, const float *bias, float eps, int silu);
+/// The per-channel scale and shift a group norm applies (y = x·scale + shift), for groups
+/// [group_begin, group_end).
+void lidb_group_norm_coefficients(const float *x, size_t channels, size_t hw, size_t group_begin, size_t group_end, size_t groups,
+                                  const float *weight, const float *bias, float eps, float *scale, float *shift);
 /// Layer normalisation of each row of `x` [rows × c] (double statistics); `y` may be `x`.
 void lidb_layer_norm(const float *x, float *y, size_t rows, size_t c, const float *weight, const float *bias, float eps);
 /// x ← x·sigmoid(x), in place.
@@ -54,9 +58,19 @@ void lidb_add_channel_bias(float *y, const float *bias, size_t channels, size_t 
 /// Winograd F(2×2, 3×3) for stride-1, padding-1 3×3 convolutions. Weights [out × in × 3 × 3] →
 /// u [16 × out × in]; input x [c × h × w], tiles [t0, t0 + nt) of the ⌈h/2⌉ × ⌈w/2⌉ 2×2 output
 /// tiles (row-major) → v [16 × c × nt]; products m [16 × out × nt] → y [out × h × w] plus bias
-/// (bias may be NULL).
-void lidb_winograd_weights(const float *w, size_t out, size_t in, float *u);
-void lidb_winograd_input(const float *x, size_t c, size_t h, size_t w, size_t t0, size_t nt, float *v);
-void lidb_winograd_output(const float *m, size_t out, size_t h, size_t w, size_t t0, size_t nt, const float *bias, float *y);
+/// (bias may be NULL). Each call handles the output channels [o_begin, o_end) or input channels
+/// [c_begin, c_end), so threads can share the work.
+void lidb_winograd_weights(const float *w, size_t out, size_t in, size_t o_begin, size_t o_end, float *u);
+/// The input transform can apply a per-channel affine map (scale/shift, e.g. a group norm's) and
+/// SiLU to the input first (padding stays zero), and read x as [c × h/2 × w/2] upsampled to h × w
+/// by nearest neighbour (upsample ≠ 0; h and w even).
+void lidb_winograd_input(const float *x, size_t c, size_t h, size_t w, size_t t0, size_t nt, size_t c_begin, size_t c_end,
+                         const float *scale, const float *shift, int silu, int upsample, float *v);
+void lidb_winograd_output(const float *m, size_t out, size_t h, size_t w, size_t t0, size_t nt, size_t o_begin, size_t o_end,
+                          const float *bias, float *y);
+
+/// Tunes the C allocator (glibc) for the runtime's pattern of large, repeated allocations;
+/// process-wide, idempotent.
+void lidb_keep_freed_memory(void);
 
 #endif
