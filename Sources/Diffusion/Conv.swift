@@ -32,13 +32,15 @@ extension Ops {
 
     /// Whether `conv2d` computes a stride-1, padding-1 3×3 convolution with Winograd F(2×2, 3×3):
     /// when both channel counts and the number of output tiles are large enough for the 16 GEMMs
-    /// to beat one im2col GEMM with 2.25× the multiplications.
+    /// to beat one im2col GEMM with 2.25× the multiplications. Below 64 tiles (16×16 outputs) the
+    /// per-call weight transform (16·out·in values) costs more than it saves (measured on SD 1.5's
+    /// 1,280-channel 8×8 level).
     static func useWinograd(in c: Int, out: Int, h: Int, w: Int) -> Bool {
         winogradEnabled && (winogradAlways || winogradPays(in: c, out: out, h: h, w: w))
     }
 
     static func winogradPays(in c: Int, out: Int, h: Int, w: Int) -> Bool {
-        c >= 16 && out >= 16 && ((h + 1) / 2) * ((w + 1) / 2) >= 16
+        c >= 16 && out >= 16 && ((h + 1) / 2) * ((w + 1) / 2) >= 64
     }
 
     /// Set to false to compute every convolution directly (im2col + GEMM), e.g. to compare.

@@ -56,5 +56,7 @@ import Testing
         #expect(!Ops.winogradPays(in: 4, out: 320, h: 64, w: 64))
         #expect(!Ops.winogradPays(in: 320, out: 4, h: 64, w: 64))
         #expect(!Ops.winogradPays(in: 320, out: 320, h: 4, w: 4))
+        #expect(!Ops.winogradPays(in: 1280, out: 1280, h: 8, w: 8))
+        #expect(Ops.winogradPays(in: 1280, out: 1280, h: 16, w: 16))
     }
 }
