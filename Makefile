@@ -27,6 +27,7 @@ bench: deps
 	bash Benchmarks/base/run.sh
 	bash Benchmarks/subject/run.sh
 	bash Benchmarks/unet/run.sh
+	bash Benchmarks/generate/run.sh
 	bash Benchmarks/hyper/run.sh
 
 # lidb's exports loaded by diffusers' own loaders (needs the pinned Python venv).

@@ -13,38 +13,15 @@ static void softmax_row_scalar(float *x, size_t n) {
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include "simd_exp.h"
 
 static int avx2_state = -1;
-static int has_avx2_fma(void) {
+int lidb_has_avx2_fma(void) {
     if (avx2_state < 0) {
         __builtin_cpu_init();
         avx2_state = (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 1 : 0;
     }
     return avx2_state;
-}
-
-// exp(x) for x <= 0 (softmax after subtracting the max): 2^n · p(r), |r| ≤ ln2/2, with a
-// degree-6 polynomial; relative error below 2e-7 over the range used.
-__attribute__((target("avx2,fma")))
-static inline __m256 exp256(__m256 x) {
-    const __m256 lo = _mm256_set1_ps(-87.3f);
-    x = _mm256_max_ps(x, lo);
-    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    // r = x - n*ln2 in two steps (Cody–Waite)
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    __m256 r2 = _mm256_mul_ps(r, r);
-    p = _mm256_fmadd_ps(p, r2, r);
-    p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
 __attribute__((target("avx2,fma")))
@@ -61,7 +38,7 @@ static void softmax_row_avx2(float *x, size_t n) {
     __m256 acc = _mm256_setzero_ps();
     double s = 0;
     for (i = 0; i + 8 <= n; i += 8) {
-        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+        __m256 e = lidb_exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
         _mm256_storeu_ps(x + i, e);
         acc = _mm256_add_ps(acc, e);
     }
@@ -76,7 +53,7 @@ static void softmax_row_avx2(float *x, size_t n) {
 
 void lidb_softmax_rows(float *x, size_t rows, size_t cols) {
 #if defined(__x86_64__)
-    if (has_avx2_fma()) { for (size_t r = 0; r < rows; r++) softmax_row_avx2(x + r * cols, cols); return; }
+    if (lidb_has_avx2_fma()) { for (size_t r = 0; r < rows; r++) softmax_row_avx2(x + r * cols, cols); return; }
 #endif
     for (size_t r = 0; r < rows; r++) softmax_row_scalar(x + r * cols, cols);
 }

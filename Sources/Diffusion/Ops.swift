@@ -20,19 +20,11 @@ public enum Ops {
 
     /// Layer norm over the last dimension `c` of `x[n × c]` (PyTorch semantics: biased variance).
     public static func layerNorm(_ x: [Float], rows n: Int, channels c: Int, weight: [Float], bias: [Float], eps: Float) -> [Float] {
-        var y = [Float](repeating: 0, count: n * c)
-        for r in 0..<n {
-            var mean: Double = 0
-            for i in 0..<c { mean += Double(x[r * c + i]) }
-            mean /= Double(c)
-            var v: Double = 0
-            for i in 0..<c { let d = Double(x[r * c + i]) - mean; v += d * d }
-            v /= Double(c)
-            let inv = Float(1 / (v + Double(eps)).squareRoot())
-            let m = Float(mean)
-            for i in 0..<c { y[r * c + i] = (x[r * c + i] - m) * inv * weight[i] + bias[i] }
+        precondition(x.count == n * c && weight.count == c && bias.count == c)
+        return [Float](unsafeUninitializedCapacity: n * c) { y, count in
+            lidb_layer_norm(x, y.baseAddress!, n, c, weight, bias, eps)
+            count = n * c
         }
-        return y
     }
 
     public static func quickGELU(_ x: inout [Float]) {
@@ -53,7 +45,8 @@ public enum Ops {
     }
 
     public static func silu(_ x: inout [Float]) {
-        for i in x.indices { let v = x[i]; x[i] = v / (1 + Foundation.exp(-v)) }
+        let n = x.count
+        x.withUnsafeMutableBufferPointer { lidb_silu($0.baseAddress!, n) }
     }
 
     /// Multi-head scaled dot-product attention. `q[lq × heads·d]`, `k`, `v` `[lk × heads·d]`
@@ -63,39 +56,40 @@ public enum Ops {
     public static func attention(q: [Float], k: [Float], v: [Float], queries lq: Int, keys lk: Int, heads: Int, headDim d: Int,
                                  causal: Bool = false, chunk: Int = 1024) -> [Float] {
         let width = heads * d
+        precondition(q.count == lq * width && k.count == lk * width && v.count == lk * width)
         var out = [Float](repeating: 0, count: lq * width)
         let scale = 1 / Float(d).squareRoot()
-        // Per head: gather contiguous Q_h [lq × d], K_h [lk × d], V_h [lk × d].
-        var qh = [Float](repeating: 0, count: lq * d), kh = [Float](repeating: 0, count: lk * d), vh = [Float](repeating: 0, count: lk * d)
-        var scores = [Float](repeating: 0, count: min(chunk, lq) * lk)
-        var oh = [Float](repeating: 0, count: min(chunk, lq) * d)
-        for h in 0..<heads {
-            for i in 0..<lq { for j in 0..<d { qh[i * d + j] = q[i * width + h * d + j] } }
-            for i in 0..<lk { for j in 0..<d { kh[i * d + j] = k[i * width + h * d + j]; vh[i * d + j] = v[i * width + h * d + j] } }
-            var start = 0
-            while start < lq {
-                let rows = min(chunk, lq - start)
-                qh.withUnsafeBufferPointer { qp in
+        // Each head is read in place (leading dimension heads·d), and written in place.
+        let rowsMax = min(chunk, lq)
+        var scores = [Float](unsafeUninitializedCapacity: rowsMax * lk) { _, n in n = rowsMax * lk }
+        q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in v.withUnsafeBufferPointer { vp in
+        out.withUnsafeMutableBufferPointer { op in scores.withUnsafeMutableBufferPointer { sp in
+            let s = sp.baseAddress!
+            for h in 0..<heads {
+                var start = 0
+                while start < lq {
+                    let rows = min(chunk, lq - start)
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(lk), Int32(d), scale,
-                                qp.baseAddress! + start * d, Int32(d), kh, Int32(d), 0, &scores, Int32(lk))
+                                qp.baseAddress! + start * width + h * d, Int32(width), kp.baseAddress! + h * d, Int32(width), 0, s, Int32(lk))
+                    if !causal {
+                        lidb_softmax_rows(s, rows, lk)
+                    } else { for r in 0..<rows {
+                        let limit = min(start + r + 1, lk), row = s + r * lk
+                        var m = -Float.infinity
+                        for c in 0..<limit { m = max(m, row[c]) }
+                        var sum: Float = 0
+                        for c in 0..<limit { let e = Foundation.exp(row[c] - m); row[c] = e; sum += e }
+                        let inv = 1 / sum
+                        for c in 0..<limit { row[c] *= inv }
+                        for c in limit..<lk { row[c] = 0 }
+                    } }
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(d), Int32(lk), 1, s, Int32(lk),
+                                vp.baseAddress! + h * d, Int32(width), 0, op.baseAddress! + start * width + h * d, Int32(width))
+                    start += rows
                 }
-                if !causal {
-                    scores.withUnsafeMutableBufferPointer { lidb_softmax_rows($0.baseAddress!, rows, lk) }
-                } else { for r in 0..<rows {
-                    let limit = min(start + r + 1, lk)
-                    var m = -Float.infinity
-                    for c in 0..<limit { m = max(m, scores[r * lk + c]) }
-                    var s: Float = 0
-                    for c in 0..<limit { let e = Foundation.exp(scores[r * lk + c] - m); scores[r * lk + c] = e; s += e }
-                    let inv = 1 / s
-                    for c in 0..<limit { scores[r * lk + c] *= inv }
-                    for c in limit..<lk { scores[r * lk + c] = 0 }
-                } }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(d), Int32(lk), 1, scores, Int32(lk), vh, Int32(d), 0, &oh, Int32(d))
-                for r in 0..<rows { for j in 0..<d { out[(start + r) * width + h * d + j] = oh[r * d + j] } }
-                start += rows
             }
-        }
+        } }
+        } } }
         return out
     }
 }

@@ -132,6 +132,7 @@ public final class StableDiffusion {
         let cond = try textEncoder.encode(tokenizer.encodePadded(options.prompt, length: 77))
         let doCFG = options.cfg > 1
         let uncond = doCFG ? try textEncoder.encode(tokenizer.encodePadded(options.negativePrompt, length: 77)) : []
+        textEncoder.releaseWeights()
         timings.textEncoding = Date().timeIntervalSince(t0)
 
         guard let sc = base.config("scheduler") else { throw TensorFileError(file: base.file.path, .missingField("components.scheduler.config")) }

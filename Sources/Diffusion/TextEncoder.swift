@@ -1,4 +1,5 @@
 import Checkpoint
+import Dispatch
 import SubjectDelta
 import TensorFile
 
@@ -13,13 +14,45 @@ public final class WeightLoader {
             throw TensorFileError(file: base.file.path, tensor: name, .unsupportedConversion(from: e.info.dtype.name, to: "F32"))
         }
         let b = try base.file.tensorBytes(name)
-        var out = [Float](repeating: 0, count: e.info.elementCount)
-        out.withUnsafeMutableBytes { _ = DTypeConversion.convert(b.bytes, from: e.info.dtype, into: $0, to: .F32, count: e.info.elementCount) }
+        let n = e.info.elementCount
+        let out = [Float](unsafeUninitializedCapacity: n) { buf, count in
+            _ = DTypeConversion.convert(b.bytes, from: e.info.dtype, into: UnsafeMutableRawBufferPointer(buf), to: .F32, count: n)
+            count = n
+        }
         b.releasePages()  // the f32 copy is what stays resident, not the mapped file too
         return out
     }
 
     public func shape(_ name: String) -> [Int]? { base.file.entry(name)?.info.shape }
+
+    /// The f32 weights of every tensor whose name starts with `prefix`, keyed without it;
+    /// converted on all cores (the conversion and the kernel's zeroing of fresh pages dominate a
+    /// model's load time). The first failure (in the base's tensor order) is thrown.
+    func all(prefix: String) throws(TensorFileError) -> [String: [Float]] {
+        let names = base.file.tensors.map(\.name).filter { $0.hasPrefix(prefix) }
+        let slots = UnsafeMutableBufferPointer<Result<[Float], TensorFileError>?>.allocate(capacity: names.count)
+        slots.initialize(repeating: nil)
+        defer { slots.deinitialize(); slots.deallocate() }
+        let shared = UnsafeSendable(slots)
+        let jobs = max(1, min(Parallel.cores, names.count))
+        let loader = UnsafeSendable(self)
+        DispatchQueue.concurrentPerform(iterations: jobs) { j in
+            // Interleaved, so both threads get large and small tensors.
+            for i in stride(from: j, to: names.count, by: jobs) {
+                let r: Result<[Float], TensorFileError>
+                do throws(TensorFileError) { r = .success(try loader.p.f32(names[i])) } catch { r = .failure(error) }
+                shared.p[i] = r  // each index written by one thread
+            }
+        }
+        var out: [String: [Float]] = [:]
+        for (i, n) in names.enumerated() {
+            switch slots[i]! {
+            case .success(let v): out[String(n.dropFirst(prefix.count))] = v
+            case .failure(let e): throw e
+            }
+        }
+        return out
+    }
 }
 
 /// transformers' `CLIPTextModel` forward pass (SD 1.x: CLIP ViT-L, quick_gelu; SD 2.x: OpenCLIP
@@ -29,8 +62,12 @@ public final class CLIPTextEncoder {
     public let hidden: Int, heads: Int, intermediate: Int, maxPositions: Int, vocab: Int, layerCount: Int
     public let activation: String
     public let eps: Float
-    /// Weights by base name without the `text_encoder.text_model.` prefix, f32.
+    /// Weights by base name without the `text_encoder.text_model.` prefix, f32 (empty while
+    /// released, except merged weights).
     var w: [String: [Float]]
+    /// Weights changed in memory by a merge: these stay resident when the others are released.
+    var merged: Set<String> = []
+    let loader: WeightLoader
     /// Adds a subject's ΔW·x on the fly (base weight name, x, rows, y).
     public var live: ((String, UnsafePointer<Float>, Int, UnsafeMutablePointer<Float>) -> Void)?
     static let prefix = "text_encoder.text_model."
@@ -50,12 +87,8 @@ public final class CLIPTextEncoder {
         activation = c["hidden_act"]?.stringValue ?? "quick_gelu"
         eps = Float(c["layer_norm_eps"]?.doubleValue ?? 1e-5)
         guard heads >= 1, hidden >= 1, hidden % heads == 0 else { throw TensorFileError(file: base.file.path, .invalidArgument("hidden_size \(hidden) is not a multiple of \(heads) heads")) }
-        let loader = WeightLoader(base: base)
-        var weights: [String: [Float]] = [:]
-        for t in base.file.tensors where t.name.hasPrefix(Self.prefix) {
-            weights[String(t.name.dropFirst(Self.prefix.count))] = try loader.f32(t.name)
-        }
-        w = weights
+        loader = WeightLoader(base: base)
+        w = try loader.all(prefix: Self.prefix)
         guard layerCount >= 1, layerCount <= 256, vocab >= 1, maxPositions >= 1, intermediate >= 1 else {
             throw TensorFileError(file: base.file.path, .invalidArgument("text encoder config: impossible sizes"))
         }
@@ -86,7 +119,23 @@ public final class CLIPTextEncoder {
         guard out * inDim == v.count else { return false }
         v.withUnsafeMutableBufferPointer { vp in addLowRankUpdate(up, down, out: out, in: inDim, rank: rank, into: vp.baseAddress!, sign: sign) }
         w[String(name.dropFirst(Self.prefix.count))] = v
+        merged.insert(String(name.dropFirst(Self.prefix.count)))
         return true
+    }
+
+    /// Frees the f32 weights (merged ones stay) until the next `encode`, which converts them from
+    /// the base again: a pipeline needs the text encoder once per generation, for well under a
+    /// second, and its weights need not stay resident next to the UNet's and the VAE's.
+    public func releaseWeights() {
+        w = w.filter { merged.contains($0.key) }
+    }
+
+    var released: Bool { w.count == merged.count }
+
+    func reload() throws(TensorFileError) {
+        let kept = w
+        w = try loader.all(prefix: Self.prefix)
+        for (k, v) in kept { w[k] = v }
     }
 
     /// Encodes one sequence of token ids (at most `max_position_embeddings`).
@@ -95,6 +144,7 @@ public final class CLIPTextEncoder {
     public func encode(_ ids: [Int], hiddenState: Int? = nil) throws(TensorFileError) -> [Float] {
         let n = ids.count
         guard n <= maxPositions else { throw TensorFileError(file: "text encoder", .invalidArgument("\(n) tokens, at most \(maxPositions)")) }
+        if released { try reload() }
         let tok = p("embeddings.token_embedding.weight"), pos = p("embeddings.position_embedding.weight")
         var x = [Float](repeating: 0, count: n * hidden)
         for (t, id) in ids.enumerated() {

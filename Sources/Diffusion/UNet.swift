@@ -1,3 +1,4 @@
+import CLidbSupport
 import Checkpoint
 import SubjectDelta
 import Foundation
@@ -51,12 +52,8 @@ public final class UNet: @unchecked Sendable {
         contextDim = Int(c["cross_attention_dim"]?.int64Value ?? 768)
         flipSinToCos = c["flip_sin_to_cos"]?.boolValue ?? true
         freqShift = Float(c["freq_shift"]?.doubleValue ?? 0)
-        let loader = WeightLoader(base: base)
-        var weights: [String: [Float]] = [:]
-        for t in base.file.tensors where t.name.hasPrefix("unet.") {
-            weights[String(t.name.dropFirst("unet.".count))] = try loader.f32(t.name)
-        }
-        w = weights
+        _ = Parallel.allocatorConfigured
+        w = try WeightLoader(base: base).all(prefix: "unet.")
         for (b, c) in blockChannels.enumerated() where c % heads[b] != 0 {
             throw fail("block \(b): \(c) channels are not divisible into \(heads[b]) heads")
         }
@@ -152,17 +149,17 @@ public final class UNet: @unchecked Sendable {
     }
 
     func resnet(_ name: String, _ x: FeatureMap, temb: [Float], out: Int) -> FeatureMap {
-        var h = Ops.groupNorm(x, groups: groups, weight: p(name + ".norm1.weight"), bias: p(name + ".norm1.bias"), eps: eps, silu: true)
-        h = conv(name + ".conv1", h, out: out, k: 3)
+        var h = Ops.groupNormConv3x3(x, groups: groups, normWeight: p(name + ".norm1.weight"), normBias: p(name + ".norm1.bias"), eps: eps, silu: true,
+                                     weight: p(name + ".conv1.weight"), bias: p(name + ".conv1.bias"), out: out)
         var t = temb
         Ops.silu(&t)
         let tp = Ops.linear(t, rows: 1, in: t.count, weight: p(name + ".time_emb_proj.weight"), bias: p(name + ".time_emb_proj.bias"), out: out)
         let hw = h.h * h.w
-        for c in 0..<out { for i in 0..<hw { h.data[c * hw + i] += tp[c] } }
-        h = Ops.groupNorm(h, groups: groups, weight: p(name + ".norm2.weight"), bias: p(name + ".norm2.bias"), eps: eps, silu: true)
-        h = conv(name + ".conv2", h, out: out, k: 3)
+        h.data.withUnsafeMutableBufferPointer { lidb_add_channel_bias($0.baseAddress!, tp, out, hw) }
+        h = Ops.groupNormConv3x3(h, groups: groups, normWeight: p(name + ".norm2.weight"), normBias: p(name + ".norm2.bias"), eps: eps, silu: true,
+                                 weight: p(name + ".conv2.weight"), bias: p(name + ".conv2.bias"), out: out)
         let skip = has(name + ".conv_shortcut.weight") ? conv(name + ".conv_shortcut", x, out: out, k: 1) : x
-        for i in h.data.indices { h.data[i] += skip.data[i] }
+        Ops.add(&h.data, skip.data)
         return h
     }
 
@@ -184,7 +181,7 @@ public final class UNet: @unchecked Sendable {
                               k: linear(b + ".attn1.to_k", nrm, rows: n, in: c, out: c, bias: false),
                               v: linear(b + ".attn1.to_v", nrm, rows: n, in: c, out: c, bias: false), queries: n, keys: n, heads: heads, headDim: d)
         var o = linear(b + ".attn1.to_out.0", a, rows: n, in: c, out: c)
-        for i in tokens.indices { tokens[i] += o[i] }
+        Ops.add(&tokens, o)
         // Cross-attention to the text.
         nrm = Ops.layerNorm(tokens, rows: n, channels: c, weight: p(b + ".norm2.weight"), bias: p(b + ".norm2.bias"), eps: 1e-5)
         a = Ops.attention(q: linear(b + ".attn2.to_q", nrm, rows: n, in: c, out: c, bias: false),
@@ -192,27 +189,31 @@ public final class UNet: @unchecked Sendable {
                           v: linear(b + ".attn2.to_v", context, rows: contextTokens, in: contextDim, out: c, bias: false),
                           queries: n, keys: contextTokens, heads: heads, headDim: d)
         o = linear(b + ".attn2.to_out.0", a, rows: n, in: c, out: c)
-        for i in tokens.indices { tokens[i] += o[i] }
+        Ops.add(&tokens, o)
         // GEGLU feed-forward.
         nrm = Ops.layerNorm(tokens, rows: n, channels: c, weight: p(b + ".norm3.weight"), bias: p(b + ".norm3.bias"), eps: 1e-5)
         let inner = p(b + ".ff.net.2.weight").count / c
-        let proj = linear(b + ".ff.net.0.proj", nrm, rows: n, in: c, out: 2 * inner)
-        var gated = [Float](repeating: 0, count: n * inner)
-        for r in 0..<n {
-            for j in 0..<inner {
-                let g = Double(proj[r * 2 * inner + inner + j])
-                gated[r * inner + j] = proj[r * 2 * inner + j] * Float(0.5 * g * (1 + Foundation.erf(g / 2.0.squareRoot())))
+        // In bands of rows, so the 2·inner-wide projection stays small.
+        let band = max(1, min(n, (1 << 20) / max(inner, 1)))
+        var start = 0
+        while start < n {
+            let rows = min(band, n - start)
+            let proj = linear(b + ".ff.net.0.proj", Array(nrm[(start * c)..<((start + rows) * c)]), rows: rows, in: c, out: 2 * inner)
+            let gated = [Float](unsafeUninitializedCapacity: rows * inner) { g, count in
+                lidb_geglu(proj, g.baseAddress!, rows, inner)
+                count = rows * inner
             }
+            o = linear(b + ".ff.net.2", gated, rows: rows, in: inner, out: c)
+            tokens.withUnsafeMutableBufferPointer { lidb_add($0.baseAddress! + start * c, o, rows * c) }
+            start += rows
         }
-        o = linear(b + ".ff.net.2", gated, rows: n, in: inner, out: c)
-        for i in tokens.indices { tokens[i] += o[i] }
         var y: FeatureMap
         if linearProjection {
             y = Ops.fromTokens(linear(name + ".proj_out", tokens, rows: n, in: c, out: c), c: c, h: x.h, w: x.w)
         } else {
             y = Ops.conv2d(Ops.fromTokens(tokens, c: c, h: x.h, w: x.w), weight: p(name + ".proj_out.weight"), bias: p(name + ".proj_out.bias"), out: c, kernel: 1, padding: 0)
         }
-        for i in y.data.indices { y.data[i] += x.data[i] }
+        Ops.add(&y.data, x.data)
         return y
     }
 
@@ -251,11 +252,11 @@ public final class UNet: @unchecked Sendable {
                 if upAttention[b] { x = transformer("up_blocks.\(b).attentions.\(r)", x, context: context, contextTokens: contextTokens, heads: upHeads[b]) }
             }
             if b < upChannels.count - 1 {
-                x = conv("up_blocks.\(b).upsamplers.0.conv", Ops.upsampleNearest2x(x), out: ch, k: 3)
+                x = Ops.upsampleConv3x3(x, weight: p("up_blocks.\(b).upsamplers.0.conv.weight"), bias: p("up_blocks.\(b).upsamplers.0.conv.bias"), out: ch)
             }
         }
-        x = Ops.groupNorm(x, groups: groups, weight: p("conv_norm_out.weight"), bias: p("conv_norm_out.bias"), eps: eps, silu: true)
-        return conv("conv_out", x, out: outChannels, k: 3)
+        return Ops.groupNormConv3x3(x, groups: groups, normWeight: p("conv_norm_out.weight"), normBias: p("conv_norm_out.bias"), eps: eps, silu: true,
+                                    weight: p("conv_out.weight"), bias: p("conv_out.bias"), out: outChannels)
     }
 }
 
@@ -308,10 +309,13 @@ public final class VAEDecoder {
         let rev = Array(channels.reversed())
         for (b, ch) in rev.enumerated() {
             for r in 0...layersPerBlock { x = resnet("decoder.up_blocks.\(b).resnets.\(r)", x, out: ch) }
-            if b < rev.count - 1 { x = conv("decoder.up_blocks.\(b).upsamplers.0.conv", Ops.upsampleNearest2x(x), out: ch, k: 3) }
+            if b < rev.count - 1 {
+                let n = "decoder.up_blocks.\(b).upsamplers.0.conv"
+                x = Ops.upsampleConv3x3(x, weight: p(n + ".weight"), bias: p(n + ".bias"), out: ch)
+            }
         }
-        x = Ops.groupNorm(x, groups: groups, weight: p("decoder.conv_norm_out.weight"), bias: p("decoder.conv_norm_out.bias"), eps: 1e-6, silu: true)
-        return conv("decoder.conv_out", x, out: outChannels, k: 3)
+        return Ops.groupNormConv3x3(x, groups: groups, normWeight: p("decoder.conv_norm_out.weight"), normBias: p("decoder.conv_norm_out.bias"), eps: 1e-6,
+                                    silu: true, weight: p("decoder.conv_out.weight"), bias: p("decoder.conv_out.bias"), out: outChannels)
     }
 }
 
@@ -402,6 +406,7 @@ struct VAEConfig {
 
     /// The f32 weights under `prefixes`, keyed without `vae.`.
     func weights(_ base: BaseModel, prefixes: [String]) throws(TensorFileError) -> [String: [Float]] {
+        _ = Parallel.allocatorConfigured
         let loader = WeightLoader(base: base)
         var w: [String: [Float]] = [:]
         for t in base.file.tensors where prefixes.contains(where: { t.name.hasPrefix($0) }) {
@@ -440,12 +445,12 @@ struct VAEBlocks {
     }
 
     func resnet(_ n: String, _ x: FeatureMap, out: Int) -> FeatureMap {
-        var h = Ops.groupNorm(x, groups: groups, weight: p(n + ".norm1.weight"), bias: p(n + ".norm1.bias"), eps: 1e-6, silu: true)
-        h = conv(n + ".conv1", h, out: out, k: 3)
-        h = Ops.groupNorm(h, groups: groups, weight: p(n + ".norm2.weight"), bias: p(n + ".norm2.bias"), eps: 1e-6, silu: true)
-        h = conv(n + ".conv2", h, out: out, k: 3)
+        var h = Ops.groupNormConv3x3(x, groups: groups, normWeight: p(n + ".norm1.weight"), normBias: p(n + ".norm1.bias"), eps: 1e-6, silu: true,
+                                     weight: p(n + ".conv1.weight"), bias: p(n + ".conv1.bias"), out: out)
+        h = Ops.groupNormConv3x3(h, groups: groups, normWeight: p(n + ".norm2.weight"), normBias: p(n + ".norm2.bias"), eps: 1e-6, silu: true,
+                                 weight: p(n + ".conv2.weight"), bias: p(n + ".conv2.bias"), out: out)
         let skip = w[n + ".conv_shortcut.weight"] != nil ? conv(n + ".conv_shortcut", x, out: out, k: 1) : x
-        for i in h.data.indices { h.data[i] += skip.data[i] }
+        Ops.add(&h.data, skip.data)
         return h
     }
 
@@ -459,7 +464,7 @@ struct VAEBlocks {
         let a = Ops.attention(q: q, k: k, v: v, queries: hw, keys: hw, heads: 1, headDim: c)
         let o = Ops.linear(a, rows: hw, in: c, weight: p(n + ".to_out.0.weight"), bias: p(n + ".to_out.0.bias"), out: c)
         var y = Ops.fromTokens(o, c: c, h: x.h, w: x.w)
-        for i in y.data.indices { y.data[i] += x.data[i] }
+        Ops.add(&y.data, x.data)
         return y
     }
 }

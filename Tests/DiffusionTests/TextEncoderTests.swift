@@ -50,3 +50,28 @@ import Testing
         #expect(throws: TensorFileError.self) { _ = try enc.encode([enc.vocab]) }
     }
 }
+
+/// The pipeline frees the text encoder's weights after encoding; the next encode converts them
+/// again and gives the same result, and weights changed by a merge are kept.
+@Suite(.serialized) struct TextEncoderReleaseTests {
+    @Test func releasedWeightsAreReloaded() throws {
+        let (base, dir) = try TextEncoderTests.base("sd1")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let enc = try CLIPTextEncoder(base: base)
+        let ids = [1, 5, 7, 9, 2]
+        let before = try enc.encode(ids)
+        let name = CLIPTextEncoder.prefix + "encoder.layers.0.mlp.fc1.weight"
+        let h = enc.hidden, inter = enc.intermediate
+        #expect(enc.addLowRank(weight: name, up: [Float](repeating: 0.01, count: inter), down: [Float](repeating: 0.02, count: h), rank: 1))
+        let merged = try enc.encode(ids)
+        #expect(merged != before)
+        enc.releaseWeights()
+        #expect(enc.released && enc.w.count == 1)
+        #expect(try enc.encode(ids) == merged)
+        #expect(!enc.released)
+        #expect(enc.addLowRank(weight: name, up: [Float](repeating: 0.01, count: inter), down: [Float](repeating: 0.02, count: h), rank: 1, sign: -1))
+        enc.releaseWeights()
+        let again = try enc.encode(ids)
+        #expect(zip(again, before).map { abs($0 - $1) }.max()! < 1e-5)
+    }
+}

@@ -48,6 +48,19 @@ import Testing
     }
 }
 
+/// The same references with every 3×3 convolution through Winograd F(2×2, 3×3) and its fused
+/// group norm + SiLU and upsampling (the small models' channel counts are below the size from
+/// which the runtime picks it by itself).
+@Suite(.serialized) struct WinogradModelTests {
+    @Test(arguments: ["sd1", "sd2"])
+    func modelsMatchDiffusersThroughWinograd(name: String) throws {
+        Ops.winogradAlways = true
+        defer { Ops.winogradAlways = false }
+        try UNetTests().unetMatchesDiffusers(name: name)
+        try UNetTests().vaeDecoderMatchesDiffusers(name: name)
+    }
+}
+
 @Suite(.serialized) struct VAEEncoderTests {
     @Test(arguments: ["sd1", "sd2"])
     func encoderMatchesDiffusers(name: String) throws {

@@ -32,4 +32,49 @@ void lidb_quick_gelu(float *x, size_t n);
 /// Copies n floats with non-temporal stores when large (memcpy otherwise).
 void lidb_copy_floats(float *dst, const float *src, size_t n);
 
+/// Group normalisation of `x` [channels × hw] for groups [group_begin, group_end) of `groups`
+/// (mean and biased variance accumulated in double), then the per-channel affine map and, when
+/// `silu` is non-zero, SiLU. `y` may be `x`.
+void lidb_group_norm(const float *x, float *y, size_t channels, size_t hw, size_t group_begin, size_t group_end, size_t groups,
+                     const float *weight, const float *bias, float eps, int silu);
+/// The per-channel scale and shift a group norm applies (y = x·scale + shift), for groups
+/// [group_begin, group_end).
+void lidb_group_norm_coefficients(const float *x, size_t channels, size_t hw, size_t group_begin, size_t group_end, size_t groups,
+                                  const float *weight, const float *bias, float eps, float *scale, float *shift);
+/// Layer normalisation of each row of `x` [rows × c] (double statistics); `y` may be `x`.
+void lidb_layer_norm(const float *x, float *y, size_t rows, size_t c, const float *weight, const float *bias, float eps);
+/// x ← x·sigmoid(x), in place.
+void lidb_silu(float *x, size_t n);
+/// GEGLU: out[r, j] = proj[r, j] · GELU(proj[r, inner + j]) for proj [rows × 2·inner]; GELU with
+/// erf from the Abramowitz–Stegun 7.1.26 approximation (|erf error| ≤ 1.5e-7) when vectorised.
+void lidb_geglu(const float *proj, float *out, size_t rows, size_t inner);
+/// The im2col matrix of a zero-padded k×k convolution of x [c × h × w], restricted to the output
+/// positions [col0, col0 + ncols) (row-major over the output): col [c·k·k × ncols].
+void lidb_im2col(const float *x, size_t c, size_t h, size_t w, size_t k, size_t stride, size_t pad,
+                 size_t col0, size_t ncols, float *col);
+/// dst [cols × rows] = srcᵀ for src [rows × cols].
+void lidb_transpose(const float *src, float *dst, size_t rows, size_t cols);
+/// y += x.
+void lidb_add(float *y, const float *x, size_t n);
+/// y [channels × hw] += bias[channel].
+void lidb_add_channel_bias(float *y, const float *bias, size_t channels, size_t hw);
+
+/// Winograd F(2×2, 3×3) for stride-1, padding-1 3×3 convolutions. Weights [out × in × 3 × 3] →
+/// u [16 × out × in]; input x [c × h × w], tiles [t0, t0 + nt) of the ⌈h/2⌉ × ⌈w/2⌉ 2×2 output
+/// tiles (row-major) → v [16 × c × nt]; products m [16 × out × nt] → y [out × h × w] plus bias
+/// (bias may be NULL). Each call handles the output channels [o_begin, o_end) or input channels
+/// [c_begin, c_end), so threads can share the work.
+void lidb_winograd_weights(const float *w, size_t out, size_t in, size_t o_begin, size_t o_end, float *u);
+/// The input transform can apply a per-channel affine map (scale/shift, e.g. a group norm's) and
+/// SiLU to the input first (padding stays zero), and read x as [c × h/2 × w/2] upsampled to h × w
+/// by nearest neighbour (upsample ≠ 0; h and w even).
+void lidb_winograd_input(const float *x, size_t c, size_t h, size_t w, size_t t0, size_t nt, size_t c_begin, size_t c_end,
+                         const float *scale, const float *shift, int silu, int upsample, float *v);
+void lidb_winograd_output(const float *m, size_t out, size_t h, size_t w, size_t t0, size_t nt, size_t o_begin, size_t o_end,
+                          const float *bias, float *y);
+
+/// Tunes the C allocator (glibc) for the runtime's pattern of large, repeated allocations;
+/// process-wide, idempotent.
+void lidb_keep_freed_memory(void);
+
 #endif

@@ -1,0 +1,72 @@
+"""Generation benchmark: one whole text-to-image generation (512×512, 20 Euler steps, guidance
+7.5) with lidb against diffusers' StableDiffusionPipeline on an SD 1.5-size random-weight
+pipeline, each its own process, in the same run: median time per denoising step (one UNet
+evaluation at batch 2), VAE decode, total wall time and peak RSS, as ratios lidb / diffusers;
+lidb for the f32 and the f16 base. The images are compared pixel by pixel (8-bit).
+
+    python bench.py LIDB WORKDIR [--steps 20] [--size 512]
+WORKDIR: the base benchmark's folder (sd15-diffusers; the f32 base sd15-f32.lidb is the UNet
+benchmark's, the f16 base sd15-diffusers-f16.lidb is made here, both from the diffusers folder).
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from benchlib import measure  # noqa: E402
+
+PROMPT = "a photo of an astronaut riding a horse"
+SEED = 42
+
+
+def arg(name, default):
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
+def main():
+    lidb, work = sys.argv[1], sys.argv[2]
+    steps, size = int(arg("--steps", "20")), int(arg("--size", "512"))
+    folder = os.path.join(work, "sd15-diffusers")
+    if not os.path.isdir(folder):
+        subprocess.run([sys.executable, os.path.join(HERE, "..", "base", "make_sd15.py"), folder], check=True)
+    bases = {"f32": os.path.join(work, "sd15-f32.lidb"), "f16": os.path.join(work, "sd15-diffusers-f16.lidb")}
+    for dtype, path in bases.items():
+        if not os.path.exists(path):
+            extra = ["--dtype", "f16"] if dtype == "f16" else []
+            subprocess.run([lidb, "convert", folder, "-o", path] + extra, check=True, capture_output=True)
+
+    ref_png = os.path.join(work, f"generate-diffusers-{size}.png")
+    wall, rss, out = measure([sys.executable, os.path.join(HERE, "diffusers_generate.py"), folder, "--steps", str(steps),
+                              "--size", str(size), "--seed", str(SEED), "--prompt", PROMPT, "--out", ref_png])
+    d = json.loads(out)
+    d_step = statistics.median(d["unet_steps_s"])
+    print(f"diffusers: {d_step:.2f} s/step (median of {steps}), VAE decode {d['vae_decode_s']:.2f} s, "
+          f"total {wall:.1f} s (load {d['load_s']:.1f} s), peak RSS {rss:.0f} MiB", flush=True)
+    ref = np.asarray(Image.open(ref_png)).astype(np.int16)
+    results = {"diffusers": {"step_s": d_step, "vae_decode_s": d["vae_decode_s"], "total_s": wall, "peak_rss_mib": rss}}
+    for dtype, path in bases.items():
+        png = os.path.join(work, f"generate-lidb-{dtype}-{size}.png")
+        wall, rss, out = measure([lidb, "generate", "--model", path, "--prompt", PROMPT, "--steps", str(steps), "--cfg", "7.5",
+                                  "--seed", str(SEED), "--sampler", "euler", "--width", str(size), "--height", str(size),
+                                  "-o", png, "--timings"])
+        t = json.loads(out)
+        step = statistics.median(t["unet_steps_s"])
+        diff = np.abs(np.asarray(Image.open(png)).astype(np.int16) - ref)
+        results[f"lidb {dtype} base"] = {"step_s": step, "vae_decode_s": t["vae_decode_s"], "total_s": wall, "peak_rss_mib": rss,
+                                         "max_pixel_diff": int(diff.max()), "mean_pixel_diff": float(diff.mean())}
+        print(f"lidb, {dtype} base: {step:.2f} s/step (ratio {step / d_step:.2f}), VAE decode {t['vae_decode_s']:.2f} s "
+              f"(ratio {t['vae_decode_s'] / d['vae_decode_s']:.2f}), total {wall:.1f} s (ratio {wall / results['diffusers']['total_s']:.2f}, "
+              f"load {t['load_s']:.1f} s), peak RSS {rss:.0f} MiB (ratio {rss / results['diffusers']['peak_rss_mib']:.2f}); "
+              f"image vs diffusers: max |Δ| {diff.max()} / 255, mean {diff.mean():.3f}", flush=True)
+    with open(os.path.join(work, f"generate-results-{size}.json"), "w") as f:
+        json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
