@@ -20,7 +20,7 @@ public enum Ops {
 
     /// Layer norm over the last dimension `c` of `x[n × c]` (PyTorch semantics: biased variance).
     public static func layerNorm(_ x: [Float], rows n: Int, channels c: Int, weight: [Float], bias: [Float], eps: Float) -> [Float] {
-        precondition(x.count == n * c && weight.count == c && bias.count == c)
+        precondition(x.count >= n * c && weight.count >= c && bias.count >= c)
         return [Float](unsafeUninitializedCapacity: n * c) { y, count in
             lidb_layer_norm(x, y.baseAddress!, n, c, weight, bias, eps)
             count = n * c
@@ -56,7 +56,7 @@ public enum Ops {
     public static func attention(q: [Float], k: [Float], v: [Float], queries lq: Int, keys lk: Int, heads: Int, headDim d: Int,
                                  causal: Bool = false, chunk: Int = 1024) -> [Float] {
         let width = heads * d
-        precondition(q.count == lq * width && k.count == lk * width && v.count == lk * width)
+        precondition(q.count >= lq * width && k.count >= lk * width && v.count >= lk * width)
         var out = [Float](repeating: 0, count: lq * width)
         let scale = 1 / Float(d).squareRoot()
         // Each head is read in place (leading dimension heads·d), and written in place.

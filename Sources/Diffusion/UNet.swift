@@ -179,7 +179,8 @@ public final class UNet: @unchecked Sendable {
         var nrm = Ops.layerNorm(tokens, rows: n, channels: c, weight: p(b + ".norm1.weight"), bias: p(b + ".norm1.bias"), eps: 1e-5)
         var a = Ops.attention(q: linear(b + ".attn1.to_q", nrm, rows: n, in: c, out: c, bias: false),
                               k: linear(b + ".attn1.to_k", nrm, rows: n, in: c, out: c, bias: false),
-                              v: linear(b + ".attn1.to_v", nrm, rows: n, in: c, out: c, bias: false), queries: n, keys: n, heads: heads, headDim: d)
+                              v: linear(b + ".attn1.to_v", nrm, rows: n, in: c, out: c, bias: false), queries: n, keys: n, heads: heads, headDim: d,
+                              chunk: Self.attentionChunk)
         var o = linear(b + ".attn1.to_out.0", a, rows: n, in: c, out: c)
         Ops.add(&tokens, o)
         // Cross-attention to the text.
@@ -216,6 +217,10 @@ public final class UNet: @unchecked Sendable {
         Ops.add(&y.data, x.data)
         return y
     }
+
+    /// Queries per block of self-attention scores: 128 × 4,096 keys (64×64 latents) is 2 MiB, so
+    /// the scores stay in cache between the two products and the softmax.
+    static let attentionChunk = 128
 
     /// One evaluation for one batch item: `sample` `[in, h, w]`, `context` `[tokens × cross_attention_dim]`.
     public func callAsFunction(_ sample: FeatureMap, timestep t: Float, context: [Float], contextTokens: Int) -> FeatureMap {
