@@ -2,7 +2,8 @@
 7.5) with lidb against diffusers' StableDiffusionPipeline on an SD 1.5-size random-weight
 pipeline, each its own process, in the same run: median time per denoising step (one UNet
 evaluation at batch 2), VAE decode, total wall time and peak RSS, as ratios lidb / diffusers;
-lidb for the f32 and the f16 base. The images are compared pixel by pixel (8-bit).
+lidb for the f32 and the f16 base (UNet weights converted to f32 at load), and for the f16 base
+with `--weights f16-per-layer` (kept F16, converted layer by layer). The images are compared pixel by pixel (8-bit).
 
     python bench.py LIDB WORKDIR [--steps 20] [--size 512]
 WORKDIR: the base benchmark's folder (sd15-diffusers; the f32 base sd15-f32.lidb is the UNet
@@ -50,11 +51,13 @@ def main():
           f"total {wall:.1f} s (load {d['load_s']:.1f} s), peak RSS {rss:.0f} MiB", flush=True)
     ref = np.asarray(Image.open(ref_png)).astype(np.int16)
     results = {"diffusers": {"step_s": d_step, "vae_decode_s": d["vae_decode_s"], "total_s": wall, "peak_rss_mib": rss}}
-    for dtype, path in bases.items():
-        png = os.path.join(work, f"generate-lidb-{dtype}-{size}.png")
+    # (label, base, UNet weight residency): f32 weights from either base, and an f16 base kept f16.
+    runs = [("f32", bases["f32"], "f32"), ("f16", bases["f16"], "f32"), ("f16, f16-per-layer", bases["f16"], "f16-per-layer")]
+    for dtype, path, residency in runs:
+        png = os.path.join(work, f"generate-lidb-{dtype.replace(', ', '-')}-{size}.png")
         wall, rss, out = measure([lidb, "generate", "--model", path, "--prompt", PROMPT, "--steps", str(steps), "--cfg", "7.5",
                                   "--seed", str(SEED), "--sampler", "euler", "--width", str(size), "--height", str(size),
-                                  "-o", png, "--timings"])
+                                  "--weights", residency, "-o", png, "--timings"])
         t = json.loads(out)
         step = statistics.median(t["unet_steps_s"])
         diff = np.abs(np.asarray(Image.open(png)).astype(np.int16) - ref)

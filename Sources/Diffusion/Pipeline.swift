@@ -69,12 +69,12 @@ public final class StableDiffusion {
     public private(set) var timings = Timings()
     var live: LiveDelta?
 
-    public init(base: BaseModel) throws(TensorFileError) {
+    public init(base: BaseModel, residency: WeightResidency = .f32) throws(TensorFileError) {
         let t0 = Date()
         self.base = base
         tokenizer = try CLIPTokenizer(base: base)
         textEncoder = try CLIPTextEncoder(base: base)
-        unet = try UNet(base: base)
+        unet = try UNet(base: base, residency: residency)
         vae = try VAEDecoder(base: base)
         timings.load = Date().timeIntervalSince(t0)
     }

@@ -25,11 +25,27 @@ public final class WeightLoader {
 
     public func shape(_ name: String) -> [Int]? { base.file.entry(name)?.info.shape }
 
+    /// The F16 tensors under `prefix` with at least `minimumCount` values, as F16 bit patterns
+    /// keyed without the prefix (copied out of the mapped file, whose pages are then released).
+    func halfWeights(prefix: String, minimumCount: Int) throws(TensorFileError) -> [String: [UInt16]] {
+        var out: [String: [UInt16]] = [:]
+        for e in base.file.tensors where e.name.hasPrefix(prefix) && e.dtype == .F16 && e.elementCount >= minimumCount {
+            let b = try base.file.tensorBytes(e.name)
+            let n = e.elementCount
+            out[String(e.name.dropFirst(prefix.count))] = [UInt16](unsafeUninitializedCapacity: n) { buf, count in
+                UnsafeMutableRawBufferPointer(buf).copyMemory(from: UnsafeRawBufferPointer(rebasing: b.bytes[0..<(2 * n)]))
+                count = n
+            }
+            b.releasePages()
+        }
+        return out
+    }
+
     /// The f32 weights of every tensor whose name starts with `prefix`, keyed without it;
     /// converted on all cores (the conversion and the kernel's zeroing of fresh pages dominate a
     /// model's load time). The first failure (in the base's tensor order) is thrown.
-    func all(prefix: String) throws(TensorFileError) -> [String: [Float]] {
-        let names = base.file.tensors.map(\.name).filter { $0.hasPrefix(prefix) }
+    func all(prefix: String, excluding: Set<String> = []) throws(TensorFileError) -> [String: [Float]] {
+        let names = base.file.tensors.map(\.name).filter { $0.hasPrefix(prefix) && !excluding.contains(String($0.dropFirst(prefix.count))) }
         let slots = UnsafeMutableBufferPointer<Result<[Float], TensorFileError>?>.allocate(capacity: names.count)
         slots.initialize(repeating: nil)
         defer { slots.deinitialize(); slots.deallocate() }

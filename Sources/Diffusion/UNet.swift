@@ -6,10 +6,13 @@ import TensorFile
 
 /// diffusers' `UNet2DConditionModel` for SD 1.x / 2.x configurations (cross-attention down/up
 /// blocks, `UNetMidBlock2DCrossAttn`, conv or linear transformer projections, GEGLU feed-forward),
-/// f32 on the CPU. Weights are read once from the base and kept as f32.
+/// f32 on the CPU. Weights are read once from the base and kept as f32, or — with
+/// `.f16PerLayer` and an F16 base — kept as F16 and converted to f32 layer by layer as they run.
 public final class UNet: @unchecked Sendable {
     public let config: JSONValue
     var w: [String: [Float]]
+    /// F16 weights converted on each use (`WeightResidency.f16PerLayer`); a name is in `w` or here.
+    var half: [String: [UInt16]] = [:]
     let blockChannels: [Int]
     let layersPerBlock: Int
     let downAttention: [Bool], upAttention: [Bool]
@@ -22,7 +25,8 @@ public final class UNet: @unchecked Sendable {
     /// Adds a subject's ΔW·x on the fly for weight names the live delta covers.
     public var live: ((String, UnsafePointer<Float>, Int, UnsafeMutablePointer<Float>) -> Void)?
 
-    public init(base: BaseModel) throws(TensorFileError) {
+    /// `halfMinimum`: with `.f16PerLayer`, F16 tensors of at least this many values stay F16.
+    public init(base: BaseModel, residency: WeightResidency = .f32, halfMinimum: Int = 4096) throws(TensorFileError) {
         guard let c = base.config("unet") else { throw TensorFileError(file: base.file.path, .missingField("components.unet.config")) }
         config = c
         func ints(_ k: String) -> [Int]? { c[k]?.arrayValue?.compactMap { $0.int64Value.map(Int.init) } }
@@ -53,11 +57,17 @@ public final class UNet: @unchecked Sendable {
         flipSinToCos = c["flip_sin_to_cos"]?.boolValue ?? true
         freqShift = Float(c["freq_shift"]?.doubleValue ?? 0)
         _ = Parallel.allocatorConfigured
-        w = try WeightLoader(base: base).all(prefix: "unet.")
+        let loader = WeightLoader(base: base)
+        if residency == .f16PerLayer {
+            // Large F16 tensors stay F16 (copied out of the mapped file, whose pages are released);
+            // norms, biases and anything not F16 are converted once.
+            half = try loader.halfWeights(prefix: "unet.", minimumCount: halfMinimum)
+        }
+        w = try loader.all(prefix: "unet.", excluding: Set(half.keys))
         for (b, c) in blockChannels.enumerated() where c % heads[b] != 0 {
             throw fail("block \(b): \(c) channels are not divisible into \(heads[b]) heads")
         }
-        try checkWeights(w, expected: expectedWeights(), prefix: "unet.", file: base.file.path)
+        try checkWeights({ [w, half] in w[$0]?.count ?? half[$0]?.count }, expected: expectedWeights(), prefix: "unet.", file: base.file.path)
     }
 
     /// Every weight the forward pass reads, with the number of values the config implies (the
@@ -72,7 +82,7 @@ public final class UNet: @unchecked Sendable {
         func resnet(_ n: String, _ i: Int, _ o: Int) {
             add(n + ".norm1", i, i); add(n + ".conv1", o * i * 9, o); add(n + ".time_emb_proj", o * temb, o)
             add(n + ".norm2", o, o); add(n + ".conv2", o * o * 9, o)
-            if i != o || w[n + ".conv_shortcut.weight"] != nil { add(n + ".conv_shortcut", o * i, o) }
+            if i != o || has(n + ".conv_shortcut.weight") { add(n + ".conv_shortcut", o * i, o) }
         }
         func transformer(_ n: String, _ c: Int) {
             let b = n + ".transformer_blocks.0"
@@ -81,7 +91,7 @@ public final class UNet: @unchecked Sendable {
             for x in ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn2.to_q"] { add(b + "." + x, c * c, nil) }
             for x in ["attn2.to_k", "attn2.to_v"] { add(b + "." + x, c * contextDim, nil) }
             add(b + ".attn1.to_out.0", c * c, c); add(b + ".attn2.to_out.0", c * c, c)
-            let inner = (w[b + ".ff.net.2.weight"]?.count ?? 0) / c
+            let inner = (w[b + ".ff.net.2.weight"]?.count ?? half[b + ".ff.net.2.weight"]?.count ?? 0) / c
             add(b + ".ff.net.0.proj", 2 * inner * c, 2 * inner); add(b + ".ff.net.2", c * inner, c)
         }
         add("time_embedding.linear_1", temb * c0, temb); add("time_embedding.linear_2", temb * temb, temb)
@@ -109,13 +119,20 @@ public final class UNet: @unchecked Sendable {
     }
 
     func p(_ name: String) -> [Float] {
-        guard let v = w[name] else { fatalError("missing UNet weight \(name)") }
-        return v
+        if let v = w[name] { return v }
+        guard let h = half[name] else { fatalError("missing UNet weight \(name)") }
+        return halfToFloat(h)
     }
 
-    /// Adds `U·D` to a weight in memory (merging a subject); `name` is the base name.
+    /// Adds `U·D` to a weight in memory (merging a subject); `name` is the base name. A weight kept
+    /// as F16 becomes f32 first (exactly), so merged results equal the all-f32 path's.
     public func addLowRank(weight name: String, up: [Float], down: [Float], rank: Int, sign: Float = 1) -> Bool {
-        guard name.hasPrefix("unet."), var v = w[String(name.dropFirst(5))] else { return false }
+        let key = String(name.dropFirst(5))
+        if name.hasPrefix("unet."), let h = half[key] {
+            w[key] = halfToFloat(h)
+            half[key] = nil
+        }
+        guard name.hasPrefix("unet."), var v = w[key] else { return false }
         let out = up.count / rank, inDim = down.count / rank
         guard out * inDim == v.count else { return false }
         v.withUnsafeMutableBufferPointer { vp in addLowRankUpdate(up, down, out: out, in: inDim, rank: rank, into: vp.baseAddress!, sign: sign) }
@@ -123,7 +140,7 @@ public final class UNet: @unchecked Sendable {
         return true
     }
 
-    func has(_ name: String) -> Bool { w[name] != nil }
+    func has(_ name: String) -> Bool { w[name] != nil || half[name] != nil }
 
     /// Sinusoidal timestep embedding as diffusers' `get_timestep_embedding`.
     func timestepEmbedding(_ t: Float, dim: Int) -> [Float] {
@@ -477,11 +494,32 @@ struct VAEBlocks {
 /// Refuses weights a model would read that are missing or of another size than its config says,
 /// naming the tensor (a base whose config and weights disagree must not crash a generation).
 func checkWeights(_ w: [String: [Float]], expected: [(String, Int)], prefix: String, file: String) throws(TensorFileError) {
-    for (n, count) in expected {
-        guard let v = w[n] else { throw TensorFileError(file: file, tensor: prefix + n, .tensorNotFound) }
-        guard v.count == count else {
-            throw TensorFileError(file: file, tensor: prefix + n, .invalidShape("\(v.count) values where the model's config needs \(count)"))
+    try checkWeights({ w[$0]?.count }, expected: expected, prefix: prefix, file: file)
+}
+
+func checkWeights(_ count: (String) -> Int?, expected: [(String, Int)], prefix: String, file: String) throws(TensorFileError) {
+    for (n, want) in expected {
+        guard let have = count(n) else { throw TensorFileError(file: file, tensor: prefix + n, .tensorNotFound) }
+        guard have == want else {
+            throw TensorFileError(file: file, tensor: prefix + n, .invalidShape("\(have) values where the model's config needs \(want)"))
         }
+    }
+}
+
+/// Where a model's weights live while it runs.
+public enum WeightResidency: String, Sendable, CaseIterable {
+    /// Every weight converted to f32 once, at load (fastest; an SD 1.5 UNet holds 3.4 GB).
+    case f32
+    /// An F16 base's large weights kept as F16 and converted to f32 layer by layer when they run
+    /// (half the resident weight memory; each evaluation converts them again). Other bases: as `.f32`.
+    case f16PerLayer = "f16-per-layer"
+}
+
+/// F16 bit patterns → f32 (exact; F16C when available).
+func halfToFloat(_ h: [UInt16]) -> [Float] {
+    [Float](unsafeUninitializedCapacity: h.count) { buf, n in
+        h.withUnsafeBytes { _ = DTypeConversion.convert($0, from: .F16, into: UnsafeMutableRawBufferPointer(buf), to: .F32, count: h.count) }
+        n = h.count
     }
 }
 

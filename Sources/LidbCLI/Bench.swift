@@ -150,12 +150,13 @@ struct BenchUNet: ParsableCommand {
     @Option(help: "Input seed.") var seed: UInt64 = 0
     @Option(name: .customLong("repeat"), help: "Evaluations to time.") var repeatCount: Int = 3
     @Option(help: "Reference output (.safetensors with tensor 'out') to compare with.") var check: String?
+    @Option(help: "UNet weights: f32 or f16-per-layer (see lidb generate --help).") var weights: WeightResidency = .f32
 
     func run() throws {
         try reportingErrors {
             var t0 = now()
             let base = try BaseModel(path: model)
-            let unet = try UNet(base: base)
+            let unet = try UNet(base: base, residency: weights)
             let load = now() - t0
             var g = TorchGenerator(seed: seed)
             let per = 4 * latent * latent, ctxPer = 77 * unet.contextDim

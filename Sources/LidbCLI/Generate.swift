@@ -10,6 +10,8 @@ extension ApplyMode: ExpressibleByArgument {}
 
 enum RNGChoice: String, ExpressibleByArgument, CaseIterable { case torch }
 
+extension WeightResidency: ExpressibleByArgument {}
+
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Generate images from a prompt with a base and optional subjects.",
@@ -38,12 +40,14 @@ struct Generate: ParsableCommand {
     @Option(help: "merge or live.") var apply: ApplyMode = .merge
     @Option(name: .shortAndLong, help: "Output PNG.") var output: String
     @Flag(help: "Print per-stage times as JSON on stdout.") var timings = false
+    @Option(help: "UNet weights: f32 (converted once at load; fastest) or f16-per-layer (an F16 base's weights stay F16 and are converted as each layer runs: about half the memory, a little slower).")
+    var weights: WeightResidency = .f32
 
     func run() throws {
         try reportingErrors {
             let t0 = Date()
             let base = try BaseModel(path: model)
-            let sd = try StableDiffusion(base: base)
+            let sd = try StableDiffusion(base: base, residency: weights)
             let applied = try subjects.map { (s) throws(TensorFileError) in AppliedSubject(subject: try Subject(path: s.path), weight: s.weight, path: s.path) }
             try sd.apply(applied, mode: apply)
             let loadTime = Date().timeIntervalSince(t0)

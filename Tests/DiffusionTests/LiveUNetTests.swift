@@ -34,3 +34,33 @@ import Testing
         #expect(effect > 100 * diff)
     }
 }
+
+/// An F16 base's UNet kept as F16 and converted layer by layer computes exactly what the UNet with
+/// every weight converted to f32 at load computes (the conversion is exact), merged subjects included.
+@Suite(.serialized) struct WeightResidencyTests {
+    @Test func f16PerLayerEqualsF32() throws {
+        let (base, dir) = try TextEncoderTests.base("sd1", dtype: .F16)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let cached = try UNet(base: base, residency: .f32)
+        let perLayer = try UNet(base: base, residency: .f16PerLayer, halfMinimum: 1)
+        #expect(!perLayer.half.isEmpty && perLayer.w.keys.allSatisfy { perLayer.half[$0] == nil })
+        #expect(cached.half.isEmpty)
+        var g = TorchGenerator(seed: 5)
+        let sample = FeatureMap(c: 4, h: 8, w: 8, data: g.randn(count: 256))
+        let ctx = g.randn(count: 77 * 32)
+        #expect(cached(sample, timestep: 300, context: ctx, contextTokens: 77).data == perLayer(sample, timestep: 300, context: ctx, contextTokens: 77).data)
+        // A merged subject turns its layers into f32 in both, with the same values.
+        let layers = TargetSet.unetAttn.layers(in: base.file.tensors)
+        let subject = Subject.initialise(layers: layers, rank: 1, a: 3, b: 3, basisSeed: 8, std: 3.0, factorSeed: 2, targetSet: "unet-attn", architecture: "sd1")
+        let cache = BasisCache()
+        for unet in [cached, perLayer] {
+            for l in subject.layers {
+                let f = try subject.lowRankFactors(l, weight: 0.7, cache: cache)
+                #expect(unet.addLowRank(weight: l.target.weightName, up: f.up, down: f.down, rank: f.rank))
+            }
+        }
+        #expect(perLayer.half[String(layers[0].weightName.dropFirst(5))] == nil)
+        let a = cached(sample, timestep: 300, context: ctx, contextTokens: 77).data
+        #expect(a == perLayer(sample, timestep: 300, context: ctx, contextTokens: 77).data)
+    }
+}
