@@ -128,22 +128,6 @@ void lidb_silu(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = x[i] / (1 + expf(-x[i]));
 }
 
-void lidb_group_norm(const float *x, float *y, size_t channels, size_t hw, size_t group_begin, size_t group_end, size_t groups,
-                     const float *weight, const float *bias, float eps, int silu) {
-    size_t per = channels / groups;
-    for (size_t g = group_begin; g < group_end; g++) {
-        const float *xg = x + g * per * hw;
-        size_t n = per * hw;
-        double mean = sum_f(xg, n) / (double)n;
-        double var = sqdev_f(xg, n, mean) / (double)n;
-        float inv = (float)(1.0 / sqrt(var + (double)eps)), m = (float)mean;
-        for (size_t c = g * per; c < (g + 1) * per; c++) {
-            float a = inv * weight[c], b = bias[c] - m * inv * weight[c];
-            affine(x + c * hw, y + c * hw, hw, a, b, silu);
-        }
-    }
-}
-
 void lidb_group_norm_coefficients(const float *x, size_t channels, size_t hw, size_t group_begin, size_t group_end, size_t groups,
                                   const float *weight, const float *bias, float eps, float *scale, float *shift) {
     size_t per = channels / groups;
@@ -158,6 +142,17 @@ void lidb_group_norm_coefficients(const float *x, size_t channels, size_t hw, si
             shift[c] = bias[c] - m * inv * weight[c];
         }
     }
+}
+
+void lidb_group_norm(const float *x, float *y, size_t channels, size_t hw, size_t group_begin, size_t group_end, size_t groups,
+                     const float *weight, const float *bias, float eps, int silu) {
+    size_t per = channels / groups;
+    float *a = malloc(2 * channels * sizeof(float));
+    if (!a) abort();
+    float *b = a + channels;  /* per-channel scale and shift, filled for this call's groups */
+    lidb_group_norm_coefficients(x, channels, hw, group_begin, group_end, groups, weight, bias, eps, a, b);
+    for (size_t c = group_begin * per; c < group_end * per; c++) affine(x + c * hw, y + c * hw, hw, a[c], b[c], silu);
+    free(a);
 }
 
 void lidb_layer_norm(const float *x, float *y, size_t rows, size_t c, const float *weight, const float *bias, float eps) {
