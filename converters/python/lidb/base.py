@@ -24,7 +24,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from .container import Container, LidbError, read, write
+from .container import Container, read, write
 from .safetensors_io import write_safetensors
 
 __all__ = ["Base", "BaseError", "read_base", "write_base", "fingerprints", "COMPONENTS"]
@@ -206,10 +206,7 @@ class Base:
 
 def read_base(path: str, verify: bool = True) -> Base:
     """Reads and validates a base file; ``verify`` also checks every tensor's CRC-32C."""
-    try:
-        c = read(path, verify=verify)
-    except LidbError:
-        raise
+    c = read(path, verify=verify)
     try:
         return Base(c, path)
     except BaseException:
