@@ -123,7 +123,7 @@ public enum ImageDecoder {
             throw .unreadable(file: path, message: String(cString: strerror(e)))
         }
         if (st.st_mode & S_IFMT) != S_IFREG { throw .notARegularFile(file: path) }
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)  // never blocks, even if the path became a FIFO
         if fd < 0 { throw .unreadable(file: path, message: String(cString: strerror(errno))) }
         defer { close(fd) }
         // Re-check on the opened descriptor (the path may have changed in between).

@@ -39,14 +39,32 @@ public func convertCollection(_ source: TensorCollection, to path: String, dtype
         info.dtype = target
         let name = t.name
         let from = t.dtype
-        // Bytes are fetched lazily so only one tensor is resident at a time (for zstd inputs).
+        guard from == target || DTypeConversion.canConvert(from: from, to: target) else {
+            throw TensorFileError(file: source.path, tensor: name, .unsupportedConversion(from: from.name, to: target.name))
+        }
+        // Streamed chunk by chunk with bounded reads; a .lidb tensor's checksum is checked over the
+        // same chunks, and a mismatch fails the write (no output) naming the tensor.
         sources.append(TensorSource(info: info) { (consume) throws(TensorFileError) in
-            let bytes = try source.tensorBytes(name)
-            let inner = try TensorSource.converting(info, bytes, from: from, file: source.path) { r in
-                if !r.isClean { reports.items.append((name, r)) }
+            if from == target {
+                try source.streamTensor(name, consume)
+                return
             }
-            try inner.produce(consume)
-            bytes.releasePages()
+            let step = 1 << 18
+            let scratch = OwnedBytes(count: min(info.elementCount, step) * target.byteSize)
+            var report = ConversionReport()
+            try source.streamTensor(name) { (chunk) throws(TensorFileError) in
+                let n = chunk.count / from.byteSize
+                var i = 0
+                while i < n {
+                    let m = min(step, n - i)
+                    let src = UnsafeRawBufferPointer(rebasing: chunk[(i * from.byteSize)..<((i + m) * from.byteSize)])
+                    let dst = UnsafeMutableRawBufferPointer(rebasing: scratch.buffer[0..<(m * target.byteSize)])
+                    report.add(DTypeConversion.convert(src, from: from, into: dst, to: target, count: m))
+                    try consume(UnsafeRawBufferPointer(dst))
+                    i += m
+                }
+            }
+            if !report.isClean { reports.items.append((name, report)) }
         })
         if target != t.dtype { summary.converted += 1 }
     }

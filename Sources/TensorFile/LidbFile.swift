@@ -1,19 +1,30 @@
+import Synchronization
+
 /// A `.lidb` file opened for reading: memory-mapped, header validated and its checksum checked.
-/// Raw tensors are handed out as views into the map; zstd tensors are decoded on demand.
+/// Raw tensors are handed out as views into the map, after their checksum is checked (see
+/// `ChecksumPolicy`); zstd tensors are decoded on demand, after their checksum is checked.
 public final class LidbFile: TensorCollection, @unchecked Sendable {
     public let path: String
     public let map: MappedFile
     public let layout: LidbLayout
     private let index: [String: Int]
+    private let policy: ChecksumPolicy
+    /// Per entry: its stored bytes were found to match their checksum.
+    private let checked: Mutex<[Bool]>
 
     /// Files up to this size have every tensor checksum verified when opened.
     public static let verifyOnOpenLimit = 16 << 20
 
     public enum ChecksumPolicy: Sendable {
-        /// Verify every tensor on open when the file is small (≤ 16 MiB); big files are verified
-        /// per tensor only by `verify()`.
+        /// Files of at most 16 MiB (subjects, hypernetworks): every tensor is verified on open.
+        /// Bigger files: each tensor is verified the first time its bytes are handed out
+        /// (`tensorBytes`, `streamTensor`), so opening a base stays cheap and damage is still
+        /// found before any of its bytes are used or copied.
         case smallFiles
+        /// Every tensor verified on open.
         case always
+        /// No tensor checksum is checked (for `verify`, which reports every problem itself, and
+        /// for callers that only read the table).
         case never
     }
 
@@ -28,13 +39,18 @@ public final class LidbFile: TensorCollection, @unchecked Sendable {
         var idx: [String: Int] = [:]
         for (i, e) in layout.entries.enumerated() { idx[e.info.name] = i }
         index = idx
-        let check: Bool
+        let onOpen: Bool
         switch checksums {
-        case .always: check = true
-        case .never: check = false
-        case .smallFiles: check = map.bytes.count <= Self.verifyOnOpenLimit
+        case .always: onOpen = true
+        case .never: onOpen = false
+        case .smallFiles: onOpen = map.bytes.count <= Self.verifyOnOpenLimit
         }
-        if check, let first = verify().first { throw first }
+        policy = onOpen ? .always : checksums
+        checked = Mutex([Bool](repeating: false, count: layout.entries.count))
+        if onOpen {
+            if let first = verify().first { throw first }
+            checked.withLock { $0 = [Bool](repeating: true, count: $0.count) }
+        }
     }
 
     public var formatName: String { "lidb" }
@@ -44,33 +60,121 @@ public final class LidbFile: TensorCollection, @unchecked Sendable {
     public var tensors: [TensorInfo] { layout.entries.map(\.info) }
     public func entry(_ name: String) -> LidbEntry? { index[name].map { layout.entries[$0] } }
 
-    func storedBytes(_ e: LidbEntry) -> UnsafeRawBufferPointer {
+    func storedRange(_ e: LidbEntry) -> Range<Int> {
         let start = Int(layout.dataOffset + e.offset)
-        return UnsafeRawBufferPointer(rebasing: map.bytes[start..<start + Int(e.length)])
+        return start..<start + Int(e.length)
     }
 
-    /// The tensor's bytes. Raw: a zero-copy view (64-byte aligned). Zstd: decoded into owned memory
-    /// after its checksum is checked.
+    func storedBytes(_ e: LidbEntry) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(rebasing: map.bytes[storedRange(e)])
+    }
+
+    /// Whether entry `i` still needs its checksum checked before its bytes are handed out.
+    private func needsCheck(_ i: Int) -> Bool {
+        policy == .smallFiles && !checked.withLock { $0[i] }
+    }
+
+    private func markChecked(_ i: Int) {
+        checked.withLock { $0[i] = true }
+    }
+
+    private func mismatch(_ e: LidbEntry, _ crc: UInt32) -> TensorFileError {
+        TensorFileError(file: path, tensor: e.info.name, .tensorChecksumMismatch(stored: e.crc32c, computed: crc))
+    }
+
+    /// The tensor's bytes. Raw: a zero-copy view (64-byte aligned), its checksum checked first
+    /// (once) unless the whole file was verified on open. Zstd: decoded into owned memory after its
+    /// checksum is checked.
     public func tensorBytes(_ name: String) throws(TensorFileError) -> TensorBytes {
         guard let i = index[name] else { throw TensorFileError(file: path, tensor: name, .tensorNotFound) }
         let e = layout.entries[i]
-        let stored = storedBytes(e)
         switch e.encoding {
         case .raw:
-            return TensorBytes(owner: map, bytes: stored)
+            if needsCheck(i) {
+                // Bounded reads, not the map: a file that shrank gives an error, not a bus error.
+                var crc: UInt32 = 0
+                try map.readChunks(storedRange(e)) { (chunk) throws(TensorFileError) in crc = CRC32C.checksum(chunk, continuing: crc) }
+                guard crc == e.crc32c else { throw mismatch(e, crc) }
+                markChecked(i)
+            }
+            return TensorBytes(owner: map, bytes: storedBytes(e))
         case .zstd:
+            let stored = storedBytes(e)
             let crc = CRC32C.checksum(stored)
-            guard crc == e.crc32c else { throw TensorFileError(file: path, tensor: name, .tensorChecksumMismatch(stored: e.crc32c, computed: crc)) }
+            guard crc == e.crc32c else { throw mismatch(e, crc) }
             do throws(TensorFileError.Problem) {
                 return TensorBytes(owned: try Zstd.decompress(stored, expectedSize: e.info.byteCount))
             } catch { throw TensorFileError(file: path, tensor: name, error) }
         }
     }
 
+    /// Raw tensors are read with bounded I/O (`pread`, not the map) and their checksum is computed
+    /// over the same chunks that `body` receives; a mismatch throws after the last chunk (unless
+    /// the file was opened with `.never`), so whatever `body` wrote must then be discarded.
+    public func streamTensor(_ name: String, _ body: (UnsafeRawBufferPointer) throws(TensorFileError) -> Void) throws(TensorFileError) {
+        guard let i = index[name] else { throw TensorFileError(file: path, tensor: name, .tensorNotFound) }
+        let e = layout.entries[i]
+        switch e.encoding {
+        case .raw:
+            var crc: UInt32 = 0
+            try map.readChunks(storedRange(e)) { (chunk) throws(TensorFileError) in
+                crc = CRC32C.checksum(chunk, continuing: crc)
+                try body(chunk)
+            }
+            if policy != .never {
+                guard crc == e.crc32c else { throw mismatch(e, crc) }
+                markChecked(i)
+            }
+        case .zstd:
+            let b = try tensorBytes(name)
+            try b.withChunks(body)
+        }
+    }
+
     /// Checks every tensor checksum, that zstd tensors decode to their declared size, and that all
-    /// padding is zero. Returns one error per damaged part (empty when intact).
+    /// padding is zero. Returns one error per damaged part (empty when intact). Tensor data and
+    /// padding are read with bounded I/O, so a file truncated meanwhile gives `fileChanged`
+    /// (and the check stops there) instead of a bus error.
     public func verify() -> [TensorFileError] {
-        Self.verify(layout: layout, bytes: map.bytes, file: path, release: map.release)
+        var problems: [TensorFileError] = []
+        do throws(TensorFileError) {
+            let headerEnd = 64 + Int(layout.headerStoredLength)
+            if let nz = try firstNonZeroByte(headerEnd..<Int(layout.dataOffset)) {
+                problems.append(TensorFileError(file: path, .nonZeroPadding(offset: UInt64(nz))))
+            }
+            var cursor = Int(layout.dataOffset)
+            for e in layout.entries {
+                let range = storedRange(e)
+                if let nz = try firstNonZeroByte(cursor..<range.lowerBound) {
+                    problems.append(TensorFileError(file: path, tensor: e.info.name, .nonZeroPadding(offset: UInt64(nz))))
+                }
+                var crc: UInt32 = 0
+                try map.readChunks(range) { (chunk) throws(TensorFileError) in crc = CRC32C.checksum(chunk, continuing: crc) }
+                if crc != e.crc32c {
+                    problems.append(mismatch(e, crc))
+                } else if e.encoding == .zstd && e.info.byteCount > 0 {
+                    // The frame was just read in full, so the map covers it.
+                    do throws(TensorFileError.Problem) {
+                        try Zstd.validate(storedBytes(e), expectedSize: e.info.byteCount)
+                    } catch { problems.append(TensorFileError(file: path, tensor: e.info.name, error)) }
+                }
+                cursor = range.upperBound
+            }
+        } catch {
+            problems.append(error)
+        }
+        return problems
+    }
+
+    /// Offset of the first non-zero byte of `range` (read with bounded I/O), or nil.
+    private func firstNonZeroByte(_ range: Range<Int>) throws(TensorFileError) -> Int? {
+        var found: Int? = nil
+        var at = range.lowerBound
+        try map.readChunks(range) { (chunk) throws(TensorFileError) in
+            if found == nil, let i = chunk.firstIndex(where: { $0 != 0 }) { found = at + i }
+            at += chunk.count
+        }
+        return found
     }
 
     /// `verify()` over a whole file held in memory, given its validated layout.

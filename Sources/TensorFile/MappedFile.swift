@@ -1,3 +1,4 @@
+import CLidbSupport
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -7,35 +8,80 @@ import Darwin
 /// Memory that tensor views point into. Views keep their owner alive, so a view never dangles.
 public protocol ByteOwner: AnyObject, Sendable {}
 
-/// A read-only memory map of a whole file.
+/// A read-only memory map of a whole file. The descriptor stays open so parts of the file can
+/// also be read with bounded I/O (`read(into:at:)`), which reports a file that shrank after it was
+/// opened as an error, where touching the vanished part of the map would raise SIGBUS.
 public final class MappedFile: ByteOwner, @unchecked Sendable {
     public let path: String
     public let bytes: UnsafeRawBufferPointer
     private let base: UnsafeMutableRawPointer?
     private let length: Int
+    private let fd: Int32
+    private let mappingSlot: Int32
 
-    /// Maps `path` read-only. An empty file maps to an empty buffer.
+    /// Maps `path` read-only. An empty file maps to an empty buffer. Anything but a regular file
+    /// (a FIFO, a device, a socket, a folder) is refused before it is read, so it cannot block.
     public init(path: String) throws(TensorFileError) {
         self.path = path
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw TensorFileError(file: path, .io(operation: "open", message: errnoMessage())) }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw TensorFileError(file: path, .io(operation: "stat", message: errnoMessage())) }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { throw TensorFileError(file: path, .notARegularFile) }
+        let (fd, st) = try openRegularFile(path)
         let size = Int(st.st_size)
         length = size
         if size == 0 {
             base = nil
             bytes = UnsafeRawBufferPointer(start: nil, count: 0)
+            self.fd = fd
+            mappingSlot = -1
             return
         }
         guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
-            throw TensorFileError(file: path, .io(operation: "map", message: errnoMessage()))
+            let e = TensorFileError(file: path, .io(operation: "map", message: errnoMessage()))
+            close(fd)
+            throw e
         }
         base = p
         bytes = UnsafeRawBufferPointer(start: p, count: size)
+        self.fd = fd
+        mappingSlot = lidb_cleanup_remember_mapping(p, size, path)
     }
+
+    /// Reads `buffer.count` bytes at `offset` with `pread` (not through the map). A file that is now
+    /// shorter than when it was mapped gives `fileChanged` instead of a bus error.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int) throws(TensorFileError) {
+        var done = 0
+        while done < buffer.count {
+            let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset + done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw TensorFileError(file: path, .io(operation: "read", message: errnoMessage()))
+            }
+            if n == 0 {
+                var st = stat()
+                let now = fstat(fd, &st) == 0 ? UInt64(max(st.st_size, 0)) : UInt64(offset + done)
+                throw TensorFileError(file: path, .fileChanged(openedSize: UInt64(length), currentSize: now))
+            }
+            done += n
+        }
+    }
+
+    /// Calls `body` with consecutive chunks of bytes `range` read with `read(into:at:)` into one
+    /// reused buffer of at most `chunkBytes`.
+    public func readChunks(_ range: Range<Int>, chunkBytes: Int = MappedFile.chunkBytes,
+                           _ body: (UnsafeRawBufferPointer) throws(TensorFileError) -> Void) throws(TensorFileError) {
+        guard !range.isEmpty else { return }
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: min(range.count, max(chunkBytes, 1)), alignment: 64)
+        defer { scratch.deallocate() }
+        var at = range.lowerBound
+        while at < range.upperBound {
+            let m = min(scratch.count, range.upperBound - at)
+            let chunk = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<m])
+            try read(into: chunk, at: at)
+            try body(UnsafeRawBufferPointer(chunk))
+            at += m
+        }
+    }
+
+    /// Chunk size of bounded reads: a multiple of every element size, small enough to stay in cache.
+    public static let chunkBytes = 4 << 20
 
     /// Hints the kernel that the range will be read sequentially soon.
     public func adviseSequential(_ range: Range<Int>) {
@@ -65,7 +111,48 @@ public final class MappedFile: ByteOwner, @unchecked Sendable {
     }
 
     deinit {
+        lidb_cleanup_forget_mapping(mappingSlot)
         if let base { munmap(base, length) }
+        close(fd)
+    }
+}
+
+/// Opens `path` for reading after checking that it is a regular file. The type is checked before
+/// opening (a FIFO would block `open` until a writer appears) and again on the descriptor, which is
+/// opened non-blocking and without becoming a controlling terminal, in case the path changed.
+func openRegularFile(_ path: String) throws(TensorFileError) -> (Int32, stat) {
+    var st = stat()
+    if stat(path, &st) == 0, (st.st_mode & S_IFMT) != S_IFREG {
+        throw TensorFileError(file: path, .notARegularFile(kind: fileTypeName(st.st_mode)))
+    }
+    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
+    guard fd >= 0 else { throw TensorFileError(file: path, .io(operation: "open", message: errnoMessage())) }
+    guard fstat(fd, &st) == 0 else {
+        let e = TensorFileError(file: path, .io(operation: "stat", message: errnoMessage()))
+        close(fd)
+        throw e
+    }
+    guard (st.st_mode & S_IFMT) == S_IFREG else {
+        close(fd)
+        throw TensorFileError(file: path, .notARegularFile(kind: fileTypeName(st.st_mode)))
+    }
+    // Regular files ignore O_NONBLOCK; clear it anyway so the descriptor behaves as usual.
+    let flags = fcntl(fd, F_GETFL)
+    if flags >= 0 { _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) }
+    return (fd, st)
+}
+
+/// "FIFO", "character device", … for messages.
+func fileTypeName(_ mode: mode_t) -> String {
+    switch mode & S_IFMT {
+    case S_IFREG: return "regular file"
+    case S_IFDIR: return "folder"
+    case S_IFIFO: return "FIFO (named pipe)"
+    case S_IFCHR: return "character device"
+    case S_IFBLK: return "block device"
+    case S_IFSOCK: return "socket"
+    case S_IFLNK: return "symbolic link"
+    default: return "special file"
     }
 }
 

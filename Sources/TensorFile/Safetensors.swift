@@ -212,4 +212,12 @@ public final class SafetensorsFile: TensorCollection, @unchecked Sendable {
         let start = layout.dataStart + e.begin
         return TensorBytes(owner: map, bytes: UnsafeRawBufferPointer(rebasing: map.bytes[start..<start + (e.end - e.begin)]))
     }
+
+    /// Reads with bounded I/O (`pread`), not through the map.
+    public func streamTensor(_ name: String, _ body: (UnsafeRawBufferPointer) throws(TensorFileError) -> Void) throws(TensorFileError) {
+        guard let e = entry(name) else { throw TensorFileError(file: path, tensor: name, .tensorNotFound) }
+        let start = layout.dataStart + e.begin
+        if e.end == e.begin { return try body(UnsafeRawBufferPointer(start: nil, count: 0)) }
+        try map.readChunks(start..<start + (e.end - e.begin), body)
+    }
 }

@@ -10,13 +10,35 @@ public protocol TensorCollection: AnyObject {
     var metadataJSON: JSONValue { get }
     /// The bytes of one tensor: a view into the mapped file when stored raw, decoded otherwise.
     func tensorBytes(_ name: String) throws(TensorFileError) -> TensorBytes
+    /// Calls `body` with the tensor's bytes in consecutive chunks of at most
+    /// `MappedFile.chunkBytes` (each a whole number of elements for byte-sized types), for
+    /// streaming copies and conversions. Files read with bounded I/O where they can (a file that
+    /// shrinks meanwhile gives an error, not a bus error), and a `.lidb` tensor's checksum is
+    /// computed over the same chunks: a damaged tensor throws after its last chunk, so whatever
+    /// `body` wrote must be discarded (the atomic writers do).
+    func streamTensor(_ name: String, _ body: (UnsafeRawBufferPointer) throws(TensorFileError) -> Void) throws(TensorFileError)
 }
 
 extension TensorCollection {
     public var totalBytes: UInt64 { tensors.reduce(0) { $0 + UInt64($1.byteCount) } }
+
+    public func streamTensor(_ name: String, _ body: (UnsafeRawBufferPointer) throws(TensorFileError) -> Void) throws(TensorFileError) {
+        try tensorBytes(name).withChunks(body)
+    }
 }
 
 extension TensorBytes {
+    /// Calls `body` with the bytes in consecutive chunks of at most `MappedFile.chunkBytes`.
+    public func withChunks(_ body: (UnsafeRawBufferPointer) throws(TensorFileError) -> Void) throws(TensorFileError) {
+        defer { withExtendedLifetime(owner) {} }
+        var at = 0
+        repeat {
+            let m = min(MappedFile.chunkBytes, bytes.count - at)
+            try body(UnsafeRawBufferPointer(rebasing: bytes[at..<at + m]))
+            at += m
+        } while at < bytes.count
+    }
+
     /// Tells the kernel this process is done with the bytes for now when they are a view into a
     /// mapped file (no effect on owned memory). The view stays valid.
     public func releasePages() {

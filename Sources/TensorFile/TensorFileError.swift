@@ -22,7 +22,19 @@ public struct TensorFileError: Error, Equatable, Sendable, CustomStringConvertib
     public enum Problem: Error, Equatable, Sendable, CustomStringConvertible {
         // I/O
         case io(operation: String, message: String)
-        case notARegularFile
+        /// An input that is a FIFO, a device, a socket or a folder (refused before it is read).
+        case notARegularFile(kind: String)
+        /// The file is shorter than when it was opened: another program truncated or rewrote it.
+        case fileChanged(openedSize: UInt64, currentSize: UInt64)
+        // Outputs (checked before any work, and again when the output is put in place)
+        /// The output path exists and is not a regular file (a device, a FIFO, a socket).
+        case outputNotRegularFile(kind: String)
+        /// The output path names a folder where a file is to be written.
+        case outputIsFolder
+        /// The output is one of the command's inputs (same file, or the same path).
+        case outputIsInput(input: String)
+        /// The output's folder does not exist, is not a folder, or cannot be written.
+        case outputFolderUnusable(folder: String, reason: String)
         // Framing
         case truncated(needed: UInt64, available: UInt64)
         case headerTooLarge(length: UInt64, limit: UInt64)
@@ -86,11 +98,21 @@ public struct TensorFileError: Error, Equatable, Sendable, CustomStringConvertib
         public var description: String {
             switch self {
             case let .io(op, msg): return "cannot \(op): \(msg)"
-            case .notARegularFile: return "not a regular file"
+            case let .notARegularFile(kind): return "is a \(kind), not a regular file"
+            case let .fileChanged(opened, now):
+                return "the file changed while it was being read (\(opened) bytes when opened, \(now) now): another program truncated or rewrote it"
+            case let .outputNotRegularFile(kind):
+                return "the output exists and is a \(kind), not a regular file; refusing to replace it"
+            case .outputIsFolder: return "the output is a folder; give a file name"
+            case let .outputIsInput(input):
+                return "the output is the same file as the input '\(input.debugEscaped)'; refusing to overwrite an input"
+            case let .outputFolderUnusable(folder, reason): return "cannot write into the folder '\(folder.debugEscaped)': \(reason)"
             case let .truncated(needed, available):
                 return "file is truncated: needs \(needed) bytes, has \(available)"
-            case let .headerTooLarge(length, limit):
-                return "header length \(length) exceeds the limit of \(limit) bytes"
+            case let .headerTooLarge(_, limit):
+                // The length itself is not printed: in a file of another kind it is just 8 bytes of
+                // that file's content, which a message should not echo.
+                return "the header length field exceeds the limit of \(limit) bytes (a damaged file, or not one of this format)"
             case let .headerPastEnd(end, size):
                 return "header ends at byte \(end), past the end of the file (\(size) bytes)"
             case .badMagic: return "not a lidb file (bad magic bytes)"
