@@ -56,6 +56,7 @@ struct Convert: ParsableCommand {
     @Option(help: "Base from a single file: a diffusers folder with the model's configs and tokenizer. With --kind hypernetwork: the hypernetwork's hyper.json (spec/hypernetwork.md).") var config: String?
 
     func run() throws {
+        try checkOutput(output, inputs: [input, vae, config])
         if kind == "hypernetwork", let config {
             try convertHypernetwork(input: input, config: config, output: output, dtype: dtype.dtype, zstd: zstd)
             return

@@ -25,6 +25,7 @@ struct Export: ParsableCommand {
     @Option(name: .shortAndLong, help: "Output folder (diffusers) or .safetensors file (single-file).") var output: String
 
     func run() throws {
+        if format == .diffusers { try checkOutputFolder(output, inputs: [base]) } else { try checkOutput(output, inputs: [base]) }
         try reportingErrors {
             let model = try BaseModel(path: base)
             let progress = Progress("exporting")

@@ -44,6 +44,7 @@ struct Generate: ParsableCommand {
     var weights: WeightResidency = .f32
 
     func run() throws {
+        try checkOutput(output, inputs: [model] + subjects.map(\.path))
         try reportingErrors {
             let t0 = Date()
             let base = try BaseModel(path: model)

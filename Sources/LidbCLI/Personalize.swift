@@ -33,6 +33,7 @@ struct Personalize: ParsableCommand {
     @Flag(help: "Print per-stage times as JSON on stdout.") var timings = false
 
     func run() throws {
+        try checkOutput(output, inputs: [hypernet, base, image])
         try reportingErrors { try personalize() }
     }
 

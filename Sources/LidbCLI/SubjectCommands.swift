@@ -31,6 +31,7 @@ struct SubjectImport: ParsableCommand {
     @Option(name: .shortAndLong, help: "Output subject .lidb.") var output: String
 
     func run() throws {
+        try checkOutput(output, inputs: [lora, base])
         try reportingErrors {
             let b = try BaseModel(path: base)
             var (s, report, unknown) = try LoRAInterop.importLoRA(path: lora, base: b, ignoreUnknown: ignoreUnknown)
@@ -64,6 +65,7 @@ struct SubjectExport: ParsableCommand {
     @Option(name: .shortAndLong, help: "Output .safetensors.") var output: String
 
     func run() throws {
+        try checkOutput(output, inputs: [subject])
         try reportingErrors {
             let s = try Subject(path: subject)
             try LoRAInterop.export(s, format: format, to: output)
@@ -109,6 +111,7 @@ struct SubjectInit: ParsableCommand {
     @Option(name: .shortAndLong, help: "Output .lidb file.") var output: String
 
     func run() throws {
+        try checkOutput(output, inputs: [base])
         try reportingErrors {
             guard rank >= 1, downDim >= 1, upDim >= 1 else {
                 throw TensorFileError(file: output, .invalidArgument("--rank, --down-dim and --up-dim must be at least 1"))
@@ -161,6 +164,7 @@ struct Merge: ParsableCommand {
     @Option(name: .shortAndLong, help: "Output base file.") var output: String
 
     func run() throws {
+        try checkOutput(output, inputs: [base] + subjects.map(\.path))
         try reportingErrors {
             let b = try BaseModel(path: base)
             let applied = try subjects.map { (s) throws(TensorFileError) in AppliedSubject(subject: try Subject(path: s.path), weight: s.weight, path: s.path) }
@@ -185,6 +189,7 @@ struct Unmerge: ParsableCommand {
     @Option(help: "The original base, for a bit-exact restore.") var original: String?
 
     func run() throws {
+        try checkOutput(output, inputs: [merged, original] + subjects.map(\.path))
         try reportingErrors {
             let m = try BaseModel(path: merged)
             let applied = try subjects.map { (s) throws(TensorFileError) in AppliedSubject(subject: try Subject(path: s.path), weight: s.weight, path: s.path) }

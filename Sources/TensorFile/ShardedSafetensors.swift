@@ -41,8 +41,21 @@ public final class ShardedSafetensors: TensorCollection, @unchecked Sendable {
                 shardOrder.append(file)
             }
         }
+        // The literal check above cannot see symbolic links: resolve both sides and check again, so
+        // a link inside the folder cannot point a shard at any other file.
+        let resolvedDir = resolvedPath(dir)
         var shards: [SafetensorsFile] = []
-        for f in shardOrder { shards.append(try SafetensorsFile(path: dir + "/" + f)) }
+        for f in shardOrder {
+            let shardPath = dir + "/" + f
+            if let rd = resolvedDir, let rs = resolvedPath(shardPath) {
+                let inside = rd == "/" ? rs.hasPrefix("/") : rs.hasPrefix(rd + "/")
+                guard inside else {
+                    let t = wm.first(where: { $0.1.stringValue == f })?.0
+                    throw fail(.invalidShardIndex("shard path '\(f.debugEscaped)' leaves the index's folder through a symbolic link"), t)
+                }
+            }
+            shards.append(try SafetensorsFile(path: shardPath))
+        }
         self.shards = shards
 
         var loc: [String: (Int, Int)] = [:]
@@ -75,5 +88,10 @@ public final class ShardedSafetensors: TensorCollection, @unchecked Sendable {
     public func tensorBytes(_ name: String) throws(TensorFileError) -> TensorBytes {
         guard let (s, _) = location[name] else { throw TensorFileError(file: path, tensor: name, .tensorNotFound) }
         return try shards[s].tensorBytes(name)
+    }
+
+    public func streamTensor(_ name: String, _ body: (UnsafeRawBufferPointer) throws(TensorFileError) -> Void) throws(TensorFileError) {
+        guard let (s, _) = location[name] else { throw TensorFileError(file: path, tensor: name, .tensorNotFound) }
+        try shards[s].streamTensor(name, body)
     }
 }

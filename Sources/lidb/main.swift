@@ -1,3 +1,3 @@
 import LidbCLI
 
-LidbCommand.main()
+LidbCommand.runMain()
