@@ -5,6 +5,11 @@ import TensorFile
 
 extension TargetSet: ExpressibleByArgument {}
 extension SubjectDType: ExpressibleByArgument {}
+
+/// `--dtype` of `subject import`: the source's precision, or a subject dtype.
+enum ImportDType: String, ExpressibleByArgument, CaseIterable {
+    case keep, f16, f32, bf16, q8
+}
 extension LoRAInterop.Format: ExpressibleByArgument {}
 
 struct SubjectImport: ParsableCommand {
@@ -27,7 +32,7 @@ struct SubjectImport: ParsableCommand {
     @Option(help: "Up basis dimension b (with --project).") var upDim: Int = 50
     @Option(help: "Basis seed (with --project).") var seed: UInt64 = 0
     @Flag(help: "Skip keys that match no layer (listed on stderr).") var ignoreUnknown = false
-    @Option(help: "Element type on disk: f16, f32, bf16, q8.") var dtype: SubjectDType = .f16
+    @Option(help: "Element type on disk: keep (the LoRA's own: f16, bf16, or f32 for anything else), f16, f32, bf16, q8.") var dtype: ImportDType = .keep
     @Option(name: .shortAndLong, help: "Output subject .lidb.") var output: String
 
     func run() throws {
@@ -45,8 +50,20 @@ struct SubjectImport: ParsableCommand {
                 let mean = errors.map(\.1).reduce(0, +) / Double(max(errors.count, 1))
                 print("projection: mean relative error of ΔW \(format1(mean * 100))%, worst \(format1((errors.map(\.1).max() ?? 0) * 100))%")
             }
-            try s.write(to: output, dtype: dtype)
-            print("wrote \(output): subject from \(lora), \(report.layers) layers, rank \(report.rank)" + (project ? ", projected onto LiDB bases (seed \(seed))" : ""))
+            let stored: SubjectDType
+            switch dtype {
+            case .keep: stored = report.keepDType
+            case .f16: stored = .f16
+            case .f32: stored = .f32
+            case .bf16: stored = .bf16
+            case .q8: stored = .q8
+            }
+            let sources = report.sourceDTypes.map(\.name).sorted().joined(separator: "/")
+            if report.isLossy(stored) {
+                printError("lidb: note: \(lora): storing the \(sources) LoRA factors as \(stored.rawValue) rounds them; --dtype keep stores them exactly")
+            }
+            try s.write(to: output, dtype: stored)
+            print("wrote \(output): subject from \(lora), \(report.layers) layers, rank \(report.rank), \(stored.rawValue)" + (project ? ", projected onto LiDB bases (seed \(seed))" : ""))
         }
     }
 }

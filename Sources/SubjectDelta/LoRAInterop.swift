@@ -43,6 +43,24 @@ public enum LoRAInterop {
         public var rank = 0
         /// Relative Frobenius error of ΔW per layer, when projected onto LiDB bases.
         public var projectionErrors: [(String, Double)] = []
+        /// Element types of the LoRA factors in the source file.
+        public var sourceDTypes: Set<DType> = []
+        /// The subject dtype that keeps the factors exactly (`f32` for anything but a single
+        /// F16 or BF16 type).
+        public var keepDType: SubjectDType {
+            if sourceDTypes == [.F16] { return .f16 }
+            if sourceDTypes == [.BF16] { return .bf16 }
+            return .f32
+        }
+        /// Whether storing the factors as `dtype` rounds them.
+        public func isLossy(_ dtype: SubjectDType) -> Bool {
+            switch dtype {
+            case .f32: return !sourceDTypes.isSubset(of: [.F32, .F16, .BF16])
+            case .f16: return !sourceDTypes.isSubset(of: [.F16])
+            case .bf16: return !sourceDTypes.isSubset(of: [.BF16])
+            case .q8: return true
+            }
+        }
     }
 
     /// Reads a LoRA file into a subject with LoRA terms bound to `base`. Keys that match no target
@@ -99,6 +117,8 @@ public enum LoRAInterop {
                 throw fail("rank \(r) is outside 1 … min(out, in, \(SubjectLimits.maxRank)) for layer \(t.name) [\(t.out), \(t.inDim)]", dn)
             }
             let down = try floats(file, dn), up = try floats(file, un)
+            report.sourceDTypes.insert(di.dtype)
+            report.sourceDTypes.insert(ui.dtype)
             var alpha = Double(r)
             if let an = p.alpha {
                 let a = try floats(file, an)

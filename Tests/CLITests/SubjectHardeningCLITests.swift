@@ -221,4 +221,40 @@ func runMeasured(_ args: [String]) throws -> (CLI.Result, Int?) {
         r = try CLI.run(["unmerge", s.file("hr.lidb"), hp + ":0.8", "--original", base, "--reapply", rp + ":0.5", "-o", s.file("w.lidb")])
         expectOneLineRefusal(r, naming: ["--reapply"], output: s.file("w.lidb"))
     }
+
+    /// Item 16: `subject import` keeps the LoRA's precision by default and says when a chosen
+    /// dtype rounds the factors.
+    @Test func importKeepsThePrecisionByDefault() throws {
+        let s = Scratch()
+        let base = try base(s)
+        let b = try LidbFile(path: base)
+        let t = b.tensors.first { $0.name.hasSuffix("attn1.to_q.weight") && $0.name.hasPrefix("unet.") }!
+        let layer = String(t.name.dropLast(".weight".count))
+        let (out, inDim) = (t.shape[0], t.shape[1])
+        // Values that F16 cannot hold exactly.
+        let down = (0..<(2 * inDim)).map { Float($0 + 1) * 0.0123457 }, up = (0..<(out * 2)).map { Float($0 + 1) * -0.000987654 }
+        try SafetensorsWriter.write(to: s.file("lora.safetensors"), tensors: [
+            .array(TensorInfo(name: layer + ".lora_A.weight", dtype: .F32, shape: [2, inDim]), f32Data(down)),
+            .array(TensorInfo(name: layer + ".lora_B.weight", dtype: .F32, shape: [out, 2]), f32Data(up)),
+        ], metadata: nil)
+        var r = try CLI.run(["subject", "import", s.file("lora.safetensors"), "--base", base, "-o", s.file("keep.lidb")])
+        #expect(r.status == 0 && r.stdout.contains("f32") && !r.stderr.contains("note"), "\(r.stdout) \(r.stderr)")
+        let keep = try LidbFile(path: s.file("keep.lidb"))
+        #expect(keep.metadata["dtype"]?.stringValue == "f32")
+        #expect(try keep.tensorBytes("lora.\(layer).down").array == f32Data(down))
+        #expect(try keep.tensorBytes("lora.\(layer).up").array == f32Data(up))
+        r = try CLI.run(["subject", "import", s.file("lora.safetensors"), "--base", base, "--dtype", "f16", "-o", s.file("f16.lidb")])
+        #expect(r.status == 0 && r.stderr.contains("note:") && r.stderr.contains("F32 LoRA factors as f16 rounds them"), "\(r.stderr)")
+        // An F16 LoRA is kept as f16, without a note.
+        let h16 = { (v: [Float]) -> [UInt8] in v.flatMap { x -> [UInt8] in let h = Float16(x).bitPattern; return [UInt8(h & 0xFF), UInt8(h >> 8)] } }
+        try SafetensorsWriter.write(to: s.file("lora16.safetensors"), tensors: [
+            .array(TensorInfo(name: layer + ".lora_A.weight", dtype: .F16, shape: [2, inDim]), h16(down)),
+            .array(TensorInfo(name: layer + ".lora_B.weight", dtype: .F16, shape: [out, 2]), h16(up)),
+        ], metadata: nil)
+        r = try CLI.run(["subject", "import", s.file("lora16.safetensors"), "--base", base, "-o", s.file("k16.lidb")])
+        #expect(r.status == 0 && !r.stderr.contains("note"), "\(r.stderr)")
+        let k16 = try LidbFile(path: s.file("k16.lidb"))
+        #expect(k16.metadata["dtype"]?.stringValue == "f16")
+        #expect(try k16.tensorBytes("lora.\(layer).down").array == h16(down))
+    }
 }
