@@ -204,7 +204,8 @@ class CrossTests(unittest.TestCase):
             for comp in ("unet", "text_encoder"):
                 for k, v in b.state_dict(comp).items():
                     shapes[f"{comp}.{k}"] = v.shape
-        names = [n[:-len(".weight")] for n in sorted(shapes) if n.endswith((".to_q.weight", ".to_v.weight", ".fc1.weight"))]
+        # layers in the base's tensor order (spec/subject.md §2; Swift refuses another order)
+        names = [n[:-len(".weight")] for n in shapes if n.endswith((".to_q.weight", ".to_v.weight", ".fc1.weight"))]
         rng = np.random.default_rng(5)
         for dtype, stored in (("f16", False), ("q8", False), ("bf16", True), ("f32", False)):
             with self.subTest(dtype=dtype, stored=stored):
