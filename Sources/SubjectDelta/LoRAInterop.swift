@@ -222,7 +222,7 @@ public enum LoRAInterop {
         try MemoryBudget.check(exportMemory(subject), for: "exporting \(subject.layers.count) layer(s)", file: subject.label)
         var sources: [TensorSource] = []
         for l in subject.layers {
-            let f = try subject.lowRankFactors(l, cache: BasisCache())
+            let f = try subject.lowRankFactors(l, cache: cache)
             let t = l.target
             let downName: String, upName: String
             var alphaName: String? = nil
@@ -244,8 +244,8 @@ public enum LoRAInterop {
 }
 
 /// Bytes `export` allocates for `subject`, from the layer table alone: every layer's output
-/// factors (`[R, in]` and `[out, R]` in f32, kept until the file is written) plus, for the largest
-/// layer, the transient bases (binary64 while generated, then f32) and products. nil on overflow.
+/// factors (`[R, in]` and `[out, R]` in f32, kept until the file is written) and f32 bases (kept in
+/// the cache) plus, for the largest layer, the transient binary64 bases and products. nil on overflow.
 func exportMemory(_ subject: Subject) -> UInt64? {
     var total = CheckedSize(), peak: UInt64 = 0
     for l in subject.layers {
@@ -253,11 +253,12 @@ func exportMemory(_ subject: Subject) -> UInt64? {
         let r = (l.lidb?.rank ?? 0) + (l.lora?.rank ?? 0)
         var layer = CheckedSize()
         layer.add(CheckedSize.product(8, r, inDim)); layer.add(CheckedSize.product(8, out, r))   // factors and their bytes
-        total.add(layer.value)
         var transient = CheckedSize()
         if let t = l.lidb {
-            transient.add(CheckedSize.product(12, t.a, inDim)); transient.add(CheckedSize.product(12, out, t.b))   // bases: f64 + f32
+            layer.add(CheckedSize.product(4, t.a, inDim)); layer.add(CheckedSize.product(4, out, t.b))           // cached f32 bases
+            transient.add(CheckedSize.product(8, t.a, inDim)); transient.add(CheckedSize.product(8, out, t.b))   // binary64 while generated
         }
+        total.add(layer.value)
         transient.add(CheckedSize.product(8, r, inDim)); transient.add(CheckedSize.product(8, out, r))           // U, D and their concatenation
         guard let tv = transient.value else { return nil }
         peak = max(peak, tv)

@@ -153,9 +153,9 @@ extension Subject {
             throw TensorFileError(file: label, tensor: layer.target.name, .invalidArgument(
                 "ΔW at weight \(weight) could reach \(bound), beyond the range of 32-bit floats (factors, alpha or q8 scales too large)"))
         }
+        try Self.checkShape(out: out, in: inDim, layer: layer.target.name, file: label)
         var ups: [[Float]] = [], downs: [[Float]] = [], ranks: [Int] = []
         if let t = layer.lidb {
-            try Self.checkShape(out: out, in: inDim, layer: layer.target.name, file: label)
             try Self.checkLiDB(rank: t.rank, a: t.a, b: t.b, alpha: Double(t.alpha), out: out, in: inDim, layer: layer.target.name, file: label)
             let (downAux, upAux): ([Float], [Float])
             switch basis {
@@ -174,6 +174,7 @@ extension Subject {
             ups.append(u); downs.append(d); ranks.append(t.rank)
         }
         if let t = layer.lora {
+            try Self.checkLoRA(rank: t.rank, alpha: Double(t.alpha), out: out, in: inDim, layer: layer.target.name, file: label)
             guard t.down.count == t.rank * inDim, t.up.count == out * t.rank else {
                 throw TensorFileError(file: label, tensor: layer.target.name, .invalidArgument("lora factor sizes do not match the layer"))
             }

@@ -155,7 +155,7 @@ extension Subject {
         var names = Set<String>()
         func int(_ v: JSONValue?, _ field: String) throws(TensorFileError) -> Int {
             guard let v else { throw TensorFileError(file: path, .missingField(field)) }
-            guard let x = v.int64Value, x >= Int64(Int.min), x <= Int64(Int.max) else { throw wrong(field, "an integer") }
+            guard let x = v.int64Value else { throw wrong(field, "an integer") }
             return Int(x)
         }
         func number(_ v: JSONValue?, _ field: String) throws(TensorFileError) -> Double {
