@@ -84,6 +84,52 @@ class Subject:
         return targets_fingerprint([(l.name, l.out, l.in_) for l in self.layers])
 
     @property
+    def delta_fingerprint(self) -> str:
+        """SHA-256 (hex) of the delta's content (spec/subject.md, "Delta fingerprint"): what a
+        merged base records to recognise the subject when unmerging."""
+        h = hashlib.sha256()
+
+        def text(v):
+            h.update(str(v).encode("utf-8") + b"\x00")
+
+        def floats(v):
+            a = np.ascontiguousarray(np.asarray(v, np.float32).reshape(-1), dtype="<f4")
+            text(a.size)
+            h.update(a.tobytes())
+
+        text("lidb-delta-1")
+        text(self.architecture)
+        if self.seed is None:
+            text("stored")
+        else:
+            text("seed")
+            text(int(self.seed))
+        text(len(self.layers))
+        for l in self.layers:
+            text(l.name)
+            text(l.out)
+            text(l.in_)
+            if l.lidb:
+                t = l.lidb
+                for v in ("lidb", t.rank, t.a, t.b):
+                    text(v)
+                floats([t.alpha])
+                floats(t.down_train)
+                floats(t.up_train)
+                if self.seed is None:
+                    d, u = self.stored_bases[l.name]
+                    floats(d)
+                    floats(u)
+            if l.lora:
+                t = l.lora
+                text("lora")
+                text(t.rank)
+                floats([t.alpha])
+                floats(t.down)
+                floats(t.up)
+        return h.hexdigest()
+
+    @property
     def trained_parameters(self) -> int:
         n = 0
         for l in self.layers:
