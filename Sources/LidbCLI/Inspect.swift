@@ -1,5 +1,6 @@
 import ArgumentParser
 import Checkpoint
+import SubjectDelta
 import TensorFile
 
 struct Inspect: ParsableCommand {
@@ -21,6 +22,8 @@ struct Inspect: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let c: TensorCollection = isDiffusersFolder(path) ? try DiffusersCollection(path: path) : try openTensorCollection(path)
+            // A subject is shown only when it is valid (spec/subject.md §4: readers refuse the rest).
+            if let l = c as? LidbFile, l.kind == "subject" { _ = try Subject(file: l) }
             if json { print(inspectJSON(c).serializedString) } else { print(inspectText(c, all: all), terminator: "") }
         }
     }

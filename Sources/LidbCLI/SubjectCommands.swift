@@ -5,6 +5,11 @@ import TensorFile
 
 extension TargetSet: ExpressibleByArgument {}
 extension SubjectDType: ExpressibleByArgument {}
+
+/// `--dtype` of `subject import`: the source's precision, or a subject dtype.
+enum ImportDType: String, ExpressibleByArgument, CaseIterable {
+    case keep, f16, f32, bf16, q8
+}
 extension LoRAInterop.Format: ExpressibleByArgument {}
 
 struct SubjectImport: ParsableCommand {
@@ -27,12 +32,15 @@ struct SubjectImport: ParsableCommand {
     @Option(help: "Up basis dimension b (with --project).") var upDim: Int = 50
     @Option(help: "Basis seed (with --project).") var seed: UInt64 = 0
     @Flag(help: "Skip keys that match no layer (listed on stderr).") var ignoreUnknown = false
-    @Option(help: "Element type on disk: f16, f32, bf16, q8.") var dtype: SubjectDType = .f16
+    @Option(help: "Element type on disk: keep (the LoRA's own: f16, bf16, or f32 for anything else), f16, f32, bf16, q8.") var dtype: ImportDType = .keep
     @Option(name: .shortAndLong, help: "Output subject .lidb.") var output: String
 
     func run() throws {
         try checkOutput(output, inputs: [lora, base])
         try reportingErrors {
+            guard downDim >= 1, upDim >= 1, downDim <= SubjectLimits.maxBasisDimension, upDim <= SubjectLimits.maxBasisDimension else {
+                throw TensorFileError(file: output, .invalidArgument("--down-dim and --up-dim must be 1 … \(SubjectLimits.maxBasisDimension)"))
+            }
             let b = try BaseModel(path: base)
             var (s, report, unknown) = try LoRAInterop.importLoRA(path: lora, base: b, ignoreUnknown: ignoreUnknown)
             if !unknown.isEmpty { printError("lidb: warning: \(lora): skipped \(unknown.count) key(s) matching no layer: " + unknown.prefix(8).joined(separator: ", ")) }
@@ -43,8 +51,20 @@ struct SubjectImport: ParsableCommand {
                 let mean = errors.map(\.1).reduce(0, +) / Double(max(errors.count, 1))
                 print("projection: mean relative error of ΔW \(format1(mean * 100))%, worst \(format1((errors.map(\.1).max() ?? 0) * 100))%")
             }
-            try s.write(to: output, dtype: dtype)
-            print("wrote \(output): subject from \(lora), \(report.layers) layers, rank \(report.rank)" + (project ? ", projected onto LiDB bases (seed \(seed))" : ""))
+            let stored: SubjectDType
+            switch dtype {
+            case .keep: stored = report.keepDType
+            case .f16: stored = .f16
+            case .f32: stored = .f32
+            case .bf16: stored = .bf16
+            case .q8: stored = .q8
+            }
+            let sources = report.sourceDTypes.map(\.name).sorted().joined(separator: "/")
+            if report.isLossy(stored) {
+                printError("lidb: note: \(lora): storing the \(sources) LoRA factors as \(stored.rawValue) rounds them; --dtype keep stores them exactly")
+            }
+            try s.write(to: output, dtype: stored)
+            print("wrote \(output): subject from \(lora), \(report.layers) layers, rank \(report.rank), \(stored.rawValue)" + (project ? ", projected onto LiDB bases (seed \(seed))" : ""))
         }
     }
 }
@@ -113,9 +133,13 @@ struct SubjectInit: ParsableCommand {
     func run() throws {
         try checkOutput(output, inputs: [base])
         try reportingErrors {
-            guard rank >= 1, downDim >= 1, upDim >= 1 else {
-                throw TensorFileError(file: output, .invalidArgument("--rank, --down-dim and --up-dim must be at least 1"))
+            guard rank >= 1, downDim >= 1, upDim >= 1, rank <= SubjectLimits.maxRank,
+                  downDim <= SubjectLimits.maxBasisDimension, upDim <= SubjectLimits.maxBasisDimension else {
+                throw TensorFileError(file: output, .invalidArgument(
+                    "--rank must be 1 … \(SubjectLimits.maxRank), --down-dim and --up-dim 1 … \(SubjectLimits.maxBasisDimension)"))
             }
+            if let alpha, !alpha.isFinite { throw TensorFileError(file: output, .invalidArgument("--alpha must be finite")) }
+            guard std.isFinite, std >= 0 else { throw TensorFileError(file: output, .invalidArgument("--std must be finite and ≥ 0")) }
             let b = try BaseModel(path: base)
             let layers = targets.layers(in: b.file.tensors)
             guard !layers.isEmpty else { throw TensorFileError(file: base, .invalidArgument("the base has no layers of target set \(targets.rawValue)")) }
@@ -134,18 +158,37 @@ struct SubjectInit: ParsableCommand {
     }
 }
 
-/// `PATH[:WEIGHT]`.
+/// `PATH[:WEIGHT]`: a suffix after the last colon that reads as a number is the weight; its
+/// range is checked when the subject is used (`SubjectWeight`).
 struct SubjectArgument: ExpressibleByArgument {
     var path: String
     var weight: Float
+    /// The weight as typed (nil when none was given).
+    var weightText: String?
     init?(argument: String) {
-        if let colon = argument.lastIndex(of: ":"), let w = Float(argument[argument.index(after: colon)...]) {
+        if let colon = argument.lastIndex(of: ":"), let w = Double(argument[argument.index(after: colon)...]) {
             path = String(argument[..<colon])
-            weight = w
+            weight = Float(w)
+            weightText = String(argument[argument.index(after: colon)...])
         } else {
             path = argument
             weight = 1
         }
+    }
+
+    /// The weight after checking it is finite and within ±100, naming the file when it is not.
+    func validatedWeight() throws(TensorFileError) -> Float {
+        guard let weightText, let w = Double(weightText) else { return weight }
+        return try SubjectWeight.validated(w, file: path, text: weightText)
+    }
+
+    /// Reads the subject and checks the weight.
+    func applied() throws(TensorFileError) -> AppliedSubject {
+        let w = try validatedWeight()
+        let s = try Subject(path: path)
+        let a = AppliedSubject(subject: s, weight: w, path: path)
+        try a.validate()
+        return a
     }
 }
 
@@ -153,10 +196,11 @@ struct Merge: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Add subjects' ΔW to a base's weights.",
         discussion: """
-        Each SUBJECT may carry a weight (SUBJECT.lidb:0.8). ΔW is computed and added in f32 and \
-        the result stored in the base's element type; the output's metadata records what was \
-        merged (and the original's fingerprints), so `lidb unmerge` can take it back out. A subject \
-        made for another layer table is refused with the layers that differ.
+        Each SUBJECT may carry a weight (SUBJECT.lidb:0.8; finite, within ±100). For each touched \
+        weight, every subject's ΔW is computed in f32, summed and added to the weight with a single \
+        rounding to the base's element type; the output's metadata records what was merged (and the \
+        original's fingerprints), so `lidb unmerge` can take it back out. A subject made for another \
+        layer table, or whose ΔW would not be finite, is refused.
         """
     )
     @Argument(help: "The base.") var base: String
@@ -166,8 +210,8 @@ struct Merge: ParsableCommand {
     func run() throws {
         try checkOutput(output, inputs: [base] + subjects.map(\.path))
         try reportingErrors {
+            let applied = try subjects.map { (s) throws(TensorFileError) in try s.applied() }
             let b = try BaseModel(path: base)
-            let applied = try subjects.map { (s) throws(TensorFileError) in AppliedSubject(subject: try Subject(path: s.path), weight: s.weight, path: s.path) }
             let summary = try Merger.merge(base: b, subjects: applied, to: output)
             print("wrote \(output): \(subjects.count) subject(s) merged into \(summary.touchedLayers) layers")
         }
@@ -179,24 +223,48 @@ struct Unmerge: ParsableCommand {
         abstract: "Take merged subjects back out of a base.",
         discussion: """
         With --original (the base before merging) the touched weights are copied back: the result \
-        is bit-identical to the original. Without it, ΔW is subtracted in f32 and rounded to the \
-        base's type; the largest possible deviation from the original is reported.
+        is bit-identical to the original. Subjects that stay merged would be undone by that copy on \
+        the layers they share, so each of them must be given with --reapply (its recorded weight is \
+        used): they are added again on the restored weights in the order they were merged, and the \
+        result is bit-identical to merging only them into the original. Without --original, ΔW is \
+        subtracted in f32 and rounded to the base's type; the largest possible deviation from the \
+        original is reported.
         """
     )
     @Argument(help: "The merged base.") var merged: String
     @Argument(help: "The subjects to remove, with the weights they were merged with.") var subjects: [SubjectArgument]
     @Option(name: .shortAndLong, help: "Output base file.") var output: String
     @Option(help: "The original base, for a bit-exact restore.") var original: String?
+    @Option(help: "A subject that stays merged, to re-apply after restoring from --original (repeatable).") var reapply: [SubjectArgument] = []
 
     func run() throws {
         try checkOutput(output, inputs: [merged, original] + subjects.map(\.path))
         try reportingErrors {
+            let removed = try subjects.map { (s) throws(TensorFileError) in try s.applied() }
             let m = try BaseModel(path: merged)
-            let applied = try subjects.map { (s) throws(TensorFileError) in AppliedSubject(subject: try Subject(path: s.path), weight: s.weight, path: s.path) }
+            var records = m.metadata["merged"]?.arrayValue ?? []
+            let again = try reapply.map { (s) throws(TensorFileError) -> AppliedSubject in
+                let subject = try Subject(path: s.path)
+                var w = try s.validatedWeight()
+                if s.weightText == nil {
+                    // The weight it was merged with.
+                    let fp = subject.deltaFingerprint, table = subject.targetLayers.tableFingerprint
+                    if let i = records.firstIndex(where: { $0["delta_fingerprint"]?.stringValue == fp })
+                        ?? records.firstIndex(where: { $0["delta_fingerprint"] == nil && $0["targets_fingerprint"]?.stringValue == table }),
+                       let rw = records[i]["weight"]?.doubleValue {
+                        w = try SubjectWeight.validated(rw, file: merged)
+                        records.remove(at: i)
+                    }
+                }
+                let a = AppliedSubject(subject: subject, weight: w, path: s.path)
+                try a.validate()
+                return a
+            }
             let o = try original.map { (p) throws(TensorFileError) in try BaseModel(path: p) }
-            let summary = try Merger.unmerge(merged: m, subjects: applied, original: o, to: output)
-            if summary.restored {
-                print("wrote \(output): \(summary.touchedLayers) layers restored from \(original!) (bit-exact)")
+            let summary = try Merger.unmerge(merged: m, subjects: removed, original: o, reapply: again, to: output)
+            if let original, summary.restored {
+                let re = summary.reapplied > 0 ? ", \(summary.reapplied) remaining subject(s) re-applied on shared layers" : ""
+                print("wrote \(output): \(summary.touchedLayers) layers restored from \(original) (bit-exact)\(re)")
             } else {
                 print("wrote \(output): \(summary.touchedLayers) layers, subtracted; deviation from the original ≤ \(summary.deviationBound ?? 0)")
             }

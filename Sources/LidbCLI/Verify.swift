@@ -1,4 +1,5 @@
 import ArgumentParser
+import SubjectDelta
 import TensorFile
 
 struct Verify: ParsableCommand {
@@ -6,7 +7,8 @@ struct Verify: ParsableCommand {
         abstract: "Check a file's integrity.",
         discussion: """
         For .lidb: the header checksum, every tensor's CRC-32C, that compressed tensors decode to \
-        their declared size, and that all padding is zero. For safetensors (which has no \
+        their declared size, and that all padding is zero; a subject is also checked against \
+        spec/subject.md (targets fingerprint, tensor sizes, finite values). For safetensors (which has no \
         checksums): the full structural validation. Exit 0 when intact, 1 when damaged (each damaged \
         tensor or the header is named on stderr), 2 when the file cannot be read at all.
         """
@@ -30,9 +32,13 @@ struct Verify: ParsableCommand {
             }
         }
         if let l = c as? LidbFile {
-            let problems = l.verify()
+            var problems = l.verify()
+            if problems.isEmpty && l.kind == "subject" {
+                // Intact bytes, but a subject must also satisfy spec/subject.md §4 (fingerprint, sizes, values).
+                do { _ = try Subject(file: l) } catch { problems.append(error) }
+            }
             if problems.isEmpty {
-                print("\(path): OK (lidb \(l.layout.major).\(l.layout.minor), \(l.kind), \(l.tensors.count) tensors, header and \(l.tensors.count) tensor checksums verified)")
+                print("\(path): OK (lidb \(l.layout.major).\(l.layout.minor), \(l.kind), \(l.tensors.count) tensors, header and \(l.tensors.count) tensor checksums verified\(l.kind == "subject" ? ", valid subject" : ""))")
             } else {
                 for p in problems { printError("lidb: damaged: \(p.description)") }
                 printError("lidb: \(path): \(problems.count) damaged part(s)")

@@ -50,7 +50,10 @@ public enum Basis {
 
     /// `count` orthonormal vectors of length `n`, row-major, in binary64.
     public static func orthonormal(key k: UInt64, count: Int, n: Int) throws(BasisError) -> [Double] {
-        precondition(count >= 1 && count <= n)
+        guard count >= 1, n >= 1, count <= n else { throw .invalidSize("needs 1 ≤ count ≤ n, got count \(count), n \(n)") }
+        guard n <= SubjectLimits.maxDimension, count <= SubjectLimits.maxBasisDimension else {
+            throw .invalidSize("count \(count), n \(n) exceed the limits (n ≤ \(SubjectLimits.maxDimension), count ≤ \(SubjectLimits.maxBasisDimension))")
+        }
         var q = [Double](repeating: 0, count: count * n)
         var v = [Double](repeating: 0, count: n)
         try q.withUnsafeMutableBufferPointer { (qb) throws(BasisError) in
@@ -93,6 +96,7 @@ public enum Basis {
     /// The bases of one layer, rounded to binary32: `down` is `[a', in]` (rows orthonormal), `up`
     /// is `[out, b']` (columns orthonormal), with `a' = min(a, in)`, `b' = min(b, out)`.
     public static func layer(seed: UInt64, name: String, out: Int, in inDim: Int, a: Int, b: Int) throws(BasisError) -> (down: [Float], up: [Float], a: Int, b: Int) {
+        guard out >= 1, inDim >= 1, a >= 1, b >= 1 else { throw .invalidSize("layer [\(out), \(inDim)] with a \(a), b \(b): all must be at least 1") }
         let a2 = min(a, inDim), b2 = min(b, out)
         let d = try orthonormal(key: key(seed: seed, layer: name, role: "down"), count: a2, n: inDim)
         let u = try orthonormal(key: key(seed: seed, layer: name, role: "up"), count: b2, n: out)
@@ -105,5 +109,12 @@ public enum Basis {
 
 public enum BasisError: Error, Equatable, CustomStringConvertible {
     case degenerate(row: Int)
-    public var description: String { "degenerate basis at vector \(self)" }
+    /// Dimensions outside 1 ≤ count ≤ n or beyond `SubjectLimits`.
+    case invalidSize(String)
+    public var description: String {
+        switch self {
+        case let .degenerate(row): return "degenerate basis at vector \(row)"
+        case let .invalidSize(m): return "basis size: \(m)"
+        }
+    }
 }

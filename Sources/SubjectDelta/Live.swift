@@ -37,6 +37,7 @@ public final class LiveDelta: @unchecked Sendable {
         var next: [String: [Term]] = [:]
         var nextShapes: [String: (Int, Int)] = [:]
         for s in subjects {
+            try s.validate()
             try s.subject.check(against: base, subjectPath: s.path)
             for l in s.subject.layers {
                 let w = l.target.weightName
@@ -44,7 +45,7 @@ public final class LiveDelta: @unchecked Sendable {
                 if let t = l.lidb {
                     let (d, u): ([Float], [Float])
                     switch s.subject.basis {
-                    case let .seed(seed): (d, u) = try cache.bases(seed: seed, layer: l.target, a: t.a, b: t.b)
+                    case let .seed(seed): (d, u) = try cache.bases(seed: seed, layer: l.target, a: t.a, b: t.b, file: s.path)
                     case let .stored(m):
                         guard let sb = m[l.target.name] else { throw TensorFileError(file: s.path, tensor: l.target.name, .invalidArgument("no stored basis")) }
                         (d, u) = (sb.down, sb.up)
@@ -117,25 +118,28 @@ public final class MergedWeights: @unchecked Sendable {
     }
 
     /// Adds (`sign` +1) or subtracts (−1) the subjects' ΔW in place, layers in parallel on all cores.
+    /// All subjects' terms of a layer are added together with one rounding (as `lidb merge` does).
     public func apply(_ subjects: [AppliedSubject], sign: Float = 1, cache: BasisCache) throws(TensorFileError) {
-        var jobs: [(FloatBuffer, [Float], [Float], Int, Int, Int)] = []
+        for s in subjects { try s.validate() }
+        var jobs: [String: [LowRankDelta]] = [:]
+        var order: [String] = []
         for s in subjects {
-            for l in s.subject.layers {
-                guard let w = weights[l.target.weightName] else { continue }
-                let f = try s.subject.lowRankFactors(l, weight: s.weight, cache: cache)
-                jobs.append((w, f.up, f.down, l.target.out, l.target.inDim, f.rank))
+            var subject = s.subject
+            if subject.source.isEmpty { subject.source = s.path }
+            for l in subject.layers {
+                guard let w = weights[l.target.weightName], w.count == l.target.out * l.target.inDim else { continue }
+                let f = try subject.lowRankFactors(l, weight: s.weight, cache: cache)
+                if jobs[l.target.weightName] == nil { order.append(l.target.weightName) }
+                jobs[l.target.weightName, default: []].append(f)
             }
         }
-        // Terms of one layer must not run concurrently: group by buffer.
-        var groups: [ObjectIdentifier: [Int]] = [:]
-        for (i, j) in jobs.enumerated() { groups[ObjectIdentifier(j.0), default: []].append(i) }
-        let batches = Array(groups.values)
-        let all = jobs
-        DispatchQueue.concurrentPerform(iterations: batches.count) { k in
-            for i in batches[k] {
-                let (w, up, down, out, inDim, rank) = all[i]
-                addLowRankUpdate(up, down, out: out, in: inDim, rank: rank, into: w.pointer.baseAddress!, sign: sign)
-            }
+        let all = order.compactMap { n -> (FloatBuffer, [LowRankDelta], (Int, Int))? in
+            guard let w = weights[n], let t = jobs[n], let sh = shapes[n] else { return nil }
+            return (w, t, sh)
+        }
+        DispatchQueue.concurrentPerform(iterations: all.count) { k in
+            let (w, terms, shape) = all[k]
+            addLowRankTerms(terms, out: shape.0, in: shape.1, into: w.pointer.baseAddress!, sign: sign)
         }
     }
 

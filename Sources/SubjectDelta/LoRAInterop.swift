@@ -43,6 +43,24 @@ public enum LoRAInterop {
         public var rank = 0
         /// Relative Frobenius error of ΔW per layer, when projected onto LiDB bases.
         public var projectionErrors: [(String, Double)] = []
+        /// Element types of the LoRA factors in the source file.
+        public var sourceDTypes: Set<DType> = []
+        /// The subject dtype that keeps the factors exactly (`f32` for anything but a single
+        /// F16 or BF16 type).
+        public var keepDType: SubjectDType {
+            if sourceDTypes == [.F16] { return .f16 }
+            if sourceDTypes == [.BF16] { return .bf16 }
+            return .f32
+        }
+        /// Whether storing the factors as `dtype` rounds them.
+        public func isLossy(_ dtype: SubjectDType) -> Bool {
+            switch dtype {
+            case .f32: return !sourceDTypes.isSubset(of: [.F32, .F16, .BF16])
+            case .f16: return !sourceDTypes.isSubset(of: [.F16])
+            case .bf16: return !sourceDTypes.isSubset(of: [.BF16])
+            case .q8: return true
+            }
+        }
     }
 
     /// Reads a LoRA file into a subject with LoRA terms bound to `base`. Keys that match no target
@@ -83,15 +101,24 @@ public enum LoRAInterop {
         }
         var layers: [SubjectLayer] = []
         var report = ImportReport()
-        for t in allTargets {
+        // Layers in the base's tensor order (spec/subject.md §2).
+        var baseOrder: [String: Int] = [:]
+        for (i, t) in base.file.tensors.enumerated() { baseOrder[t.name] = i }
+        let ordered = allTargets.sorted { (baseOrder[$0.weightName] ?? Int.max) < (baseOrder[$1.weightName] ?? Int.max) }
+        for t in ordered {
             guard let p = parts[t.name] else { continue }
             guard let dn = p.down, let un = p.up else { throw fail("layer \(t.name) has only one of its two factors") }
-            let down = try floats(file, dn), up = try floats(file, un)
             guard let di = file.tensors.first(where: { $0.name == dn }), let ui = file.tensors.first(where: { $0.name == un }),
                   di.shape.count == 2, ui.shape.count == 2, di.shape[1] == t.inDim, ui.shape[0] == t.out, di.shape[0] == ui.shape[1] else {
                 throw fail("factor shapes do not fit layer \(t.name) [\(t.out), \(t.inDim)]", dn)
             }
             let r = di.shape[0]
+            guard r >= 1, r <= min(t.out, t.inDim, SubjectLimits.maxRank) else {
+                throw fail("rank \(r) is outside 1 … min(out, in, \(SubjectLimits.maxRank)) for layer \(t.name) [\(t.out), \(t.inDim)]", dn)
+            }
+            let down = try floats(file, dn), up = try floats(file, un)
+            report.sourceDTypes.insert(di.dtype)
+            report.sourceDTypes.insert(ui.dtype)
             var alpha = Double(r)
             if let an = p.alpha {
                 let a = try floats(file, an)
@@ -103,6 +130,7 @@ public enum LoRAInterop {
                 if let pr = peftRank[comp], pr != r { throw fail("adapter metadata says rank \(pr), the factors have rank \(r)", dn) }
                 if rsLoRA[comp] == true { alpha = alpha * Double(r).squareRoot() }   // rsLoRA scales by alpha/√r
             }
+            try Subject.checkLoRA(rank: r, alpha: alpha, out: t.out, in: t.inDim, layer: t.name, file: path)
             layers.append(SubjectLayer(target: t, lidb: nil, lora: LoRATerm(rank: r, alpha: Float(alpha), down: down, up: up)))
             report.rank = max(report.rank, r)
         }
@@ -131,6 +159,9 @@ public enum LoRAInterop {
         let b = try c.tensorBytes(name)
         var out = [Float](repeating: 0, count: info.elementCount)
         out.withUnsafeMutableBytes { _ = DTypeConversion.convert(b.bytes, from: info.dtype, into: $0, to: .F32, count: info.elementCount) }
+        guard out.allSatisfy(\.isFinite) else {
+            throw TensorFileError(file: c.path, tensor: name, .invalidArgument("values must be finite in 32-bit floats (found NaN, infinity or a value beyond the F32 range)"))
+        }
         return out
     }
 
@@ -138,8 +169,8 @@ public enum LoRAInterop {
     /// dimensions (`down_train = A·down_auxᵀ`, `up_train = up_auxᵀ·B`), reporting the relative
     /// Frobenius error of ΔW per layer.
     public static func project(_ subject: Subject, seed: UInt64, a: Int, b: Int, cache: BasisCache = BasisCache()) throws(TensorFileError) -> (Subject, [(String, Double)]) {
-        guard a >= 1, b >= 1 else {
-            throw TensorFileError(file: "projection", .invalidArgument("basis dimensions must be at least 1 (got a = \(a), b = \(b))"))
+        guard a >= 1, b >= 1, a <= SubjectLimits.maxBasisDimension, b <= SubjectLimits.maxBasisDimension else {
+            throw TensorFileError(file: "projection", .invalidArgument("basis dimensions must be 1 … \(SubjectLimits.maxBasisDimension) (got a = \(a), b = \(b))"))
         }
         var out = subject
         var errors: [(String, Double)] = []
@@ -187,6 +218,8 @@ public enum LoRAInterop {
     /// Writes the subject as a LoRA file: per layer, all terms folded into one LoRA of rank R
     /// (scale folded into the up factor, alpha = R, so scale 1).
     public static func export(_ subject: Subject, format: Format, to path: String, cache: BasisCache = BasisCache()) throws(TensorFileError) {
+        try subject.checkApplicable(weight: 1)
+        try MemoryBudget.check(exportMemory(subject), for: "exporting \(subject.layers.count) layer(s)", file: subject.label)
         var sources: [TensorSource] = []
         for l in subject.layers {
             let f = try subject.lowRankFactors(l, cache: cache)
@@ -208,6 +241,30 @@ public enum LoRAInterop {
         }
         try SafetensorsWriter.write(to: path, tensors: sources, metadata: [("format", "pt")])
     }
+}
+
+/// Bytes `export` allocates for `subject`, from the layer table alone: every layer's output
+/// factors (`[R, in]` and `[out, R]` in f32, kept until the file is written) and f32 bases (kept in
+/// the cache) plus, for the largest layer, the transient binary64 bases and products. nil on overflow.
+func exportMemory(_ subject: Subject) -> UInt64? {
+    var total = CheckedSize(), peak: UInt64 = 0
+    for l in subject.layers {
+        let out = l.target.out, inDim = l.target.inDim
+        let r = (l.lidb?.rank ?? 0) + (l.lora?.rank ?? 0)
+        var layer = CheckedSize()
+        layer.add(CheckedSize.product(8, r, inDim)); layer.add(CheckedSize.product(8, out, r))   // factors and their bytes
+        var transient = CheckedSize()
+        if let t = l.lidb {
+            layer.add(CheckedSize.product(4, t.a, inDim)); layer.add(CheckedSize.product(4, out, t.b))           // cached f32 bases
+            transient.add(CheckedSize.product(8, t.a, inDim)); transient.add(CheckedSize.product(8, out, t.b))   // binary64 while generated
+        }
+        total.add(layer.value)
+        transient.add(CheckedSize.product(8, r, inDim)); transient.add(CheckedSize.product(8, out, r))           // U, D and their concatenation
+        guard let tv = transient.value else { return nil }
+        peak = max(peak, tv)
+    }
+    total.add(peak)
+    return total.value
 }
 
 extension StringProtocol {

@@ -1,5 +1,6 @@
 import CBLAS
 import Checkpoint
+import Crypto
 import Dispatch
 import TensorFile
 
@@ -9,14 +10,14 @@ public final class BasisCache: @unchecked Sendable {
     private let lock = DispatchSemaphore(value: 1)
     public init() {}
 
-    public func bases(seed: UInt64, layer: TargetLayer, a: Int, b: Int) throws(TensorFileError) -> (down: [Float], up: [Float]) {
+    public func bases(seed: UInt64, layer: TargetLayer, a: Int, b: Int, file: String = "") throws(TensorFileError) -> (down: [Float], up: [Float]) {
         let key = "\(seed)|\(layer.name)|\(layer.out)|\(layer.inDim)|\(a)|\(b)"
         lock.wait()
         if let hit = store[key] { lock.signal(); return hit }
         lock.signal()
         let g: (down: [Float], up: [Float], a: Int, b: Int)
         do { g = try Basis.layer(seed: seed, name: layer.name, out: layer.out, in: layer.inDim, a: a, b: b) } catch {
-            throw TensorFileError(file: layer.name, .invalidArgument("\(error)"))
+            throw TensorFileError(file: file.isEmpty ? "basis" : file, tensor: layer.name, .invalidArgument("\(error)"))
         }
         lock.wait()
         store[key] = (g.down, g.up)
@@ -26,43 +27,145 @@ public final class BasisCache: @unchecked Sendable {
 }
 
 /// `C[m×n] (+)= A[m×k] · B[k×n]`, row-major, f32.
-func gemm(_ a: [Float], _ b: [Float], m: Int, n: Int, k: Int, into c: UnsafeMutablePointer<Float>, accumulate: Bool, alpha: Float = 1) {
+func gemm(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, m: Int, n: Int, k: Int, into c: UnsafeMutablePointer<Float>, accumulate: Bool, alpha: Float = 1) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), alpha, a, Int32(k), b, Int32(n), accumulate ? 1 : 0, c, Int32(n))
 }
 
-/// `W[out×in] += sign · U[out×R] · D[R×in]`. Low ranks (the LiDB case) stream through W once per
-/// rank with saxpy, which is memory-bound and faster than a general GEMM for k ≤ 4.
-public func addLowRankUpdate(_ up: [Float], _ down: [Float], out: Int, in inDim: Int, rank: Int, into w: UnsafeMutablePointer<Float>, sign: Float) {
-    if rank > 4 {
-        gemm(up, down, m: out, n: inDim, k: rank, into: w, accumulate: true, alpha: sign)
-        return
-    }
-    up.withUnsafeBufferPointer { u in
-        down.withUnsafeBufferPointer { d in
-            for o in 0..<out {
-                let row = w + o * inDim
-                for r in 0..<rank {
-                    let c = sign * u[o * rank + r]
-                    if c != 0 { cblas_saxpy(Int32(inDim), c, d.baseAddress! + r * inDim, 1, row, 1) }
-                }
-            }
-        }
+func gemm(_ a: [Float], _ b: [Float], m: Int, n: Int, k: Int, into c: UnsafeMutablePointer<Float>, accumulate: Bool, alpha: Float = 1) {
+    a.withUnsafeBufferPointer { ap in
+        b.withUnsafeBufferPointer { bp in gemm(ap.baseAddress!, bp.baseAddress!, m: m, n: n, k: k, into: c, accumulate: accumulate, alpha: alpha) }
     }
 }
 
+/// One low-rank delta `U · D`: `up` is `[out, rank]`, `down` is `[rank, in]`, scales folded into `up`.
+public typealias LowRankDelta = (up: [Float], down: [Float], rank: Int)
+
+/// How the binary32 result of a merge is rounded.
+public enum MergeRounding: Sendable {
+    /// Round to nearest (ties to even): the result is stored as binary32.
+    case nearest
+    /// Round to odd: the binary32 result is rounded again, to nearest, into F16 or BF16, which
+    /// then equals rounding the exact sum once into that type (binary32 has ≥ 2 more bits).
+    case odd
+}
+
+/// `x` rounded to binary32 with round-to-odd: exact values stay, others become the neighbour
+/// whose last significand bit is 1.
+@inline(__always) func roundToOdd(_ x: Double) -> Float {
+    let f = Float(x)
+    if !f.isFinite || Double(f) == x { return f }
+    var t = f
+    if abs(Double(f)) > abs(x) { t = x > 0 ? f.nextDown : f.nextUp }   // toward zero
+    return Float(bitPattern: t.bitPattern | 1)
+}
+
+/// Rows per block of a merge, so the temporaries stay near 2^18 elements whatever the layer.
+func mergeBlockRows(out: Int, in inDim: Int) -> Int { max(1, min(out, (1 << 18) / max(inDim, 1))) }
+
+/// `W ← round(W + sign · Σ U·D)` over `terms`, for `W[out × in]` (binary32, row-major), one block
+/// of rows at a time: each term's `U·D` is a binary32 matrix product (BLAS, any summation order),
+/// the terms are summed in binary64 and added to `W` in binary64 (exact for two binary32 values
+/// unless their exponents differ by more than 29, where the result rounds the same), then rounded
+/// once. Returns the number of results that are not finite.
+@discardableResult
+public func addLowRankTerms(_ terms: [LowRankDelta], out: Int, in inDim: Int, into w: UnsafeMutablePointer<Float>, sign: Float,
+                            rounding: MergeRounding = .nearest) -> Int {
+    guard !terms.isEmpty, out > 0, inDim > 0 else { return 0 }
+    let blockRows = mergeBlockRows(out: out, in: inDim)
+    let tmp = UnsafeMutablePointer<Float>.allocate(capacity: blockRows * inDim)
+    defer { tmp.deallocate() }
+    let acc = UnsafeMutablePointer<Double>.allocate(capacity: terms.count > 1 ? blockRows * inDim : 1)
+    defer { acc.deallocate() }
+    let s = Double(sign)
+    var nonFinite = 0
+    var o0 = 0
+    while o0 < out {
+        let rows = min(blockRows, out - o0), n = rows * inDim
+        for (k, t) in terms.enumerated() {
+            t.up.withUnsafeBufferPointer { u in
+                t.down.withUnsafeBufferPointer { d in
+                    gemm(u.baseAddress! + o0 * t.rank, d.baseAddress!, m: rows, n: inDim, k: t.rank, into: tmp, accumulate: false)
+                }
+            }
+            if terms.count > 1 {
+                if k == 0 { for i in 0..<n { acc[i] = Double(tmp[i]) } } else { for i in 0..<n { acc[i] += Double(tmp[i]) } }
+            }
+        }
+        let row = w + o0 * inDim
+        switch (rounding, terms.count > 1) {
+        case (.nearest, false): for i in 0..<n { row[i] = Float(Double(row[i]) + s * Double(tmp[i])) }
+        case (.nearest, true): for i in 0..<n { row[i] = Float(Double(row[i]) + s * acc[i]) }
+        case (.odd, false): for i in 0..<n { row[i] = roundToOdd(Double(row[i]) + s * Double(tmp[i])) }
+        case (.odd, true): for i in 0..<n { row[i] = roundToOdd(Double(row[i]) + s * acc[i]) }
+        }
+        for i in 0..<n where !row[i].isFinite { nonFinite += 1 }
+        o0 += rows
+    }
+    return nonFinite
+}
+
+/// `W[out×in] += sign · U[out×R] · D[R×in]`, rounded once per weight (see `addLowRankTerms`).
+public func addLowRankUpdate(_ up: [Float], _ down: [Float], out: Int, in inDim: Int, rank: Int, into w: UnsafeMutablePointer<Float>, sign: Float) {
+    addLowRankTerms([(up, down, rank)], out: out, in: inDim, into: w, sign: sign)
+}
+
 extension Subject {
+    /// A bound on |w · ΔW| for a layer from the magnitudes of its factors, before any product is
+    /// formed: `|scale·w| · r · (b · max|up_aux| · max|up_train|) · (a · max|down_aux| · max|down_train|)`
+    /// for a LiDB term (generated bases are orthonormal, so their entries are at most 1), and
+    /// `|scale·w| · r · max|up| · max|down|` for a LoRA term.
+    public func deltaBound(_ layer: SubjectLayer, weight: Float) -> Double {
+        func maxAbs(_ v: [Float]) -> Double { Double(v.reduce(Float(0)) { max($0, abs($1)) }) }
+        var total = 0.0
+        if let t = layer.lidb {
+            var mDownAux = 1.0, mUpAux = 1.0
+            if case let .stored(m) = basis, let sb = m[layer.target.name] { mDownAux = maxAbs(sb.down); mUpAux = maxAbs(sb.up) }
+            total += abs(Double(t.scale) * Double(weight)) * Double(t.rank) * (Double(t.b) * mUpAux * maxAbs(t.upTrain)) * (Double(t.a) * mDownAux * maxAbs(t.downTrain))
+        }
+        if let t = layer.lora {
+            total += abs(Double(t.scale) * Double(weight)) * Double(t.rank) * maxAbs(t.up) * maxAbs(t.down)
+        }
+        return total
+    }
+
+    /// Checks what applying the subject at `weight` needs: a finite weight within ±100, a valid
+    /// structure, and a ΔW that stays finite in binary32 on every layer (by `deltaBound`).
+    public func checkApplicable(weight: Float, file: String? = nil) throws(TensorFileError) {
+        let file = file ?? label
+        _ = try SubjectWeight.validated(Double(weight), file: file)
+        try validate(file: file)
+        for l in layers {
+            let b = deltaBound(l, weight: weight)
+            guard b.isFinite, b <= Double(Float.greatestFiniteMagnitude) else {
+                throw TensorFileError(file: file, tensor: l.target.name, .invalidArgument(
+                    "ΔW at weight \(weight) could reach \(b), beyond the range of 32-bit floats (factors, alpha or q8 scales too large)"))
+            }
+        }
+    }
+
     /// A layer's delta as `U · D` (`U`: `[out, R]`, `D`: `[R, in]`, R = sum of the terms' ranks),
     /// with each term's `alpha/rank` (times `weight`) folded into `U`.
-    public func lowRankFactors(_ layer: SubjectLayer, weight: Float = 1, cache: BasisCache) throws(TensorFileError) -> (up: [Float], down: [Float], rank: Int) {
+    public func lowRankFactors(_ layer: SubjectLayer, weight: Float = 1, cache: BasisCache) throws(TensorFileError) -> LowRankDelta {
+        _ = try SubjectWeight.validated(Double(weight), file: label)
         let out = layer.target.out, inDim = layer.target.inDim
+        let bound = deltaBound(layer, weight: weight)
+        guard bound.isFinite, bound <= Double(Float.greatestFiniteMagnitude) else {
+            throw TensorFileError(file: label, tensor: layer.target.name, .invalidArgument(
+                "ΔW at weight \(weight) could reach \(bound), beyond the range of 32-bit floats (factors, alpha or q8 scales too large)"))
+        }
+        try Self.checkShape(out: out, in: inDim, layer: layer.target.name, file: label)
         var ups: [[Float]] = [], downs: [[Float]] = [], ranks: [Int] = []
         if let t = layer.lidb {
+            try Self.checkLiDB(rank: t.rank, a: t.a, b: t.b, alpha: Double(t.alpha), out: out, in: inDim, layer: layer.target.name, file: label)
             let (downAux, upAux): ([Float], [Float])
             switch basis {
-            case let .seed(s): (downAux, upAux) = try cache.bases(seed: s, layer: layer.target, a: t.a, b: t.b)
+            case let .seed(s): (downAux, upAux) = try cache.bases(seed: s, layer: layer.target, a: t.a, b: t.b, file: label)
             case let .stored(m):
-                guard let sb = m[layer.target.name] else { throw TensorFileError(file: layer.target.name, .invalidArgument("no stored basis for this layer")) }
+                guard let sb = m[layer.target.name] else { throw TensorFileError(file: label, tensor: layer.target.name, .invalidArgument("no stored basis for this layer")) }
                 (downAux, upAux) = (sb.down, sb.up)
+            }
+            guard downAux.count == t.a * inDim, upAux.count == out * t.b, t.downTrain.count == t.rank * t.a, t.upTrain.count == t.b * t.rank else {
+                throw TensorFileError(file: label, tensor: layer.target.name, .invalidArgument("factor or basis sizes do not match the layer"))
             }
             var d = [Float](repeating: 0, count: t.rank * inDim)
             d.withUnsafeMutableBufferPointer { gemm(t.downTrain, downAux, m: t.rank, n: inDim, k: t.a, into: $0.baseAddress!, accumulate: false) }
@@ -71,7 +174,15 @@ extension Subject {
             ups.append(u); downs.append(d); ranks.append(t.rank)
         }
         if let t = layer.lora {
+            try Self.checkLoRA(rank: t.rank, alpha: Double(t.alpha), out: out, in: inDim, layer: layer.target.name, file: label)
+            guard t.down.count == t.rank * inDim, t.up.count == out * t.rank else {
+                throw TensorFileError(file: label, tensor: layer.target.name, .invalidArgument("lora factor sizes do not match the layer"))
+            }
             ups.append(t.up.map { $0 * t.scale * weight }); downs.append(t.down); ranks.append(t.rank)
+        }
+        guard !ranks.isEmpty else { throw TensorFileError(file: label, tensor: layer.target.name, .invalidArgument("layer has no term")) }
+        for v in ups + downs where !v.allSatisfy(\.isFinite) {
+            throw TensorFileError(file: label, tensor: layer.target.name, .invalidArgument("ΔW at weight \(weight) is not finite in 32-bit floats"))
         }
         let R = ranks.reduce(0, +)
         if ranks.count == 1 { return (ups[0], downs[0], R) }
@@ -85,12 +196,15 @@ extension Subject {
     }
 
     /// Checks that the subject fits `base`: same architecture, every target layer present with the
-    /// same shape, and the content fingerprint when the subject records one.
+    /// same shape and in the base's tensor order, and the content fingerprint when the subject
+    /// records one.
     public func check(against base: BaseModel, subjectPath: String) throws(TensorFileError) {
         func fail(_ m: String) -> TensorFileError { TensorFileError(file: subjectPath, .invalidArgument(m)) }
         if architecture != base.architecture.family.rawValue {
             throw fail("made for \(architecture), but \(base.file.path) is \(base.architecture.family.rawValue)")
         }
+        var order: [String: Int] = [:]
+        for (i, t) in base.file.tensors.enumerated() { order[t.name] = i }
         var problems: [String] = []
         for l in layers {
             guard let e = base.file.entry(l.target.weightName) else { problems.append("\(l.target.name): not in the base"); continue }
@@ -101,9 +215,46 @@ extension Subject {
         if !problems.isEmpty {
             throw fail("the base's layer table differs in \(problems.count) layer(s): " + problems.prefix(5).joined(separator: "; ") + (problems.count > 5 ? "; …" : ""))
         }
+        var previous = -1
+        for l in layers {
+            let i = order[l.target.weightName] ?? -1
+            guard i > previous else {
+                throw TensorFileError(file: subjectPath, tensor: l.target.name, .invalidArgument("layers are not in the base's tensor order (this one comes before the layer listed ahead of it)"))
+            }
+            previous = i
+        }
         if let c = baseContent, let bc = base.contentFingerprint, c != bc {
             throw fail("bound to base content \(c.prefix(16))…, but \(base.file.path) has \(bc.prefix(16))…")
         }
+    }
+
+    /// SHA-256 (hex) identifying the delta itself: architecture, basis, layer table, terms and the
+    /// trained factors' binary32 values (after dequantisation). Two files with the same value
+    /// apply the same ΔW; merged bases record it to recognise the subject when unmerging.
+    public var deltaFingerprint: String {
+        var h = SHA256()
+        func text(_ s: String) { h.update(data: Array(s.utf8) + [0]) }
+        func ints(_ xs: Int...) { for x in xs { text(String(x)) } }
+        func floats(_ v: [Float]) {
+            ints(v.count)
+            v.withUnsafeBytes { h.update(bufferPointer: $0) }   // little-endian binary32 on every supported platform
+        }
+        text("lidb-delta-1")
+        text(architecture)
+        switch basis {
+        case let .seed(s): text("seed"); text(String(s))
+        case .stored: text("stored")
+        }
+        ints(layers.count)
+        for l in layers {
+            text(l.target.name); ints(l.target.out, l.target.inDim)
+            if let t = l.lidb {
+                text("lidb"); ints(t.rank, t.a, t.b); floats([t.alpha]); floats(t.downTrain); floats(t.upTrain)
+                if case let .stored(m) = basis, let sb = m[l.target.name] { floats(sb.down); floats(sb.up) }
+            }
+            if let t = l.lora { text("lora"); ints(t.rank); floats([t.alpha]); floats(t.down); floats(t.up) }
+        }
+        return hexDigest(h.finalize())
     }
 }
 
@@ -117,6 +268,12 @@ public struct AppliedSubject {
         self.weight = weight
         self.path = path
     }
+
+    /// Refuses a weight that is not finite or beyond ±100, and a subject whose ΔW would not be
+    /// finite at that weight (see `Subject.checkApplicable`).
+    public func validate() throws(TensorFileError) {
+        try subject.checkApplicable(weight: weight, file: path)
+    }
 }
 
 public struct MergeSummary: Sendable {
@@ -124,49 +281,128 @@ public struct MergeSummary: Sendable {
     /// For subtract-unmerge: a bound on |result − original| over all touched weights.
     public var deviationBound: Double?
     public var restored = false
+    /// Subjects re-applied after a restore (they stay merged and shared layers with the removed ones).
+    public var reapplied = 0
 }
 
 /// Merge and unmerge of subjects into base files (spec/subject.md §5).
 public enum Merger {
-    /// Writes `base` with every subject's ΔW added: computed and added in f32, stored in the base's dtype.
+    /// One subject's contribution to one base weight: computed when that weight is written.
+    struct Contribution {
+        var subject: AppliedSubject
+        var layer: SubjectLayer
+        var cache: BasisCache
+        func factors() throws(TensorFileError) -> LowRankDelta {
+            var s = subject.subject
+            if s.source.isEmpty { s.source = subject.path }
+            return try s.lowRankFactors(layer, weight: subject.weight, cache: cache)
+        }
+    }
+
+    /// Contributions per base weight name, subjects in order.
+    static func contributions(_ subjects: [AppliedSubject]) -> [String: [Contribution]] {
+        var out: [String: [Contribution]] = [:]
+        for s in subjects {
+            let cache = BasisCache()
+            for l in s.subject.layers { out[l.target.weightName, default: []].append(Contribution(subject: s, layer: l, cache: cache)) }
+        }
+        return out
+    }
+
+    static func names(_ c: [Contribution]) -> String { c.map { basenameOf($0.subject.path) }.joined(separator: ", ") }
+
+    /// The record of a merged subject in a base's `merged` list.
+    static func record(_ s: AppliedSubject, step: Int) -> JSONValue {
+        .object([("subject", .string(basenameOf(s.path))), ("name", s.subject.info["name"] ?? .null),
+                 ("weight", .double(Double(s.weight))), ("targets_fingerprint", .string(s.subject.targetLayers.tableFingerprint)),
+                 ("layers", .int(s.subject.layers.count)), ("delta_fingerprint", .string(s.subject.deltaFingerprint)), ("step", .int(step))])
+    }
+
+    /// Writes `base` with every subject's ΔW added: for each touched weight, all subjects' ΔW are
+    /// summed and added to W with a single rounding to the base's element type.
     public static func merge(base: BaseModel, subjects: [AppliedSubject], to path: String, cache: BasisCache = BasisCache()) throws(TensorFileError) -> MergeSummary {
-        for s in subjects { try s.subject.check(against: base, subjectPath: s.path) }
-        let deltas = try collect(subjects)
+        for s in subjects {
+            try s.validate()
+            try s.subject.check(against: base, subjectPath: s.path)
+        }
+        let deltas = contributions(subjects)
         var summary = MergeSummary()
         summary.touchedLayers = deltas.count
         var md = base.metadata
         var merged = md["merged"]?.arrayValue ?? []
-        for s in subjects {
-            merged.append(.object([("subject", .string(basenameOf(s.path))), ("name", s.subject.info["name"] ?? .null),
-                                   ("weight", .double(Double(s.weight))), ("targets_fingerprint", .string(s.subject.targetLayers.tableFingerprint)),
-                                   ("layers", .int(s.subject.layers.count))]))
-        }
+        let step = (merged.compactMap { $0["step"]?.int64Value }.max() ?? Int64(merged.count)) + 1
+        for s in subjects { merged.append(record(s, step: Int(step))) }
         md = md.setting("merged", .array(merged))
         if md["merged_from"] == nil, let fp = base.metadata["fingerprints"] { md = md.setting("merged_from", fp) }
         md = md.removing("fingerprints")
         try rewrite(base, metadata: md, to: path) { (name, info, bytes) throws(TensorFileError) -> OwnedBytes? in
-            guard let terms = deltas[name] else { return nil }
-            return try apply(terms, to: bytes, info: info, sign: 1, bound: nil)
+            guard let c = deltas[name] else { return nil }
+            return try apply([try c.map { (x) throws(TensorFileError) in try x.factors() }], to: bytes, info: info, sign: 1, bound: nil,
+                             file: base.file.path, subjects: names(c))
         }
         return summary
     }
 
-    /// Takes subjects back out of a merged base. With `original`, the touched tensors are copied
-    /// back from it (bit-exact); without, ΔW is subtracted and a bound on the error is reported.
-    public static func unmerge(merged: BaseModel, subjects: [AppliedSubject], original: BaseModel?, to path: String,
-                               cache: BasisCache = BasisCache()) throws(TensorFileError) -> MergeSummary {
-        for s in subjects { try s.subject.check(against: merged, subjectPath: s.path) }
-        let deltas = try collect(subjects)
+    /// A recorded merge that matches `s`: the same delta fingerprint and weight (or, for records
+    /// written before delta fingerprints, the same layer table and weight).
+    static func matches(_ record: JSONValue, _ s: AppliedSubject) -> Bool {
+        guard record["weight"]?.doubleValue == Double(s.weight) else { return false }
+        if let d = record["delta_fingerprint"]?.stringValue { return d == s.subject.deltaFingerprint }
+        return record["targets_fingerprint"]?.stringValue == s.subject.targetLayers.tableFingerprint
+    }
+
+    static func describe(_ record: JSONValue) -> String {
+        let file = record["subject"]?.stringValue ?? "?"
+        let name = record["name"]?.stringValue.map { ", name '\($0)'" } ?? ""
+        let w = record["weight"]?.doubleValue.map { ", weight \(Float($0))" } ?? ""
+        return file + name + w
+    }
+
+    /// Takes subjects back out of a merged base.
+    ///
+    /// With `original`, the touched tensors are copied back from it (bit-exact). Subjects that stay
+    /// merged are re-applied on the restored tensors, in the recorded order and grouped by the
+    /// merge that added them, so the result equals merging only them into the original; they must
+    /// be given in `reapply` (the file's `merged` list names them), or the restore is refused.
+    /// Without `original`, ΔW is subtracted and a bound on the error is reported.
+    public static func unmerge(merged: BaseModel, subjects: [AppliedSubject], original: BaseModel?, reapply: [AppliedSubject] = [],
+                               to path: String, cache: BasisCache = BasisCache()) throws(TensorFileError) -> MergeSummary {
+        for s in subjects + reapply {
+            try s.validate()
+            try s.subject.check(against: merged, subjectPath: s.path)
+        }
+        let deltas = contributions(subjects)
         var summary = MergeSummary()
         summary.touchedLayers = deltas.count
         var md = merged.metadata
         var list = md["merged"]?.arrayValue ?? []
         for s in subjects {
-            let fp = s.subject.targetLayers.tableFingerprint
-            guard let i = list.firstIndex(where: { $0["targets_fingerprint"]?.stringValue == fp && $0["weight"]?.doubleValue == Double(s.weight) }) else {
+            guard let i = list.firstIndex(where: { matches($0, s) }) else {
                 throw TensorFileError(file: s.path, .invalidArgument("this subject (with weight \(s.weight)) is not recorded as merged into \(merged.file.path)"))
             }
             list.remove(at: i)
+        }
+        // Subjects that stay merged, each with the file given to re-apply it.
+        var again: [(record: JSONValue, subject: AppliedSubject)] = []
+        if original != nil {
+            var given = reapply
+            var missing: [String] = []
+            for r in list {
+                if let k = given.firstIndex(where: { matches(r, $0) }) {
+                    again.append((r, given.remove(at: k)))
+                } else {
+                    missing.append(describe(r))
+                }
+            }
+            if !missing.isEmpty {
+                throw TensorFileError(file: merged.file.path, .invalidArgument(
+                    "restoring from the original would also undo \(missing.count) subject(s) that stay merged (\(missing.joined(separator: "; "))): pass each with --reapply, or unmerge without --original"))
+            }
+            if let extra = given.first {
+                throw TensorFileError(file: extra.path, .invalidArgument("given to re-apply, but not recorded as merged into \(merged.file.path) (or given twice)"))
+            }
+        } else if let r = reapply.first {
+            throw TensorFileError(file: r.path, .invalidArgument("re-applying subjects is only needed (and only done) with --original"))
         }
         md = list.isEmpty ? md.removing("merged") : md.setting("merged", .array(list))
         if let original {
@@ -180,11 +416,34 @@ public enum Merger {
         }
         if list.isEmpty { md = md.removing("merged_from") }
         md = md.removing("fingerprints")
+        // Re-applied subjects, grouped by the merge step that added them (records without a step
+        // are a step each), in the recorded order.
+        var groups: [[AppliedSubject]] = []
+        var lastStep: Int64? = nil
+        for (r, s) in again {
+            let step = r["step"]?.int64Value
+            if let step, step == lastStep { groups[groups.count - 1].append(s) } else { groups.append([s]) }
+            lastStep = step
+        }
+        let groupDeltas = groups.map { contributions($0) }
+        let reappliedWeights = Set(deltas.keys).filter { n in groupDeltas.contains { $0[n] != nil } }
+        summary.reapplied = again.filter { a in a.subject.subject.layers.contains { reappliedWeights.contains($0.target.weightName) } }.count
         let boundBox = BoundBox()
         try rewrite(merged, metadata: md, to: path) { (name, info, bytes) throws(TensorFileError) -> OwnedBytes? in
-            guard let terms = deltas[name] else { return nil }
-            if let original { return OwnedBytes(copying: try original.file.tensorBytes(name).bytes) }
-            return try apply(terms, to: bytes, info: info, sign: -1, bound: boundBox)
+            guard let c = deltas[name] else { return nil }
+            if let original {
+                let restored = try original.file.tensorBytes(name)
+                var steps: [[LowRankDelta]] = []
+                for g in groupDeltas {
+                    guard let cs = g[name] else { continue }
+                    steps.append(try cs.map { (x) throws(TensorFileError) in try x.factors() })
+                }
+                if steps.isEmpty { return OwnedBytes(copying: restored.bytes) }
+                return try apply(steps, to: restored, info: info, sign: 1, bound: nil, file: original.file.path,
+                                 subjects: groupDeltas.compactMap { $0[name].map(names) }.joined(separator: ", "))
+            }
+            return try apply([try c.map { (x) throws(TensorFileError) in try x.factors() }], to: bytes, info: info, sign: -1, bound: boundBox,
+                             file: merged.file.path, subjects: names(c))
         }
         if original == nil { summary.deviationBound = boundBox.value }
         return summary
@@ -192,46 +451,63 @@ public enum Merger {
 
     final class BoundBox: @unchecked Sendable { var value: Double = 0 }
 
-    /// Low-rank factors per base weight name, all subjects together.
-    static func collect(_ subjects: [AppliedSubject]) throws(TensorFileError) -> [String: [(up: [Float], down: [Float], rank: Int)]] {
-        var out: [String: [(up: [Float], down: [Float], rank: Int)]] = [:]
-        for s in subjects {
-            let cache = BasisCache()
-            for l in s.subject.layers {
-                out[l.target.weightName, default: []].append(try s.subject.lowRankFactors(l, weight: s.weight, cache: cache))
-            }
+    /// For each step, in order: `W ← round(W + sign · Σ U·D)` over the step's terms, with one
+    /// rounding to W's element type (see `addLowRankTerms`). With `bound`, accumulates the largest
+    /// possible deviation of a subtract-unmerge from the weights without the subtracted subjects.
+    static func apply(_ steps: [[LowRankDelta]], to bytes: TensorBytes, info: TensorInfo, sign: Float,
+                      bound: BoundBox?, file: String, subjects: String) throws(TensorFileError) -> OwnedBytes {
+        guard info.shape.count == 2, DTypeConversion.canConvert(from: info.dtype, to: .F32), DTypeConversion.canConvert(from: .F32, to: info.dtype),
+              info.dtype == .F32 || info.dtype == .F16 || info.dtype == .BF16 else {
+            throw TensorFileError(file: file, tensor: info.name, .unsupportedConversion(from: info.dtype.name, to: "F32 arithmetic"))
         }
-        return out
-    }
-
-    /// `W ± Σ U·D` in f32, rounded back to W's dtype. With `bound`, accumulates the largest
-    /// possible deviation from the true value caused by the two roundings of merge and unmerge.
-    static func apply(_ terms: [(up: [Float], down: [Float], rank: Int)], to bytes: TensorBytes, info: TensorInfo, sign: Float,
-                      bound: BoundBox?) throws(TensorFileError) -> OwnedBytes {
-        guard info.shape.count == 2, DTypeConversion.canConvert(from: info.dtype, to: .F32), DTypeConversion.canConvert(from: .F32, to: info.dtype) else {
-            throw TensorFileError(file: "merge", tensor: info.name, .unsupportedConversion(from: info.dtype.name, to: "F32 arithmetic"))
+        let out = info.shape[0], inDim = info.shape[1]
+        guard let n = CheckedSize.product(out, inDim).flatMap({ $0 <= UInt64(Int.max / 8) ? Int($0) : nil }) else {
+            throw TensorFileError(file: file, tensor: info.name, .sizeOverflow)
         }
-        let out = info.shape[0], inDim = info.shape[1], n = out * inDim
         var w = [Float](repeating: 0, count: n)
         w.withUnsafeMutableBytes { _ = DTypeConversion.convert(bytes.bytes, from: info.dtype, into: $0, to: .F32, count: n) }
+        guard w.allSatisfy(\.isFinite) else {
+            throw TensorFileError(file: file, tensor: info.name, .invalidArgument("the weight holds NaN or infinite values; refusing to change it"))
+        }
         let before = bound != nil ? w : []
+        let rounding: MergeRounding = info.dtype == .F32 ? .nearest : .odd
+        var nonFinite = 0
+        var report = ConversionReport()
         w.withUnsafeMutableBufferPointer { wp in
-            for t in terms { addLowRankUpdate(t.up, t.down, out: out, in: inDim, rank: t.rank, into: wp.baseAddress!, sign: sign) }
+            for (k, terms) in steps.enumerated() where nonFinite == 0 && report.isClean {
+                nonFinite += addLowRankTerms(terms, out: out, in: inDim, into: wp.baseAddress!, sign: sign, rounding: rounding)
+                if info.dtype != .F32 && k < steps.count - 1 {
+                    // Round this step's result into the stored type before the next step adds to it.
+                    let tmp = OwnedBytes(count: n * info.dtype.byteSize)
+                    report.add(DTypeConversion.convert(UnsafeRawBufferPointer(wp), from: .F32, into: tmp.buffer, to: info.dtype, count: n))
+                    _ = DTypeConversion.convert(tmp.bytes, from: info.dtype, into: UnsafeMutableRawBufferPointer(wp), to: .F32, count: n)
+                }
+            }
         }
         let result = OwnedBytes(count: n * info.dtype.byteSize)
-        w.withUnsafeBytes { _ = DTypeConversion.convert($0, from: .F32, into: result.buffer, to: info.dtype, count: n) }
+        report.add(w.withUnsafeBytes { DTypeConversion.convert($0, from: .F32, into: result.buffer, to: info.dtype, count: n) })
+        guard nonFinite == 0, report.isClean else {
+            let count = max(nonFinite, report.overflowed + report.nans)
+            throw TensorFileError(file: file, tensor: info.name, .invalidArgument(
+                "W \(sign > 0 ? "+" : "−") w·ΔW of \(subjects) is beyond the range of \(info.dtype.name) in \(count) weight(s); lower the weight"))
+        }
         if let bound {
-            // merged = rnd(W + Δ), result = rnd(merged − Δ): |result − W| ≤ u·|merged| + u·|result| (+ f32 terms),
-            // u the unit roundoff of the stored type.
-            let u: Double = info.dtype == .F16 ? 0x1p-11 : info.dtype == .BF16 ? 0x1p-8 : 0x1p-24
+            // merged = rnd(W + Δ), result = rnd(merged − Δ), each a single rounding of an (almost)
+            // exact binary64 sum: |result − W| ≤ u·(|merged| + |result|) + 2^-50·(|merged| + |Δ|) + 2η,
+            // with u the unit roundoff and η half the smallest subnormal of the stored type.
+            let (u, eta): (Double, Double) = info.dtype == .F16 ? (0x1p-11, 0x1p-25) : info.dtype == .BF16 ? (0x1p-8, 0x1p-134) : (0x1p-24, 0x1p-150)
             var back = [Float](repeating: 0, count: n)
             back.withUnsafeMutableBytes { _ = DTypeConversion.convert(result.bytes, from: info.dtype, into: $0, to: .F32, count: n) }
-            var m = 0.0
+            var m = bound.value
             for i in 0..<n {
-                let b = u * (Double(abs(before[i])) + Double(abs(back[i]))) + 0x1p-23 * (Double(abs(before[i])) + Double(abs(w[i])))
+                let merged = Double(before[i]), res = Double(back[i])
+                let b = u * (abs(merged) + abs(res)) + 0x1p-50 * (abs(merged) + abs(merged - res)) + 2 * eta
+                guard b.isFinite else {
+                    throw TensorFileError(file: file, tensor: info.name, .invalidArgument("the deviation bound is not finite"))
+                }
                 if b > m { m = b }
             }
-            if m > bound.value { bound.value = m }
+            bound.value = m
         }
         return result
     }
@@ -255,4 +531,3 @@ public enum Merger {
 func basenameOf(_ path: String) -> String {
     path.split(separator: "/").last.map(String.init) ?? path
 }
-

@@ -78,6 +78,8 @@ public struct Subject: Sendable {
     public var baseContent: String?
     /// Free-form description: name, trigger, class, provenance.
     public var info: JSONValue
+    /// The file it was read from (for messages), or empty.
+    public var source: String = ""
 
     public init(layers: [SubjectLayer], basis: SubjectBasis, targets: String, architecture: String,
                 baseContent: String? = nil, info: JSONValue = .object([])) {
@@ -90,6 +92,81 @@ public struct Subject: Sendable {
     }
 
     public var targetLayers: [TargetLayer] { layers.map(\.target) }
+
+    /// What messages call this subject: its file, or `subject`.
+    var label: String { source.isEmpty ? "subject" : source }
+
+    /// Checks the structure against spec/subject.md §4: unique names, shapes and ranks within
+    /// `SubjectLimits`, factor sizes that match, finite factors and scales, stored bases present.
+    /// Every size is computed with checked arithmetic. `file` names the subject in errors.
+    public func validate(file: String? = nil) throws(TensorFileError) {
+        let file = file ?? label
+        func fail(_ layer: String, _ m: String) -> TensorFileError { TensorFileError(file: file, tensor: layer, .invalidArgument(m)) }
+        var names = Set<String>()
+        for l in layers {
+            let t = l.target, name = t.name
+            guard !name.isEmpty else { throw TensorFileError(file: file, .invalidArgument("a layer has an empty name")) }
+            guard names.insert(name).inserted else { throw fail(name, "layer listed twice") }
+            try Self.checkShape(out: t.out, in: t.inDim, layer: name, file: file)
+            guard l.lidb != nil || l.lora != nil else { throw fail(name, "layer has no term") }
+            if let d = l.lidb {
+                try Self.checkLiDB(rank: d.rank, a: d.a, b: d.b, alpha: Double(d.alpha), out: t.out, in: t.inDim, layer: name, file: file)
+                guard d.downTrain.count == d.rank * d.a, d.upTrain.count == d.b * d.rank else {
+                    throw fail(name, "lidb factors have \(d.downTrain.count) and \(d.upTrain.count) values, [rank, a] and [b, rank] need \(d.rank * d.a) and \(d.b * d.rank)")
+                }
+                guard d.downTrain.allSatisfy(\.isFinite), d.upTrain.allSatisfy(\.isFinite) else { throw fail(name, "lidb factors must be finite") }
+                if case let .stored(m) = basis {
+                    guard let sb = m[name] else { throw fail(name, "stored basis missing for this layer") }
+                    guard sb.down.count == d.a * t.inDim, sb.up.count == t.out * d.b else { throw fail(name, "stored basis must be [a, in] and [out, b]") }
+                    guard sb.down.allSatisfy(\.isFinite), sb.up.allSatisfy(\.isFinite) else { throw fail(name, "stored basis values must be finite") }
+                }
+            }
+            if let r = l.lora {
+                try Self.checkLoRA(rank: r.rank, alpha: Double(r.alpha), out: t.out, in: t.inDim, layer: name, file: file)
+                guard r.down.count == r.rank * t.inDim, r.up.count == t.out * r.rank else {
+                    throw fail(name, "lora factors have \(r.down.count) and \(r.up.count) values, [rank, in] and [out, rank] need \(r.rank * t.inDim) and \(t.out * r.rank)")
+                }
+                guard r.down.allSatisfy(\.isFinite), r.up.allSatisfy(\.isFinite) else { throw fail(name, "lora factors must be finite") }
+            }
+        }
+    }
+
+    /// `1 ≤ out, in ≤ maxDimension` and `out · in ≤ maxLayerElements`.
+    static func checkShape(out: Int, in inDim: Int, layer: String, file: String) throws(TensorFileError) {
+        let m = SubjectLimits.maxDimension
+        guard out >= 1, inDim >= 1, out <= m, inDim <= m else {
+            throw TensorFileError(file: file, tensor: layer, .invalidArgument("shape [\(out), \(inDim)]: each dimension must be 1 … \(m)"))
+        }
+        guard let n = CheckedSize.product(out, inDim), n <= UInt64(SubjectLimits.maxLayerElements) else {
+            throw TensorFileError(file: file, tensor: layer, .invalidArgument("shape [\(out), \(inDim)] has more than \(SubjectLimits.maxLayerElements) elements"))
+        }
+    }
+
+    /// `1 ≤ rank ≤ maxRank`, `1 ≤ a ≤ min(in, maxBasisDimension)`, `1 ≤ b ≤ min(out, maxBasisDimension)`,
+    /// alpha and alpha / rank finite as binary32.
+    static func checkLiDB(rank: Int, a: Int, b: Int, alpha: Double, out: Int, in inDim: Int, layer: String, file: String) throws(TensorFileError) {
+        let mb = SubjectLimits.maxBasisDimension
+        guard rank >= 1, rank <= SubjectLimits.maxRank, a >= 1, a <= min(inDim, mb), b >= 1, b <= min(out, mb) else {
+            throw TensorFileError(file: file, tensor: layer, .invalidArgument(
+                "invalid lidb term rank \(rank), a \(a), b \(b) (1 ≤ rank ≤ \(SubjectLimits.maxRank), 1 ≤ a ≤ min(in, \(mb)), 1 ≤ b ≤ min(out, \(mb)))"))
+        }
+        try checkAlpha(alpha, rank: rank, term: "lidb", layer: layer, file: file)
+    }
+
+    /// `1 ≤ rank ≤ min(out, in, maxRank)`, alpha and alpha / rank finite as binary32.
+    static func checkLoRA(rank: Int, alpha: Double, out: Int, in inDim: Int, layer: String, file: String) throws(TensorFileError) {
+        guard rank >= 1, rank <= min(out, inDim, SubjectLimits.maxRank) else {
+            throw TensorFileError(file: file, tensor: layer, .invalidArgument("invalid lora term rank \(rank) (1 ≤ rank ≤ min(out, in, \(SubjectLimits.maxRank)))"))
+        }
+        try checkAlpha(alpha, rank: rank, term: "lora", layer: layer, file: file)
+    }
+
+    static func checkAlpha(_ alpha: Double, rank: Int, term: String, layer: String, file: String) throws(TensorFileError) {
+        let f = Float(alpha)
+        guard alpha.isFinite, f.isFinite, (f / Float(rank)).isFinite else {
+            throw TensorFileError(file: file, tensor: layer, .invalidArgument("\(term) alpha \(alpha) is not finite as a 32-bit float"))
+        }
+    }
 
     /// Number of trained parameters (the factors; bases excluded).
     public var trainedParameters: Int {

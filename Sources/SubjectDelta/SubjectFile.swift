@@ -5,6 +5,7 @@ extension Subject {
     /// Writes the subject as a `.lidb` file of kind `subject` (spec/subject.md §3): factors in
     /// `dtype`, zstd where it pays, compressed header.
     public func write(to path: String, dtype: SubjectDType = .f16) throws(TensorFileError) {
+        try validate(file: path)
         var tensors: [TensorSource] = []
         let lidbLayers = layers.compactMap(\.lidb)
         if !lidbLayers.isEmpty {
@@ -90,110 +91,240 @@ extension Subject {
         }
     }
 
-    /// Reads a subject file, validating its layer table against its tensors.
+    /// Reads a subject file, validating it as spec/subject.md §4 requires.
     public init(path: String) throws(TensorFileError) {
         try self.init(file: LidbFile(path: path, checksums: .always))
+    }
+
+    /// The element type of the factor tensors for a metadata `dtype`.
+    static func tensorDType(_ d: SubjectDType) -> DType {
+        switch d {
+        case .f16: return .F16
+        case .f32: return .F32
+        case .bf16: return .BF16
+        case .q8: return .I8
+        }
     }
 
     public init(file: LidbFile) throws(TensorFileError) {
         let path = file.path
         func fail(_ m: String, _ t: String? = nil) -> TensorFileError { TensorFileError(file: path, tensor: t, .invalidArgument(m)) }
+        func wrong(_ field: String, _ expected: String) -> TensorFileError { TensorFileError(file: path, .wrongType(field: field, expected: expected)) }
         guard file.kind == "subject" else { throw TensorFileError(file: path, .unsupportedFormat("expected a subject file, found kind '\(file.kind)'")) }
         let md = file.metadata
-        guard let v = md["lidb_subject"]?.int64Value else { throw TensorFileError(file: path, .missingField("metadata.lidb_subject")) }
+        guard let vv = md["lidb_subject"] else { throw TensorFileError(file: path, .missingField("metadata.lidb_subject")) }
+        guard let v = vv.int64Value else { throw wrong("metadata.lidb_subject", "an integer") }
         guard v == Int64(Self.schemaVersion) else { throw TensorFileError(file: path, .unsupportedFormat("subject schema version \(v) (this lidb reads version 1)")) }
-        guard let rows = md["layers"]?.arrayValue else { throw TensorFileError(file: path, .missingField("metadata.layers")) }
-        guard let arch = md["binding"]?["architecture"]?.stringValue else { throw TensorFileError(file: path, .missingField("metadata.binding.architecture")) }
+        // binding
+        guard let binding = md["binding"] else { throw TensorFileError(file: path, .missingField("metadata.binding")) }
+        guard binding.objectValue != nil else { throw wrong("metadata.binding", "an object") }
+        guard let archV = binding["architecture"] else { throw TensorFileError(file: path, .missingField("metadata.binding.architecture")) }
+        guard let arch = archV.stringValue, !arch.isEmpty else { throw wrong("metadata.binding.architecture", "a non-empty string") }
+        guard let fpV = binding["targets_fingerprint"] else { throw TensorFileError(file: path, .missingField("metadata.binding.targets_fingerprint")) }
+        guard let recordedFP = fpV.stringValue, isHex64(recordedFP) else { throw wrong("metadata.binding.targets_fingerprint", "64 lower-case hex digits") }
+        var baseContent: String? = nil
+        if let bc = binding["base_content"] {
+            guard let s = bc.stringValue, isHex64(s) else { throw wrong("metadata.binding.base_content", "64 lower-case hex digits") }
+            baseContent = s
+        }
+        // basis
+        guard let basisV = md["basis"] else { throw TensorFileError(file: path, .missingField("metadata.basis")) }
         let basis: SubjectBasis
-        if let seed = md["basis"]?["seed"]?.uint64Value, md["basis"]?["generator"]?.stringValue == Basis.generatorName {
+        if basisV["generator"]?.stringValue == Basis.generatorName, let seed = basisV["seed"]?.uint64Value {
             basis = .seed(seed)
-        } else if md["basis"]?["stored"]?.boolValue == true {
+        } else if basisV["generator"] == nil, basisV["stored"]?.boolValue == true {
             basis = .stored([:])
         } else {
             throw fail("unknown basis (expected generator '\(Basis.generatorName)' with a seed, or stored bases)")
         }
+        // dtype, targets, info
+        guard let dtV = md["dtype"] else { throw TensorFileError(file: path, .missingField("metadata.dtype")) }
+        guard let dtS = dtV.stringValue, let dtype = SubjectDType(rawValue: dtS) else { throw wrong("metadata.dtype", "one of f16, f32, bf16, q8") }
+        let factorDType = Self.tensorDType(dtype)
+        guard let tV = md["targets"] else { throw TensorFileError(file: path, .missingField("metadata.targets")) }
+        guard let targets = tV.stringValue, targets == "custom" || TargetSet(rawValue: targets) != nil else {
+            throw wrong("metadata.targets", "one of " + (TargetSet.allCases.map(\.rawValue) + ["custom"]).joined(separator: ", "))
+        }
+        if let info = md["info"], info.objectValue == nil { throw wrong("metadata.info", "an object") }
+        guard let layersV = md["layers"] else { throw TensorFileError(file: path, .missingField("metadata.layers")) }
+        guard let rows = layersV.arrayValue else { throw wrong("metadata.layers", "an array") }
+
+        // The layer table: names, shapes and terms, within the limits, before any tensor is read.
+        struct Row { var target: TargetLayer; var lidb: (rank: Int, a: Int, b: Int, alpha: Float)?; var lora: (rank: Int, alpha: Float)? }
+        var table: [Row] = []
+        var names = Set<String>()
+        func int(_ v: JSONValue?, _ field: String) throws(TensorFileError) -> Int {
+            guard let v else { throw TensorFileError(file: path, .missingField(field)) }
+            guard let x = v.int64Value else { throw wrong(field, "an integer") }
+            return Int(x)
+        }
+        func number(_ v: JSONValue?, _ field: String) throws(TensorFileError) -> Double {
+            guard let v else { throw TensorFileError(file: path, .missingField(field)) }
+            guard case .number = v, let x = v.doubleValue else { throw wrong(field, "a number") }
+            return x
+        }
+        for (i, row) in rows.enumerated() {
+            let at = "metadata.layers[\(i)]"
+            guard row.objectValue != nil else { throw wrong(at, "an object") }
+            guard let nameV = row["name"] else { throw TensorFileError(file: path, .missingField(at + ".name")) }
+            guard let name = nameV.stringValue, !name.isEmpty else { throw wrong(at + ".name", "a non-empty string") }
+            guard names.insert(name).inserted else { throw fail("layer listed twice", name) }
+            guard let shapeV = row["shape"] else { throw TensorFileError(file: path, .missingField(at + ".shape")) }
+            guard let dims = shapeV.arrayValue, dims.count == 2, dims.allSatisfy(\.isInteger) else { throw wrong(at + ".shape", "[out, in], two integers") }
+            guard let out = dims[0].int64Value, let inDim = dims[1].int64Value,
+                  out >= 1, inDim >= 1, out <= Int64(SubjectLimits.maxDimension), inDim <= Int64(SubjectLimits.maxDimension) else {
+                throw fail("shape [\(dims[0].serializedString), \(dims[1].serializedString)]: each dimension must be 1 … \(SubjectLimits.maxDimension)", name)
+            }
+            try Self.checkShape(out: Int(out), in: Int(inDim), layer: name, file: path)
+            var r = Row(target: TargetLayer(name: name, out: Int(out), in: Int(inDim)), lidb: nil, lora: nil)
+            if let t = row["lidb"] {
+                guard t.objectValue != nil else { throw wrong(at + ".lidb", "an object") }
+                let rank = try int(t["rank"], at + ".lidb.rank"), a = try int(t["a"], at + ".lidb.a"), b = try int(t["b"], at + ".lidb.b")
+                let alpha = try number(t["alpha"], at + ".lidb.alpha")
+                try Self.checkLiDB(rank: rank, a: a, b: b, alpha: alpha, out: r.target.out, in: r.target.inDim, layer: name, file: path)
+                r.lidb = (rank, a, b, Float(alpha))
+            }
+            if let t = row["lora"] {
+                guard t.objectValue != nil else { throw wrong(at + ".lora", "an object") }
+                let rank = try int(t["rank"], at + ".lora.rank"), alpha = try number(t["alpha"], at + ".lora.alpha")
+                try Self.checkLoRA(rank: rank, alpha: alpha, out: r.target.out, in: r.target.inDim, layer: name, file: path)
+                r.lora = (rank, Float(alpha))
+            }
+            guard r.lidb != nil || r.lora != nil else { throw fail("layer has no term", name) }
+            table.append(r)
+        }
+        let targetLayers = table.map(\.target)
+        guard recordedFP == targetLayers.tableFingerprint else {
+            throw fail("the layer table does not match its recorded targets fingerprint (\(recordedFP.prefix(16))…, computed \(targetLayers.tableFingerprint.prefix(16))…)")
+        }
+
+        // The tensors the table calls for, with their dtype and shape; nothing else may be present.
+        var expected: [(name: String, dtype: DType, shape: [Int])] = []
+        var downTotal = CheckedSize(), upTotal = CheckedSize(), params = CheckedSize()
+        let lidbRows = table.filter { $0.lidb != nil }
+        for r in table {
+            if let t = r.lidb {
+                downTotal.add(CheckedSize.product(t.rank, t.a)); upTotal.add(CheckedSize.product(t.b, t.rank))
+                params.add(CheckedSize.product(t.rank, t.a)); params.add(CheckedSize.product(t.b, t.rank))
+            }
+            if let t = r.lora { params.add(CheckedSize.product(t.rank, r.target.inDim)); params.add(CheckedSize.product(r.target.out, t.rank)) }
+        }
+        guard let nDown = downTotal.value, let nUp = upTotal.value, let nParams = params.value,
+              nDown <= UInt64(Int.max), nUp <= UInt64(Int.max), nParams <= UInt64(Int.max) else { throw fail("the layer table's sizes overflow 64 bits") }
+        if !lidbRows.isEmpty {
+            expected.append(("lidb.down_train", factorDType, [Int(nDown)]))
+            expected.append(("lidb.up_train", factorDType, [Int(nUp)]))
+            if dtype == .q8 {
+                expected.append(("lidb.down_train.scale", .F32, [lidbRows.count]))
+                expected.append(("lidb.up_train.scale", .F32, [lidbRows.count]))
+            }
+        }
+        for r in table {
+            guard let t = r.lora else { continue }
+            expected.append(("lora.\(r.target.name).down", factorDType, [t.rank, r.target.inDim]))
+            expected.append(("lora.\(r.target.name).up", factorDType, [r.target.out, t.rank]))
+            if dtype == .q8 {
+                expected.append(("lora.\(r.target.name).down.scale", .F32, [1]))
+                expected.append(("lora.\(r.target.name).up.scale", .F32, [1]))
+            }
+        }
+        if case .stored = basis {
+            for r in table {
+                guard let t = r.lidb else { continue }
+                expected.append(("basis.\(r.target.name).down", .F32, [t.a, r.target.inDim]))
+                expected.append(("basis.\(r.target.name).up", .F32, [r.target.out, t.b]))
+            }
+        }
+        var wanted: [String: (DType, [Int])] = [:]
+        for e in expected { wanted[e.name] = (e.dtype, e.shape) }
+        for t in file.tensors where wanted[t.name] == nil {
+            throw fail("unexpected tensor: the layer table and basis do not call for it", t.name)
+        }
+        for e in expected {
+            guard let info = file.entry(e.name)?.info else { throw TensorFileError(file: path, tensor: e.name, .tensorNotFound) }
+            guard info.dtype == e.dtype else {
+                throw fail("is \(info.dtype.name), but " + (e.dtype == .F32 && e.name.hasPrefix("basis.") || e.name.hasSuffix(".scale")
+                    ? "it must be F32" : "the metadata dtype \(dtype.rawValue) calls for \(e.dtype.name)"), e.name)
+            }
+            guard info.shape == e.shape else {
+                throw fail("sizes do not match the layer table: the shape must be \(e.shape), found \(info.shape)", e.name)
+            }
+        }
+        if let tp = md["trained_parameters"] {
+            guard let x = tp.int64Value else { throw wrong("metadata.trained_parameters", "an integer") }
+            guard x >= 0, UInt64(x) == nParams else { throw fail("trained_parameters is \(x), the layer table has \(nParams)") }
+        }
+        // Memory for the values: each tensor decoded, as f32, and its per-layer copies.
+        var need = CheckedSize()
+        for e in expected {
+            guard let info = file.entry(e.name)?.info else { continue }
+            need.add(UInt64(info.byteCount)); need.add(CheckedSize.product(8, info.elementCount))
+        }
+        try MemoryBudget.check(need.value, for: "reading the subject's factors", file: path)
+
+        // Values: decoded to f32 (q8: q · scale, one binary32 product), all finite.
         func decode(_ name: String) throws(TensorFileError) -> [Float] {
             guard let e = file.entry(name) else { throw TensorFileError(file: path, tensor: name, .tensorNotFound) }
             let bytes = try file.tensorBytes(name)
             let n = e.info.elementCount
-            switch e.info.dtype {
-            case .F32, .F16, .BF16:
-                var out = [Float](repeating: 0, count: n)
+            var out = [Float](repeating: 0, count: n)
+            if e.info.dtype == .I8 {
+                for k in 0..<n { out[k] = Float(Int8(bitPattern: bytes.bytes[k])) }
+            } else {
                 out.withUnsafeMutableBytes { _ = DTypeConversion.convert(bytes.bytes, from: e.info.dtype, into: $0, to: .F32, count: n) }
-                return out
-            case .I8:
-                return bytes.bytes.map { Float(Int8(bitPattern: $0)) }
-            default:
-                throw TensorFileError(file: path, tensor: name, .invalidArgument("factors must be F32, F16, BF16 or I8, not \(e.info.dtype.name)"))
+                guard out.allSatisfy(\.isFinite) else { throw fail("factor values must be finite (found NaN or infinity)", name) }
             }
+            return out
         }
-        func scales(_ name: String, blocks: Int) throws(TensorFileError) -> [Float]? {
-            guard file.entry(name)?.info.dtype == .I8 else { return nil }
+        func scales(_ name: String) throws(TensorFileError) -> [Float]? {
+            guard dtype == .q8 else { return nil }
             let s = try decode(name + ".scale")
-            guard s.count == blocks, s.allSatisfy({ $0.isFinite && $0 > 0 }) else { throw fail("\(blocks) positive scales expected", name + ".scale") }
+            for x in s where !(x > 0 && (x * 127).isFinite) {
+                throw fail("q8 scales must be positive and at most \(Float.greatestFiniteMagnitude / 127) (found \(x))", name + ".scale")
+            }
             return s
         }
-        var layers: [SubjectLayer] = []
-        var names = Set<String>()
-        var lidbSizes: [(Int, Int)] = []
-        for (i, row) in rows.enumerated() {
-            guard let name = row["name"]?.stringValue, let shape = row["shape"]?.arrayValue?.compactMap(\.int64Value), shape.count == 2,
-                  shape[0] > 0, shape[1] > 0 else { throw fail("layers[\(i)] needs a name and a shape [out, in]") }
-            guard names.insert(name).inserted else { throw fail("layer listed twice", name) }
-            let target = TargetLayer(name: name, out: Int(shape[0]), in: Int(shape[1]))
-            var layer = SubjectLayer(target: target, lidb: nil, lora: nil)
-            if let t = row["lidb"] {
-                guard let r = t["rank"]?.int64Value, let a = t["a"]?.int64Value, let b = t["b"]?.int64Value, let alpha = t["alpha"]?.doubleValue,
-                      r >= 1, a >= 1, b >= 1, a <= shape[1], b <= shape[0], r <= 1024, alpha.isFinite else {
-                    throw fail("invalid lidb term (rank ≥ 1, 1 ≤ a ≤ in, 1 ≤ b ≤ out, finite alpha)", name)
-                }
-                layer.lidb = LiDBTerm(rank: Int(r), a: Int(a), b: Int(b), alpha: Float(alpha), downTrain: [], upTrain: [])
-                lidbSizes.append((Int(r * a), Int(b * r)))
-            }
-            if let t = row["lora"] {
-                guard let r = t["rank"]?.int64Value, let alpha = t["alpha"]?.doubleValue, r >= 1, r <= min(shape[0], shape[1]), alpha.isFinite else {
-                    throw fail("invalid lora term (1 ≤ rank ≤ min(out, in), finite alpha)", name)
-                }
-                var down = try decode("lora.\(name).down"), up = try decode("lora.\(name).up")
-                guard down.count == Int(r * shape[1]), up.count == Int(shape[0] * r) else { throw fail("lora factors do not match [rank, in] / [out, rank]", name) }
-                if let s = try scales("lora.\(name).down", blocks: 1) { down = down.map { $0 * s[0] } }
-                if let s = try scales("lora.\(name).up", blocks: 1) { up = up.map { $0 * s[0] } }
-                layer.lora = LoRATerm(rank: Int(r), alpha: Float(alpha), down: down, up: up)
-            }
-            guard layer.lidb != nil || layer.lora != nil else { throw fail("layer has no term", name) }
-            layers.append(layer)
+        func dequantised(_ q: ArraySlice<Float>, _ s: Float?) -> [Float] {
+            guard let s else { return Array(q) }
+            return q.map { $0 * s }
         }
-        if !lidbSizes.isEmpty {
+        var layers: [SubjectLayer] = table.map { SubjectLayer(target: $0.target, lidb: nil, lora: nil) }
+        if !lidbRows.isEmpty {
             let down = try decode("lidb.down_train"), up = try decode("lidb.up_train")
-            guard down.count == lidbSizes.reduce(0, { $0 + $1.0 }), up.count == lidbSizes.reduce(0, { $0 + $1.1 }) else {
-                throw fail("lidb.down_train / lidb.up_train sizes do not match the layer table")
-            }
-            let ds = try scales("lidb.down_train", blocks: lidbSizes.count), us = try scales("lidb.up_train", blocks: lidbSizes.count)
+            let ds = try scales("lidb.down_train"), us = try scales("lidb.up_train")
             var di = 0, ui = 0, k = 0
-            for i in layers.indices where layers[i].lidb != nil {
-                let (nd, nu) = lidbSizes[k]
-                layers[i].lidb!.downTrain = Array(down[di..<(di + nd)]).map { $0 * (ds?[k] ?? 1) }
-                layers[i].lidb!.upTrain = Array(up[ui..<(ui + nu)]).map { $0 * (us?[k] ?? 1) }
+            for i in table.indices {
+                guard let t = table[i].lidb else { continue }
+                let nd = t.rank * t.a, nu = t.b * t.rank
+                layers[i].lidb = LiDBTerm(rank: t.rank, a: t.a, b: t.b, alpha: t.alpha,
+                                          downTrain: dequantised(down[di..<(di + nd)], ds?[k]), upTrain: dequantised(up[ui..<(ui + nu)], us?[k]))
                 di += nd; ui += nu; k += 1
             }
+        }
+        for i in table.indices {
+            guard let t = table[i].lora else { continue }
+            let n = table[i].target.name
+            let down = try decode("lora.\(n).down"), up = try decode("lora.\(n).up")
+            let ds = try scales("lora.\(n).down"), us = try scales("lora.\(n).up")
+            layers[i].lora = LoRATerm(rank: t.rank, alpha: t.alpha, down: dequantised(down[...], ds?[0]), up: dequantised(up[...], us?[0]))
         }
         var finalBasis = basis
         if case .stored = basis {
             var stored: [String: StoredBasis] = [:]
-            for l in layers {
-                guard let t = l.lidb else { continue }
+            for l in layers where l.lidb != nil {
                 let d = try decode("basis.\(l.target.name).down"), u = try decode("basis.\(l.target.name).up")
-                guard d.count == t.a * l.target.inDim, u.count == l.target.out * t.b else { throw fail("stored basis has the wrong size", l.target.name) }
                 stored[l.target.name] = StoredBasis(down: d, up: u)
             }
             finalBasis = .stored(stored)
         }
-        self.init(layers: layers, basis: finalBasis, targets: md["targets"]?.stringValue ?? "custom", architecture: arch,
-                  baseContent: md["binding"]?["base_content"]?.stringValue, info: md["info"] ?? .object([]))
-        if let fp = md["binding"]?["targets_fingerprint"]?.stringValue, fp != targetLayers.tableFingerprint {
-            throw fail("the layer table does not match its recorded fingerprint")
-        }
+        self.init(layers: layers, basis: finalBasis, targets: targets, architecture: arch,
+                  baseContent: baseContent, info: md["info"] ?? .object([]))
+        self.source = path
     }
+}
+
+func isHex64(_ s: String) -> Bool {
+    s.utf8.count == 64 && s.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
 }
 
 func floatBytes(_ v: [Float]) -> [UInt8] {

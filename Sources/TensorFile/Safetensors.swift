@@ -122,8 +122,10 @@ func parseShape(_ v: JSONValue, maxRank: Int = 64, fail: (TensorFileError.Proble
     for d in dims {
         guard case let .number(s) = d else { throw fail(.invalidShape("dimension \(d.serializedString) is not a number")) }
         guard d.isInteger else { throw fail(.invalidShape("dimension \(s) is not an integer")) }
-        guard !s.hasPrefix("-") || s == "-0" else { throw fail(.invalidShape("dimension \(s) is negative")) }
-        guard let x = Int(s == "-0" ? "0" : s) else { throw fail(.invalidShape("dimension \(s) is too large")) }
+        // `-0` is refused too: dimensions are written without a sign (spec/format.md §1.2), as the
+        // safetensors reference reader (serde_json into usize) refuses it.
+        guard !s.hasPrefix("-") else { throw fail(.invalidShape(s == "-0" ? "dimension -0 has a sign" : "dimension \(s) is negative")) }
+        guard let x = Int(s) else { throw fail(.invalidShape("dimension \(s) is too large")) }
         shape.append(x)
     }
     return shape

@@ -187,6 +187,9 @@ class CrossTests(unittest.TestCase):
                 merged = self.path(f"swift-{dtype}-merged.lidb")
                 lidb("merge", self.base, sp, "-o", merged)
                 self.check_merge(sp, merged)
+                # the record of the merge names the delta as computed here (spec/subject.md)
+                with read(merged) as m:
+                    self.assertEqual(m.metadata["merged"][-1]["delta_fingerprint"], s.delta_fingerprint)
                 # the PEFT export's factors equal the ones computed here
                 peft = self.path(f"swift-{dtype}-peft.safetensors")
                 lidb("subject", "export", sp, "--format", "peft", "-o", peft)
@@ -204,7 +207,8 @@ class CrossTests(unittest.TestCase):
             for comp in ("unet", "text_encoder"):
                 for k, v in b.state_dict(comp).items():
                     shapes[f"{comp}.{k}"] = v.shape
-        names = [n[:-len(".weight")] for n in sorted(shapes) if n.endswith((".to_q.weight", ".to_v.weight", ".fc1.weight"))]
+        # layers in the base's tensor order (spec/subject.md §2; Swift refuses another order)
+        names = [n[:-len(".weight")] for n in shapes if n.endswith((".to_q.weight", ".to_v.weight", ".fc1.weight"))]
         rng = np.random.default_rng(5)
         for dtype, stored in (("f16", False), ("q8", False), ("bf16", True), ("f32", False)):
             with self.subTest(dtype=dtype, stored=stored):
@@ -232,6 +236,8 @@ class CrossTests(unittest.TestCase):
                 merged = self.path(f"python-{dtype}-merged.lidb")
                 lidb("merge", self.base, f"{sp}:0.75", "-o", merged)
                 back = read_subject(sp)
+                with read(merged) as m:
+                    self.assertEqual(m.metadata["merged"][-1]["delta_fingerprint"], back.delta_fingerprint)
                 with read_base(self.base) as b, read_base(merged) as m:
                     worst = 0.0
                     for l in back.layers:

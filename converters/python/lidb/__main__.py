@@ -37,6 +37,18 @@ def _inspect(path: str) -> int:
 def _verify(path: str) -> int:
     problems = verify(path)
     if not problems:
+        c = read(path, verify=False)
+        kind = c.kind
+        c.close()
+        if kind == "subject":
+            # an intact container must also be a valid subject (spec/subject.md §4)
+            from .subject import SubjectError, read_subject
+            try:
+                read_subject(path, verify=False)
+            except SubjectError as e:
+                print(f"{path}: invalidSubject: {e}")
+                return 1
+    if not problems:
         print(f"{path}: ok")
         return 0
     for p in problems:

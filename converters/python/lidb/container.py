@@ -46,6 +46,7 @@ from .crc32c import crc32c, crc32c_update
 __all__ = [
     "LidbError",
     "IntegerText",
+    "NegativeZero",
     "TensorEntry",
     "Container",
     "Problem",
@@ -141,6 +142,18 @@ class IntegerText(str):
         return f"IntegerText({str.__repr__(self)})"
 
 
+class NegativeZero(int):
+    """The integer literal ``-0``: equal to 0 wherever a number is used (metadata), but refused
+    in the tensor table, where ``shape``, ``offset`` and ``length`` are written without a sign
+    (§1.2, §5 step 10)."""
+
+    def __new__(cls):
+        return super().__new__(cls, 0)
+
+    def __repr__(self) -> str:
+        return "NegativeZero()"
+
+
 @dataclass(frozen=True)
 class TensorEntry:
     name: str
@@ -215,6 +228,8 @@ def _number(lit: str, is_float: bool, pos: int):
         if v in (float("inf"), float("-inf")):
             raise LidbError("invalidJSON", f"number {lit[:40]} at character {pos} is out of range")
         return v
+    if lit == "-0":
+        return NegativeZero()
     digits = len(lit) - (1 if lit[0] == "-" else 0)
     if digits <= 19:
         v = int(lit)
@@ -747,12 +762,13 @@ def _parse(buf: memoryview) -> Container:
 
 
 def _is_int(v) -> bool:
-    return type(v) is int  # excludes bool and IntegerText
+    return type(v) is int  # excludes bool, IntegerText and NegativeZero (-0)
 
 
 def _u64(v) -> Optional[int]:
     """``v`` as an integer in [0, 2^64), or None.  Literals in [2^63, 2^64)
-    arrive as IntegerText and are accepted here (§5 step 10: "below 2^64")."""
+    arrive as IntegerText and are accepted here (§5 step 10: "below 2^64");
+    ``-0`` (NegativeZero) is not."""
     if type(v) is IntegerText:
         if v.startswith("-") or len(v) > 20:
             return None
@@ -799,7 +815,8 @@ def _check_row(i: int, row) -> TensorEntry:
         raise LidbError("invalidShape", f"{where}: {len(shape)} dimensions (at most {MAX_RANK})")
     for d in shape:
         if not _is_int(d) or d < 0 or d > MAX_I63:
-            raise LidbError("invalidShape", f"{where}: dimension {d!r} is not a non-negative 63-bit integer")
+            raise LidbError("invalidShape", f"{where}: dimension {'-0' if type(d) is NegativeZero else repr(d)} "
+                                            "is not a non-negative 63-bit integer written without a sign")
     # §2: dimensions multiplied left to right, every intermediate <= 2^64 - 1,
     # then times the element size in bits (checked again); whole bytes
     numel = 1

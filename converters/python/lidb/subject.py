@@ -14,6 +14,7 @@ The bases come from :mod:`lidb.basis` (``lidb-basis-1``, pure Python, bit-exact)
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -21,10 +22,10 @@ import numpy as np
 import zstandard
 
 from .basis import layer_bases
-from .container import Container, read, write
+from .container import Container, IntegerText, read, write
 
 __all__ = ["LiDBTerm", "LoRATerm", "SubjectLayer", "Subject", "SubjectError", "read_subject", "write_subject",
-           "targets_fingerprint"]
+           "targets_fingerprint", "check_against_base"]
 
 
 class SubjectError(ValueError):
@@ -81,6 +82,52 @@ class Subject:
     @property
     def targets_fingerprint(self) -> str:
         return targets_fingerprint([(l.name, l.out, l.in_) for l in self.layers])
+
+    @property
+    def delta_fingerprint(self) -> str:
+        """SHA-256 (hex) of the delta's content (spec/subject.md, "Delta fingerprint"): what a
+        merged base records to recognise the subject when unmerging."""
+        h = hashlib.sha256()
+
+        def text(v):
+            h.update(str(v).encode("utf-8") + b"\x00")
+
+        def floats(v):
+            a = np.ascontiguousarray(np.asarray(v, np.float32).reshape(-1), dtype="<f4")
+            text(a.size)
+            h.update(a.tobytes())
+
+        text("lidb-delta-1")
+        text(self.architecture)
+        if self.seed is None:
+            text("stored")
+        else:
+            text("seed")
+            text(int(self.seed))
+        text(len(self.layers))
+        for l in self.layers:
+            text(l.name)
+            text(l.out)
+            text(l.in_)
+            if l.lidb:
+                t = l.lidb
+                for v in ("lidb", t.rank, t.a, t.b):
+                    text(v)
+                floats([t.alpha])
+                floats(t.down_train)
+                floats(t.up_train)
+                if self.seed is None:
+                    d, u = self.stored_bases[l.name]
+                    floats(d)
+                    floats(u)
+            if l.lora:
+                t = l.lora
+                text("lora")
+                text(t.rank)
+                floats([t.alpha])
+                floats(t.down)
+                floats(t.up)
+        return h.hexdigest()
 
     @property
     def trained_parameters(self) -> int:
@@ -157,13 +204,37 @@ def _f32(arr: np.ndarray, dtype: str) -> np.ndarray:
     raise SubjectError(f"factors must be F32, F16, BF16 or I8, not {dtype}")
 
 
+# Limits of spec/subject.md §4.
+MAX_DIMENSION = 65536
+MAX_LAYER_ELEMENTS = 1 << 28
+MAX_RANK = 1024
+MAX_BASIS_DIMENSION = 1024
+TARGET_SETS = ("paper", "unet-attn", "text-attn", "text-mlp", "custom")
+_TENSOR_DTYPE = {"f16": "F16", "f32": "F32", "bf16": "BF16", "q8": "I8"}
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
 def read_subject(path: str, verify: bool = True) -> Subject:
-    """Reads and validates a subject file (spec/subject.md §4)."""
+    """Reads and validates a subject file (spec/subject.md §3–4)."""
     c = read(path, verify=verify)
     try:
         return _parse(c, path)
     finally:
         c.close()
+
+
+def _is_int(v) -> bool:
+    return type(v) is int  # not bool, not IntegerText, not the -0 literal
+
+
+def _is_number(v) -> bool:
+    return type(v) in (int, float)
+
+
+def _alpha_ok(alpha, rank) -> bool:
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = np.float32(alpha)
+        return bool(np.isfinite(alpha) and np.isfinite(a) and np.isfinite(a / np.float32(rank)))
 
 
 def _parse(c: Container, path: str) -> Subject:
@@ -173,118 +244,193 @@ def _parse(c: Container, path: str) -> Subject:
     if c.kind != "subject":
         raise fail(f"expected a subject file, found kind {c.kind!r}")
     md = c.metadata
-    if md.get("lidb_subject") != 1:
+    if not _is_int(md.get("lidb_subject")) or md.get("lidb_subject") != 1:
         raise fail(f"subject schema version {md.get('lidb_subject')!r} (this reader knows 1)")
-    rows = md.get("layers")
     binding = md.get("binding")
-    if not isinstance(rows, list):
-        raise fail("metadata.layers is missing")
-    if not isinstance(binding, dict) or not isinstance(binding.get("architecture"), str):
+    if not isinstance(binding, dict):
+        raise fail("metadata.binding is missing or not an object")
+    if not isinstance(binding.get("architecture"), str) or not binding["architecture"]:
         raise fail("metadata.binding.architecture is missing")
-    basis = md.get("basis") or {}
-    seed = None
-    if basis.get("generator") == "lidb-basis-1" and isinstance(basis.get("seed"), int) and 0 <= int(basis["seed"]) < 1 << 64:
-        seed = int(basis["seed"])
-    elif basis.get("stored") is not True:
+    fp = binding.get("targets_fingerprint")
+    if not isinstance(fp, str) or not _HEX64.fullmatch(fp):
+        raise fail("metadata.binding.targets_fingerprint must be 64 lower-case hex digits")
+    base_content = binding.get("base_content")
+    if base_content is not None and (not isinstance(base_content, str) or not _HEX64.fullmatch(base_content)):
+        raise fail("metadata.binding.base_content must be 64 lower-case hex digits")
+    basis = md.get("basis")
+    basis = basis if isinstance(basis, dict) else {}
+    seed = basis.get("seed")
+    if type(seed) is IntegerText and seed.isdigit():
+        seed = int(seed)  # seeds in [2^63, 2^64) arrive as their literal text
+    if basis.get("generator") == "lidb-basis-1" and _is_int(seed) and 0 <= seed < 1 << 64:
+        pass
+    elif "generator" not in basis and basis.get("stored") is True:
+        seed = None
+    else:
         raise fail("unknown basis (expected generator 'lidb-basis-1' with a seed, or stored bases)")
-
-    def tensor(name):
-        if name not in c:
-            raise fail(f"tensor {name!r} is missing")
-        e = c.entry(name)
-        return _f32(c.tensor(name), e.dtype).reshape(-1), e.dtype
-
-    def scales(name, blocks):
-        if c.entry(name).dtype != "I8":
-            return None
-        s, _ = tensor(name + ".scale")
-        if s.size != blocks or not np.all(np.isfinite(s)) or not np.all(s > 0):
-            raise fail(f"{name}.scale: {blocks} positive finite scales expected")
-        return s
-
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
+    dtype = md.get("dtype")
+    if dtype not in _TENSOR_DTYPE:
+        raise fail(f"metadata.dtype must be one of f16, f32, bf16, q8, not {dtype!r}")
+    factor_dtype = _TENSOR_DTYPE[dtype]
+    targets = md.get("targets")
+    if targets not in TARGET_SETS:
+        raise fail(f"metadata.targets must be one of {', '.join(TARGET_SETS)}, not {targets!r}")
+    if "info" in md and not isinstance(md["info"], dict):
+        raise fail("metadata.info must be an object")
+    rows = md.get("layers")
+    if not isinstance(rows, list):
+        raise fail("metadata.layers is missing or not an array")
 
     layers: List[SubjectLayer] = []
     names = set()
-    lidb_sizes = []
     for i, row in enumerate(rows):
-        name, shape = (row.get("name"), row.get("shape")) if isinstance(row, dict) else (None, None)
-        if not isinstance(name, str) or not isinstance(shape, list) or len(shape) != 2 \
-                or not all(is_int(d) and d > 0 for d in shape):
-            raise fail(f"layers[{i}] needs a name and a shape [out, in]")
+        if not isinstance(row, dict):
+            raise fail(f"metadata.layers[{i}] is not an object")
+        name, shape = row.get("name"), row.get("shape")
+        if not isinstance(name, str) or not name:
+            raise fail(f"metadata.layers[{i}].name must be a non-empty string")
         if name in names:
             raise fail(f"layer {name!r} listed twice")
         names.add(name)
+        if not isinstance(shape, list) or len(shape) != 2 or not all(_is_int(d) for d in shape):
+            raise fail(f"layer {name!r}: shape must be [out, in], two integers")
         out, in_ = shape
+        if not (1 <= out <= MAX_DIMENSION and 1 <= in_ <= MAX_DIMENSION):
+            raise fail(f"layer {name!r}: shape [{out}, {in_}]: each dimension must be 1 … {MAX_DIMENSION}")
+        if out * in_ > MAX_LAYER_ELEMENTS:
+            raise fail(f"layer {name!r}: shape [{out}, {in_}] has more than {MAX_LAYER_ELEMENTS} elements")
         layer = SubjectLayer(name, out, in_)
         t = row.get("lidb")
         if t is not None:
+            if not isinstance(t, dict):
+                raise fail(f"layer {name!r}: lidb must be an object")
             r, a, b, alpha = t.get("rank"), t.get("a"), t.get("b"), t.get("alpha")
-            if not (is_int(r) and is_int(a) and is_int(b) and isinstance(alpha, (int, float)) and not isinstance(alpha, bool)
-                    and 1 <= r <= 1024 and 1 <= a <= in_ and 1 <= b <= out and np.isfinite(alpha)):
-                raise fail(f"layer {name!r}: invalid lidb term (rank ≥ 1, 1 ≤ a ≤ in, 1 ≤ b ≤ out, finite alpha)")
+            if not (_is_int(r) and _is_int(a) and _is_int(b) and _is_number(alpha)
+                    and 1 <= r <= MAX_RANK and 1 <= a <= min(in_, MAX_BASIS_DIMENSION) and 1 <= b <= min(out, MAX_BASIS_DIMENSION)):
+                raise fail(f"layer {name!r}: invalid lidb term (1 ≤ rank ≤ {MAX_RANK}, 1 ≤ a ≤ min(in, {MAX_BASIS_DIMENSION}), "
+                           f"1 ≤ b ≤ min(out, {MAX_BASIS_DIMENSION}))")
+            if not _alpha_ok(alpha, r):
+                raise fail(f"layer {name!r}: lidb alpha {alpha!r} is not finite as a 32-bit float")
             layer.lidb = LiDBTerm(r, a, b, float(alpha), np.zeros((r, a), np.float32), np.zeros((b, r), np.float32))
-            lidb_sizes.append((r * a, b * r))
         t = row.get("lora")
         if t is not None:
+            if not isinstance(t, dict):
+                raise fail(f"layer {name!r}: lora must be an object")
             r, alpha = t.get("rank"), t.get("alpha")
-            if not (is_int(r) and isinstance(alpha, (int, float)) and not isinstance(alpha, bool)
-                    and 1 <= r <= min(out, in_) and np.isfinite(alpha)):
-                raise fail(f"layer {name!r}: invalid lora term (1 ≤ rank ≤ min(out, in), finite alpha)")
-            down, _ = tensor(f"lora.{name}.down")
-            up, _ = tensor(f"lora.{name}.up")
-            if down.size != r * in_ or up.size != out * r:
-                raise fail(f"layer {name!r}: lora factors do not match [rank, in] / [out, rank]")
-            s = scales(f"lora.{name}.down", 1)
-            if s is not None:
-                down = down * s[0]
-            s = scales(f"lora.{name}.up", 1)
-            if s is not None:
-                up = up * s[0]
-            layer.lora = LoRATerm(r, float(alpha), down.reshape(r, in_), up.reshape(out, r))
+            if not (_is_int(r) and _is_number(alpha) and 1 <= r <= min(out, in_, MAX_RANK)):
+                raise fail(f"layer {name!r}: invalid lora term (1 ≤ rank ≤ min(out, in, {MAX_RANK}))")
+            if not _alpha_ok(alpha, r):
+                raise fail(f"layer {name!r}: lora alpha {alpha!r} is not finite as a 32-bit float")
+            layer.lora = LoRATerm(r, float(alpha), np.zeros((r, in_), np.float32), np.zeros((out, r), np.float32))
         if layer.lidb is None and layer.lora is None:
             raise fail(f"layer {name!r} has no term")
         layers.append(layer)
-    if lidb_sizes:
-        down, _ = tensor("lidb.down_train")
-        up, _ = tensor("lidb.up_train")
-        if down.size != sum(s[0] for s in lidb_sizes) or up.size != sum(s[1] for s in lidb_sizes):
-            raise fail("lidb.down_train / lidb.up_train sizes do not match the layer table")
-        ds, us = scales("lidb.down_train", len(lidb_sizes)), scales("lidb.up_train", len(lidb_sizes))
-        di = ui = k = 0
-        for layer in layers:
+    if fp != targets_fingerprint([(l.name, l.out, l.in_) for l in layers]):
+        raise fail("the layer table does not match its recorded targets fingerprint")
+
+    # Exactly the tensors the table and the basis call for, with the metadata's dtype and exact shapes.
+    lidb_layers = [l for l in layers if l.lidb]
+    expected = {}
+    if lidb_layers:
+        expected["lidb.down_train"] = (factor_dtype, (sum(l.lidb.rank * l.lidb.a for l in lidb_layers),))
+        expected["lidb.up_train"] = (factor_dtype, (sum(l.lidb.b * l.lidb.rank for l in lidb_layers),))
+        if dtype == "q8":
+            expected["lidb.down_train.scale"] = ("F32", (len(lidb_layers),))
+            expected["lidb.up_train.scale"] = ("F32", (len(lidb_layers),))
+    for l in layers:
+        if l.lora:
+            expected[f"lora.{l.name}.down"] = (factor_dtype, (l.lora.rank, l.in_))
+            expected[f"lora.{l.name}.up"] = (factor_dtype, (l.out, l.lora.rank))
+            if dtype == "q8":
+                expected[f"lora.{l.name}.down.scale"] = ("F32", (1,))
+                expected[f"lora.{l.name}.up.scale"] = ("F32", (1,))
+    if seed is None:
+        for l in lidb_layers:
+            expected[f"basis.{l.name}.down"] = ("F32", (l.lidb.a, l.in_))
+            expected[f"basis.{l.name}.up"] = ("F32", (l.out, l.lidb.b))
+    for name in c.names:
+        if name not in expected:
+            raise fail(f"tensor {name!r}: unexpected tensor (the layer table and basis do not call for it)")
+    for name, (want_dtype, want_shape) in expected.items():
+        if name not in c:
+            raise fail(f"tensor {name!r} is missing")
+        e = c.entry(name)
+        if e.dtype != want_dtype:
+            raise fail(f"tensor {name!r} is {e.dtype}, but " + ("it must be F32" if want_dtype == "F32" and factor_dtype != "F32"
+                                                                  else f"the metadata dtype {dtype} calls for {want_dtype}"))
+        if tuple(e.shape) != want_shape:
+            raise fail(f"tensor {name!r}: sizes do not match the layer table: the shape must be {list(want_shape)}, found {list(e.shape)}")
+    tp = md.get("trained_parameters")
+    if tp is not None:
+        n = sum(l.lidb.rank * (l.lidb.a + l.lidb.b) for l in lidb_layers) + \
+            sum(l.lora.rank * (l.in_ + l.out) for l in layers if l.lora)
+        if not _is_int(tp) or tp != n:
+            raise fail(f"trained_parameters is {tp!r}, the layer table has {n}")
+
+    def tensor(name):
+        e = c.entry(name)
+        v = _f32(c.tensor(name), e.dtype).reshape(-1)
+        if e.dtype != "I8" and not np.all(np.isfinite(v)):
+            raise fail(f"tensor {name!r}: factor values must be finite (found NaN or infinity)")
+        return v
+
+    def scales(name):
+        if dtype != "q8":
+            return None
+        s = tensor(name + ".scale")
+        with np.errstate(over="ignore", invalid="ignore"):
+            ok = np.all(s > 0) and np.all(np.isfinite(s * np.float32(127)))
+        if not ok:
+            raise fail(f"tensor {name + '.scale'!r}: q8 scales must be positive with 127 · scale finite")
+        return s
+
+    def dequantised(q, s):
+        # float32(q) · scale: one binary32 product, rounded once, as every reader must
+        return q if s is None else (q * np.float32(s)).astype(np.float32)
+
+    if lidb_layers:
+        down, up = tensor("lidb.down_train"), tensor("lidb.up_train")
+        ds, us = scales("lidb.down_train"), scales("lidb.up_train")
+        di = ui = 0
+        for k, layer in enumerate(lidb_layers):
             t = layer.lidb
-            if t is None:
-                continue
-            nd, nu = lidb_sizes[k]
-            d, u = down[di:di + nd], up[ui:ui + nu]
-            if ds is not None:
-                d = d * ds[k]  # float32 × float32, rounded once, as every reader must
-            if us is not None:
-                u = u * us[k]
-            t.down_train = d.astype(np.float32).reshape(t.rank, t.a)
-            t.up_train = u.astype(np.float32).reshape(t.b, t.rank)
+            nd, nu = t.rank * t.a, t.b * t.rank
+            t.down_train = dequantised(down[di:di + nd], None if ds is None else ds[k]).astype(np.float32).reshape(t.rank, t.a)
+            t.up_train = dequantised(up[ui:ui + nu], None if us is None else us[k]).astype(np.float32).reshape(t.b, t.rank)
             di += nd
             ui += nu
-            k += 1
+    for layer in layers:
+        t = layer.lora
+        if t is None:
+            continue
+        d, u = tensor(f"lora.{layer.name}.down"), tensor(f"lora.{layer.name}.up")
+        sd, su = scales(f"lora.{layer.name}.down"), scales(f"lora.{layer.name}.up")
+        t.down = dequantised(d, None if sd is None else sd[0]).astype(np.float32).reshape(t.rank, layer.in_)
+        t.up = dequantised(u, None if su is None else su[0]).astype(np.float32).reshape(layer.out, t.rank)
     stored = {}
     if seed is None:
-        for layer in layers:
+        for layer in lidb_layers:
             t = layer.lidb
-            if t is None:
-                continue
-            d, _ = tensor(f"basis.{layer.name}.down")
-            u, _ = tensor(f"basis.{layer.name}.up")
-            if d.size != t.a * layer.in_ or u.size != layer.out * t.b:
-                raise fail(f"layer {layer.name!r}: stored basis has the wrong size")
+            d, u = tensor(f"basis.{layer.name}.down"), tensor(f"basis.{layer.name}.up")
             stored[layer.name] = (d.reshape(t.a, layer.in_).copy(), u.reshape(layer.out, t.b).copy())
-    s = Subject(layers, binding["architecture"], md.get("targets", "custom"), seed, stored,
-                binding.get("base_content"), md.get("info") or {}, md)
-    fp = binding.get("targets_fingerprint")
-    if fp is not None and fp != s.targets_fingerprint:
-        raise fail("the layer table does not match its recorded fingerprint")
-    return s
+    return Subject(layers, binding["architecture"], targets, seed, stored, base_content, md.get("info") or {}, md)
+
+
+def check_against_base(subject: Subject, tensors: Sequence[Tuple[str, Sequence[int]]]) -> None:
+    """Checks that ``subject`` applies to a base whose tensor table (names and shapes, in order) is
+    ``tensors``: every layer present with its shape, and listed in the base's order (spec §2)."""
+    order = {name: i for i, (name, _) in enumerate(tensors)}
+    shapes = dict(tensors)
+    prev = -1
+    for l in subject.layers:
+        w = l.name + ".weight"
+        if w not in order:
+            raise SubjectError(f"layer {l.name!r} is not in the base")
+        if tuple(shapes[w]) != (l.out, l.in_):
+            raise SubjectError(f"layer {l.name!r}: subject [{l.out}, {l.in_}], base {list(shapes[w])}")
+        if order[w] <= prev:
+            raise SubjectError(f"layer {l.name!r}: layers are not in the base's tensor order")
+        prev = order[w]
 
 
 def _pack(name: str, blocks: List[np.ndarray], dtype: str, shape=None):
@@ -340,7 +486,10 @@ def write_subject(path: str, subject: Subject, dtype: str = "f16") -> None:
     binding = {"architecture": subject.architecture, "targets_fingerprint": subject.targets_fingerprint}
     if subject.base_content:
         binding["base_content"] = subject.base_content
-    basis = {"generator": "lidb-basis-1", "seed": subject.seed} if subject.seed is not None else {"stored": True}
+    seed = subject.seed
+    if seed is not None and seed >= 1 << 63:
+        seed = IntegerText(str(seed))  # unsigned 64-bit seeds beyond the signed range keep their literal
+    basis = {"generator": "lidb-basis-1", "seed": seed} if subject.seed is not None else {"stored": True}
     metadata = {"lidb_subject": 1, "targets": subject.targets, "binding": binding, "basis": basis, "dtype": dtype,
                 "trained_parameters": subject.trained_parameters, "info": subject.info or {}, "layers": rows}
     encoding = {}

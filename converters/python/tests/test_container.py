@@ -23,7 +23,7 @@ import zstandard  # noqa: E402
 
 import lidb  # noqa: E402
 from lidb import IntegerText, LidbError, crc32c  # noqa: E402
-from lidb.container import align64, encode_json, parse_json  # noqa: E402
+from lidb.container import NegativeZero, align64, encode_json, parse_json  # noqa: E402
 
 REPO = HERE.parent.parent.parent
 EXAMPLES = REPO / "spec" / "examples"
@@ -327,7 +327,8 @@ class TestJSON(Base):
         v = parse_json('[0,-0,12,-3,0.5,1e-05,1E5,2.0,-0.0,9223372036854775807,-9223372036854775808,'
                        '9223372036854775808,123456789012345678901234567890]')
         self.assertEqual([type(x) for x in v],
-                         [int, int, int, int, float, float, float, float, float, int, int, IntegerText, IntegerText])
+                         [int, NegativeZero, int, int, float, float, float, float, float, int, int, IntegerText, IntegerText])
+        self.assertEqual(v[1], 0)  # -0 is the integer 0 in metadata
         self.assertEqual(v[11], "9223372036854775808")
         self.assertEqual(v[9], (1 << 63) - 1)
 
@@ -660,6 +661,27 @@ class TestValidation(Base):
         for rows, code in cases:
             with self.subTest(rows=str(rows)[:120], code=code):
                 self.assertCode(with_rows(*rows, data=data4), code)
+
+    def test_step10_negative_zero(self):
+        # shape, offset and length are written without a sign: -0 is refused in all three, as the
+        # Swift reader refuses it (Tests/TensorFileTests/NegativeZeroTests.swift)
+        empty = row("a", dtype="F32", shape=(0, 4), offset=0, length=0, data=b"")
+        text = encode_json(good_header(tensors=[empty], metadata={"z": 0}))
+        c = lidb.read(assemble(text, b""))
+        self.assertEqual(c.tensors[0].shape, (0, 4))
+        c = lidb.read(assemble(text.replace('"z":0', '"z":-0'), b""))
+        self.assertEqual(c.metadata["z"], 0)
+        self.assertCode(assemble(text.replace('"shape":[0,4]', '"shape":[-0,4]'), b""), "invalidShape")
+        self.assertCode(assemble(text.replace('"length":0', '"length":-0'), b""), "wrongType")
+        four = encode_json(good_header(tensors=[row("a")]))
+        self.assertCode(assemble(four.replace('"offset":0', '"offset":-0'), b"\x01\x02\x03\x04"), "wrongType")
+
+    def test_step10_row_categories(self):
+        # a row that is not an object: wrongType; a row without crc32c: missingField
+        self.assertCode(assemble(good_header(tensors=[7]), b""), "wrongType")
+        r = row("a")
+        del r["crc32c"]
+        self.assertCode(assemble(good_header(tensors=[r]), b"\x01\x02\x03\x04"), "missingField")
 
     def test_step10_row_check_order(self):
         # within a row: the fields in order name, dtype, shape, offset/length, encoding, crc32c
