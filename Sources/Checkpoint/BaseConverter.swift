@@ -15,13 +15,19 @@ public struct BaseConvertOptions: Sendable {
     public var predictionType: String?
     /// A diffusers folder whose configs and tokenizer describe a single-file checkpoint.
     public var configFolder: String?
+    /// Checks the tokenizer files taken from a folder (keyed by file name) before anything is
+    /// written; its errors name the bare file name, which the plan prefixes with the folder. The
+    /// tokenizer itself lives in the runtime (a higher layer), so the caller supplies the check.
+    public var validateTokenizer: (@Sendable ([String: [UInt8]]) throws(TensorFileError) -> Void)?
 
-    public init(dtype: DType? = nil, vae: String? = nil, ema: Bool = false, predictionType: String? = nil, configFolder: String? = nil) {
+    public init(dtype: DType? = nil, vae: String? = nil, ema: Bool = false, predictionType: String? = nil, configFolder: String? = nil,
+                validateTokenizer: (@Sendable ([String: [UInt8]]) throws(TensorFileError) -> Void)? = nil) {
         self.dtype = dtype
         self.vae = vae
         self.ema = ema
         self.predictionType = predictionType
         self.configFolder = configFolder
+        self.validateTokenizer = validateTokenizer
     }
 }
 
@@ -48,13 +54,27 @@ public struct BasePlan {
     /// Metadata without fingerprints (added while writing).
     public var metadata: JSONValue
     public var tensors: [PlannedTensor]
+    /// Things the user should hear about (one line each, without the "warning:" prefix): above all
+    /// a base that ends up without a tokenizer, and why.
+    public var warnings: [String]
 
-    public init(architecture: Architecture, metadata: JSONValue, tensors: [PlannedTensor]) {
+    public init(architecture: Architecture, metadata: JSONValue, tensors: [PlannedTensor], warnings: [String] = []) {
         self.architecture = architecture
         self.metadata = metadata
         self.tensors = tensors
+        self.warnings = warnings
     }
     public var tensorNames: [String] { tensors.map(\.info.name) }
+    /// The tokenizer files the base will store (`vocab.json`, …), keyed by file name.
+    public var tokenizerFiles: [String: [UInt8]] {
+        get throws(TensorFileError) {
+            var out: [String: [UInt8]] = [:]
+            for t in tensors where t.info.name.hasPrefix("tokenizer.") {
+                out[String(t.info.name.dropFirst("tokenizer.".count))] = try t.fetch().array
+            }
+            return out
+        }
+    }
     public var tensorInfos: [TensorInfo] { tensors.map(\.info) }
 }
 
@@ -100,15 +120,18 @@ public enum BaseConverter {
                 tensors.append(PlannedTensor(info: info, fetch: { () throws(TensorFileError) in try weights.tensorBytes(name) }))
             }
         }
-        tensors += tokenizerTensors(folder.tokenizerFiles)
+        let tokenizer = try chooseTokenizer(folder: folder.tokenizerFiles, folderPath: folder.path + "/tokenizer", input: folder.path,
+                                            validate: options.validateTokenizer,
+                                            remedy: "give the folder the model's tokenizer/ (tokenizer.json, or vocab.json and merges.txt)")
+        tensors += tokenizerTensors(tokenizer.files)
         let prediction = options.predictionType ?? folder.schedulerConfig?["prediction_type"]?.stringValue ?? "epsilon"
         var scheduler = folder.schedulerConfig ?? DefaultConfigs.scheduler(arch.family, prediction: prediction)
         scheduler = scheduler.setting("prediction_type", .string(prediction))
         let metadata = baseMetadata(arch: arch, prediction: prediction, unet: unet.config, vae: vae.config, text: text.config,
-                                    scheduler: scheduler, tokenizer: folder.tokenizerFiles, modelIndex: folder.modelIndex,
+                                    scheduler: scheduler, tokenizer: tokenizer.files, modelIndex: folder.modelIndex,
                                     source: .object([("format", .string("diffusers")), ("path", .string(basename(folder.path)))]))
         try checkDuplicates(tensors, file: folder.path)
-        return BasePlan(architecture: arch, metadata: metadata, tensors: tensors)
+        return BasePlan(architecture: arch, metadata: metadata, tensors: tensors, warnings: tokenizer.warnings)
     }
 
     /// transformers ≥ 5 saves `CLIPTextModel` without the `text_model.` prefix; bases always use it.
@@ -145,7 +168,7 @@ public enum BaseConverter {
         var arch = try Architecture.detectLDM(all, file: src.path)
         let shapes = Dictionary(all.map { ($0.name, $0.shape) }, uniquingKeysWith: { a, _ in a })
         var unetConfig: JSONValue, vaeConfig: JSONValue, textConfig: JSONValue
-        var tokenizer: [String: [UInt8]] = [:]
+        var folderTokenizer: [String: [UInt8]] = [:]
         var scheduler: JSONValue?
         if let dir = options.configFolder {
             let folder = try DiffusersFolder(path: dir, requireWeights: false)
@@ -154,7 +177,7 @@ public enum BaseConverter {
                 throw TensorFileError(file: dir, .unsupportedFormat("--config folder needs unet/, vae/ and text_encoder/ config.json"))
             }
             (unetConfig, vaeConfig, textConfig) = (u, v, t)
-            tokenizer = folder.tokenizerFiles
+            folderTokenizer = folder.tokenizerFiles
             scheduler = folder.schedulerConfig
         } else {
             (unetConfig, vaeConfig, textConfig) = inferConfigs(arch, shapes: shapes)
@@ -223,17 +246,20 @@ public enum BaseConverter {
         }
         tensors.sort(by: order)
         extras.sort(by: order)
-        tensors += tokenizerTensors(tokenizer)
+        // No single file carries a tokenizer: --config's.
+        let tokenizer = try chooseTokenizer(folder: folderTokenizer, folderPath: options.configFolder.map { $0 + "/tokenizer" }, input: src.path,
+                                            validate: options.validateTokenizer)
+        tensors += tokenizerTensors(tokenizer.files)
         tensors += extras
         let container = (src as? TensorFile.SafetensorsFile) != nil ? "safetensors" : src.formatName
         let metadata = baseMetadata(arch: arch, prediction: prediction, unet: unetConfig, vae: vaeConfig, text: textConfig,
-                                    scheduler: schedulerConfig, tokenizer: tokenizer, modelIndex: nil,
+                                    scheduler: schedulerConfig, tokenizer: tokenizer.files, modelIndex: nil,
                                     source: .object([("format", .string("single-file")), ("container", .string(container)),
                                                      ("path", .string(basename(src.path))), ("ema", .bool(options.ema)),
                                                      ("dropped_ema_tensors", .int(options.ema ? 0 : emaNames.count)),
                                                      ("extra_tensors", .int(extras.count))]))
         try checkDuplicates(tensors, file: src.path)
-        return BasePlan(architecture: arch, metadata: metadata, tensors: tensors)
+        return BasePlan(architecture: arch, metadata: metadata, tensors: tensors, warnings: tokenizer.warnings)
     }
 
     static func componentRank(_ name: String) -> Int {
@@ -312,7 +338,11 @@ public enum BaseConverter {
         if let p = options.predictionType {
             md = md.setting("prediction_type", .string(p))
         }
-        return BasePlan(architecture: model.architecture, metadata: md, tensors: tensors)
+        var warnings: [String] = []
+        if !tensors.contains(where: { $0.info.name.hasPrefix("tokenizer.") }) {
+            warnings.append("\(base.path): the base has no tokenizer, so `lidb generate` and `lidb tokenize` will refuse it; convert its source again with --config DIR (a diffusers folder with the model's tokenizer/)")
+        }
+        return BasePlan(architecture: model.architecture, metadata: md, tensors: tensors, warnings: warnings)
     }
 
     // MARK: VAE replacement
@@ -378,6 +408,38 @@ public enum BaseConverter {
         }
     }
 
+    /// The files a tokenizer needs: `tokenizer.json` (transformers ≥ 5 saves only that), or
+    /// `vocab.json` and `merges.txt`.
+    public static func isCompleteTokenizer(_ files: [String: [UInt8]]) -> Bool {
+        files["tokenizer.json"] != nil || files["vocab.json"] != nil && files["merges.txt"] != nil
+    }
+
+    /// The tokenizer of a base: the folder's when it is complete, else none, with a warning.
+    static func chooseTokenizer(folder: [String: [UInt8]], folderPath: String?, input: String,
+                                validate: (@Sendable ([String: [UInt8]]) throws(TensorFileError) -> Void)?,
+                                remedy: String = "pass --config DIR (a diffusers folder with the model's tokenizer/)") throws(TensorFileError)
+        -> (files: [String: [UInt8]], warnings: [String]) {
+        if isCompleteTokenizer(folder), let folderPath {
+            do throws(TensorFileError) {
+                try validate?(folder)
+            } catch {
+                throw TensorFileError(file: folderPath + "/" + error.file, tensor: error.tensor, error.problem)
+            }
+            return (folder, [])
+        }
+        var warnings: [String] = []
+        if let folderPath {
+            let why = folder.isEmpty ? "has no tokenizer files" : "has \(folder.keys.sorted().joined(separator: ", ")) but neither tokenizer.json nor vocab.json with merges.txt"
+            warnings.append("\(folderPath) \(why)")
+        }
+        warnings.append("\(input): the base has no tokenizer, so `lidb generate` and `lidb tokenize` will refuse it; \(remedy)")
+        return ([:], warnings)
+    }
+
+    static func tokenizerComponent(_ files: [String: [UInt8]]) -> JSONValue {
+        .object([("class", .string("CLIPTokenizer")), ("files", .array(files.keys.sorted().map { .string($0) }))])
+    }
+
     static func baseMetadata(arch: Architecture, prediction: String, unet: JSONValue, vae: JSONValue, text: JSONValue,
                              scheduler: JSONValue, tokenizer: [String: [UInt8]], modelIndex: JSONValue?, source: JSONValue) -> JSONValue {
         var comps: [(String, JSONValue)] = [
@@ -387,7 +449,7 @@ public enum BaseConverter {
             ("scheduler", .object([("class", .string(scheduler["_class_name"]?.stringValue ?? "PNDMScheduler")), ("config", scheduler)])),
         ]
         if !tokenizer.isEmpty {
-            comps.append(("tokenizer", .object([("class", .string("CLIPTokenizer")), ("files", .array(tokenizer.keys.sorted().map { .string($0) }))])))
+            comps.append(("tokenizer", tokenizerComponent(tokenizer)))
         }
         var pairs: [(String, JSONValue)] = [
             ("lidb_base", .int(schemaVersion)),
