@@ -75,6 +75,11 @@ public struct BasePlan {
             return out
         }
     }
+    /// `built-in` when the tokenizer files are lidb's CLIP tokenizer (`EmbeddedTokenizer`); nil
+    /// when they come from the source (or the base has none).
+    public var tokenizerOrigin: String? {
+        metadata["components"]?["tokenizer"]?["origin"]?.stringValue
+    }
     public var tensorInfos: [TensorInfo] { tensors.map(\.info) }
 }
 
@@ -120,7 +125,9 @@ public enum BaseConverter {
                 tensors.append(PlannedTensor(info: info, fetch: { () throws(TensorFileError) in try weights.tensorBytes(name) }))
             }
         }
-        let tokenizer = try chooseTokenizer(folder: folder.tokenizerFiles, folderPath: folder.path + "/tokenizer", input: folder.path,
+        let embedding = text.weights.tensors.first { normalisedComponentName("text_encoder", $0.name) == "text_model.embeddings.token_embedding.weight" }
+        let tokenizer = try chooseTokenizer(folder: folder.tokenizerFiles, folderPath: folder.path + "/tokenizer", family: arch.family,
+                                            vocabularyRows: embedding?.shape.first, input: folder.path,
                                             validate: options.validateTokenizer,
                                             remedy: "give the folder the model's tokenizer/ (tokenizer.json, or vocab.json and merges.txt)")
         tensors += tokenizerTensors(tokenizer.files)
@@ -128,7 +135,7 @@ public enum BaseConverter {
         var scheduler = folder.schedulerConfig ?? DefaultConfigs.scheduler(arch.family, prediction: prediction)
         scheduler = scheduler.setting("prediction_type", .string(prediction))
         let metadata = baseMetadata(arch: arch, prediction: prediction, unet: unet.config, vae: vae.config, text: text.config,
-                                    scheduler: scheduler, tokenizer: tokenizer.files, modelIndex: folder.modelIndex,
+                                    scheduler: scheduler, tokenizer: tokenizer.files, tokenizerOrigin: tokenizer.origin, modelIndex: folder.modelIndex,
                                     source: .object([("format", .string("diffusers")), ("path", .string(basename(folder.path)))]))
         try checkDuplicates(tensors, file: folder.path)
         return BasePlan(architecture: arch, metadata: metadata, tensors: tensors, warnings: tokenizer.warnings)
@@ -246,14 +253,16 @@ public enum BaseConverter {
         }
         tensors.sort(by: order)
         extras.sort(by: order)
-        // No single file carries a tokenizer: --config's.
-        let tokenizer = try chooseTokenizer(folder: folderTokenizer, folderPath: options.configFolder.map { $0 + "/tokenizer" }, input: src.path,
+        // No single file carries a tokenizer: --config's, else lidb's built-in CLIP tokenizer.
+        let embedding = arch.family == .sd1 ? "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight" : "cond_stage_model.model.token_embedding.weight"
+        let tokenizer = try chooseTokenizer(folder: folderTokenizer, folderPath: options.configFolder.map { $0 + "/tokenizer" }, family: arch.family,
+                                            vocabularyRows: shapes[embedding]?.first, input: src.path,
                                             validate: options.validateTokenizer)
         tensors += tokenizerTensors(tokenizer.files)
         tensors += extras
         let container = (src as? TensorFile.SafetensorsFile) != nil ? "safetensors" : src.formatName
         let metadata = baseMetadata(arch: arch, prediction: prediction, unet: unetConfig, vae: vaeConfig, text: textConfig,
-                                    scheduler: schedulerConfig, tokenizer: tokenizer.files, modelIndex: nil,
+                                    scheduler: schedulerConfig, tokenizer: tokenizer.files, tokenizerOrigin: tokenizer.origin, modelIndex: nil,
                                     source: .object([("format", .string("single-file")), ("container", .string(container)),
                                                      ("path", .string(basename(src.path))), ("ema", .bool(options.ema)),
                                                      ("dropped_ema_tensors", .int(options.ema ? 0 : emaNames.count)),
@@ -340,7 +349,18 @@ public enum BaseConverter {
         }
         var warnings: [String] = []
         if !tensors.contains(where: { $0.info.name.hasPrefix("tokenizer.") }) {
-            warnings.append("\(base.path): the base has no tokenizer, so `lidb generate` and `lidb tokenize` will refuse it; convert its source again with --config DIR (a diffusers folder with the model's tokenizer/)")
+            // A base converted without a tokenizer gets the built-in one when its vocabulary fits.
+            let rows = base.entry("text_encoder.text_model.embeddings.token_embedding.weight")?.info.shape.first
+            let tokenizer = try chooseTokenizer(folder: [:], folderPath: nil, family: model.architecture.family, vocabularyRows: rows, input: base.path,
+                                                validate: nil)
+            warnings = tokenizer.warnings
+            if !tokenizer.files.isEmpty {
+                let at = tensors.firstIndex { $0.info.name.hasPrefix("extra.") } ?? tensors.count
+                tensors.insert(contentsOf: tokenizerTensors(tokenizer.files), at: at)
+                var comps = md["components"] ?? .object([])
+                comps = comps.setting("tokenizer", tokenizerComponent(tokenizer.files, origin: tokenizer.origin))
+                md = md.setting("components", comps)
+            }
         }
         return BasePlan(architecture: model.architecture, metadata: md, tensors: tensors, warnings: warnings)
     }
@@ -414,34 +434,44 @@ public enum BaseConverter {
         files["tokenizer.json"] != nil || files["vocab.json"] != nil && files["merges.txt"] != nil
     }
 
-    /// The tokenizer of a base: the folder's when it is complete, else none, with a warning.
-    static func chooseTokenizer(folder: [String: [UInt8]], folderPath: String?, input: String,
+    /// The tokenizer of a base: the folder's when it is complete, else lidb's built-in CLIP
+    /// tokenizer when the text encoder's vocabulary has CLIP's 49,408 tokens, else none; with a
+    /// warning for every case the user should know about.
+    static func chooseTokenizer(folder: [String: [UInt8]], folderPath: String?, family: Architecture.Family, vocabularyRows: Int?, input: String,
                                 validate: (@Sendable ([String: [UInt8]]) throws(TensorFileError) -> Void)?,
                                 remedy: String = "pass --config DIR (a diffusers folder with the model's tokenizer/)") throws(TensorFileError)
-        -> (files: [String: [UInt8]], warnings: [String]) {
+        -> (files: [String: [UInt8]], origin: String?, warnings: [String]) {
         if isCompleteTokenizer(folder), let folderPath {
             do throws(TensorFileError) {
                 try validate?(folder)
             } catch {
                 throw TensorFileError(file: folderPath + "/" + error.file, tensor: error.tensor, error.problem)
             }
-            return (folder, [])
+            return (folder, nil, [])
         }
         var warnings: [String] = []
         if let folderPath {
             let why = folder.isEmpty ? "has no tokenizer files" : "has \(folder.keys.sorted().joined(separator: ", ")) but neither tokenizer.json nor vocab.json with merges.txt"
             warnings.append("\(folderPath) \(why)")
         }
-        warnings.append("\(input): the base has no tokenizer, so `lidb generate` and `lidb tokenize` will refuse it; \(remedy)")
-        return ([:], warnings)
+        let needed = EmbeddedTokenizer.vocabularySize
+        guard let rows = vocabularyRows, rows == needed else {
+            let rowsText = vocabularyRows.map { "\($0) tokens" } ?? "no token embedding"
+            warnings.append("\(input): the base has no tokenizer, so `lidb generate` and `lidb tokenize` will refuse it: the text encoder's vocabulary has \(rowsText), not CLIP's \(needed), so lidb's built-in CLIP tokenizer does not fit; \(remedy)")
+            return ([:], nil, warnings)
+        }
+        if folderPath != nil { warnings.append("\(input): using lidb's built-in CLIP tokenizer (\(family.rawValue): pad token \(EmbeddedTokenizer.padToken(family)))") }
+        return (try EmbeddedTokenizer.files(family), "built-in", warnings)
     }
 
-    static func tokenizerComponent(_ files: [String: [UInt8]]) -> JSONValue {
-        .object([("class", .string("CLIPTokenizer")), ("files", .array(files.keys.sorted().map { .string($0) }))])
+    static func tokenizerComponent(_ files: [String: [UInt8]], origin: String?) -> JSONValue {
+        var pairs: [(String, JSONValue)] = [("class", .string("CLIPTokenizer")), ("files", .array(files.keys.sorted().map { .string($0) }))]
+        if let origin { pairs.append(("origin", .string(origin))) }
+        return .object(pairs)
     }
 
     static func baseMetadata(arch: Architecture, prediction: String, unet: JSONValue, vae: JSONValue, text: JSONValue,
-                             scheduler: JSONValue, tokenizer: [String: [UInt8]], modelIndex: JSONValue?, source: JSONValue) -> JSONValue {
+                             scheduler: JSONValue, tokenizer: [String: [UInt8]], tokenizerOrigin: String?, modelIndex: JSONValue?, source: JSONValue) -> JSONValue {
         var comps: [(String, JSONValue)] = [
             ("unet", .object([("class", .string("UNet2DConditionModel")), ("config", unet)])),
             ("text_encoder", .object([("class", .string("CLIPTextModel")), ("config", text)])),
@@ -449,7 +479,7 @@ public enum BaseConverter {
             ("scheduler", .object([("class", .string(scheduler["_class_name"]?.stringValue ?? "PNDMScheduler")), ("config", scheduler)])),
         ]
         if !tokenizer.isEmpty {
-            comps.append(("tokenizer", tokenizerComponent(tokenizer)))
+            comps.append(("tokenizer", tokenizerComponent(tokenizer, origin: tokenizerOrigin)))
         }
         var pairs: [(String, JSONValue)] = [
             ("lidb_base", .int(schemaVersion)),

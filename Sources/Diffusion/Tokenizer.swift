@@ -162,7 +162,7 @@ public final class CLIPTokenizer: Sendable {
         }
         guard files["tokenizer.json"] != nil || files["vocab.json"] != nil && files["merges.txt"] != nil else {
             throw TensorFileError(file: path, .unsupportedFormat(
-                "the base has no tokenizer (tokenizer.tokenizer.json, or tokenizer.vocab.json and tokenizer.merges.txt); convert it from a diffusers folder, or pass --config DIR naming one with a tokenizer/"))
+                "the base has no tokenizer (tokenizer.tokenizer.json, or tokenizer.vocab.json and tokenizer.merges.txt); convert it again with this lidb version (it adds CLIP's tokenizer when the vocabulary fits), or with --config DIR naming a diffusers folder with one"))
         }
         // Errors name the base and the stored file ("tokenizer.vocab.json", …).
         do throws(TensorFileError) {

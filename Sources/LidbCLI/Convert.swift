@@ -33,8 +33,10 @@ struct Convert: ParsableCommand {
         scheduler and fingerprints. SD 1.x, SD 2.x and their inpainting variants are detected from \
         the tensors. A single file carries no configs: they come from the released SD 1.5 / 2.1 \
         configs adjusted to the tensors' shapes, or from --config DIR (a diffusers folder, which \
-        also supplies the tokenizer); a base left without a tokenizer is announced by a warning. \
-        tokenizer/tokenizer.json (transformers >= 5) is read like vocab.json + merges.txt.
+        also supplies the tokenizer). Without a tokenizer from a folder, a base whose text \
+        encoder has CLIP's 49,408 tokens gets lidb's built-in CLIP tokenizer (SD 1.x or SD 2.x \
+        special tokens); otherwise a warning says the base has none. tokenizer/tokenizer.json \
+        (transformers >= 5) is read like vocab.json + merges.txt.
 
         Hypernetworks: --kind hypernetwork --config hyper.json makes a hypernetwork file from its         weights; the config and the tensors are checked against each other first         (spec/hypernetwork.md).
 

@@ -393,6 +393,15 @@ import TensorFile
         #expect(tok.encode("a <sks> b") == [49406, 320, 49408, 321, 49407])
     }
 
+    @Test(arguments: [Architecture.Family.sd1, .sd2])
+    func embeddedTokenizerMatchesTransformers(family: Architecture.Family) throws {
+        let files = try EmbeddedTokenizer.files(family)
+        #expect(files["vocab.json"] == TokenizerTests.vocab && files["merges.txt"] == TokenizerTests.merges)
+        let tok = try CLIPTokenizer(files: files)
+        #expect(tok.config == (try TokenizerTests.config(family.rawValue)))
+        try Self.expect(tok, matches: family.rawValue)
+    }
+
     // MARK: transformers-5 folders in bases
 
     /// A copy of a tiny diffusers fixture whose tokenizer/ holds only what transformers 5 saves.
