@@ -25,6 +25,9 @@ let package = Package(
         .target(name: "CLidbSupport"),
         // libpng/libjpeg decoding with their longjmp error handling kept inside C.
         .target(name: "CImagingSupport", dependencies: ["CPNG", "CJPEG"]),
+        // CLIP's BPE vocabulary (zstd frames taken in with #embed), so single-file checkpoints
+        // convert to complete bases without a resource bundle. converters/embed_vocabulary.py.
+        .target(name: "CEmbeddedVocabulary", exclude: ["clip-vocab.json.zst", "clip-merges.txt.zst"]),
 
         .target(
             name: "TensorFile",
@@ -38,7 +41,7 @@ let package = Package(
         // Base checkpoints: diffusers folders, LDM single files, name maps, base.lidb, export.
         .target(
             name: "Checkpoint",
-            dependencies: ["TensorFile", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["TensorFile", "CEmbeddedVocabulary", "CZstd", .product(name: "Crypto", package: "swift-crypto")]
         ),
         // Subject deltas: LiDB parameterisation, portable bases, subject files, merge/unmerge/live.
         .target(

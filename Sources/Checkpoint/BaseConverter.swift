@@ -15,13 +15,19 @@ public struct BaseConvertOptions: Sendable {
     public var predictionType: String?
     /// A diffusers folder whose configs and tokenizer describe a single-file checkpoint.
     public var configFolder: String?
+    /// Checks the tokenizer files taken from a folder (keyed by file name) before anything is
+    /// written; its errors name the bare file name, which the plan prefixes with the folder. The
+    /// tokenizer itself lives in the runtime (a higher layer), so the caller supplies the check.
+    public var validateTokenizer: (@Sendable ([String: [UInt8]]) throws(TensorFileError) -> Void)?
 
-    public init(dtype: DType? = nil, vae: String? = nil, ema: Bool = false, predictionType: String? = nil, configFolder: String? = nil) {
+    public init(dtype: DType? = nil, vae: String? = nil, ema: Bool = false, predictionType: String? = nil, configFolder: String? = nil,
+                validateTokenizer: (@Sendable ([String: [UInt8]]) throws(TensorFileError) -> Void)? = nil) {
         self.dtype = dtype
         self.vae = vae
         self.ema = ema
         self.predictionType = predictionType
         self.configFolder = configFolder
+        self.validateTokenizer = validateTokenizer
     }
 }
 
@@ -48,13 +54,32 @@ public struct BasePlan {
     /// Metadata without fingerprints (added while writing).
     public var metadata: JSONValue
     public var tensors: [PlannedTensor]
+    /// Things the user should hear about (one line each, without the "warning:" prefix): above all
+    /// a base that ends up without a tokenizer, and why.
+    public var warnings: [String]
 
-    public init(architecture: Architecture, metadata: JSONValue, tensors: [PlannedTensor]) {
+    public init(architecture: Architecture, metadata: JSONValue, tensors: [PlannedTensor], warnings: [String] = []) {
         self.architecture = architecture
         self.metadata = metadata
         self.tensors = tensors
+        self.warnings = warnings
     }
     public var tensorNames: [String] { tensors.map(\.info.name) }
+    /// The tokenizer files the base will store (`vocab.json`, …), keyed by file name.
+    public var tokenizerFiles: [String: [UInt8]] {
+        get throws(TensorFileError) {
+            var out: [String: [UInt8]] = [:]
+            for t in tensors where t.info.name.hasPrefix("tokenizer.") {
+                out[String(t.info.name.dropFirst("tokenizer.".count))] = try t.fetch().array
+            }
+            return out
+        }
+    }
+    /// `built-in` when the tokenizer files are lidb's CLIP tokenizer (`EmbeddedTokenizer`); nil
+    /// when they come from the source (or the base has none).
+    public var tokenizerOrigin: String? {
+        metadata["components"]?["tokenizer"]?["origin"]?.stringValue
+    }
     public var tensorInfos: [TensorInfo] { tensors.map(\.info) }
 }
 
@@ -100,15 +125,20 @@ public enum BaseConverter {
                 tensors.append(PlannedTensor(info: info, fetch: { () throws(TensorFileError) in try weights.tensorBytes(name) }))
             }
         }
-        tensors += tokenizerTensors(folder.tokenizerFiles)
+        let embedding = text.weights.tensors.first { normalisedComponentName("text_encoder", $0.name) == "text_model.embeddings.token_embedding.weight" }
+        let tokenizer = try chooseTokenizer(folder: folder.tokenizerFiles, folderPath: folder.path + "/tokenizer", family: arch.family,
+                                            vocabularyRows: embedding?.shape.first, input: folder.path,
+                                            validate: options.validateTokenizer,
+                                            remedy: "give the folder the model's tokenizer/ (tokenizer.json, or vocab.json and merges.txt)")
+        tensors += tokenizerTensors(tokenizer.files)
         let prediction = options.predictionType ?? folder.schedulerConfig?["prediction_type"]?.stringValue ?? "epsilon"
         var scheduler = folder.schedulerConfig ?? DefaultConfigs.scheduler(arch.family, prediction: prediction)
         scheduler = scheduler.setting("prediction_type", .string(prediction))
         let metadata = baseMetadata(arch: arch, prediction: prediction, unet: unet.config, vae: vae.config, text: text.config,
-                                    scheduler: scheduler, tokenizer: folder.tokenizerFiles, modelIndex: folder.modelIndex,
+                                    scheduler: scheduler, tokenizer: tokenizer.files, tokenizerOrigin: tokenizer.origin, modelIndex: folder.modelIndex,
                                     source: .object([("format", .string("diffusers")), ("path", .string(basename(folder.path)))]))
         try checkDuplicates(tensors, file: folder.path)
-        return BasePlan(architecture: arch, metadata: metadata, tensors: tensors)
+        return BasePlan(architecture: arch, metadata: metadata, tensors: tensors, warnings: tokenizer.warnings)
     }
 
     /// transformers ≥ 5 saves `CLIPTextModel` without the `text_model.` prefix; bases always use it.
@@ -145,7 +175,7 @@ public enum BaseConverter {
         var arch = try Architecture.detectLDM(all, file: src.path)
         let shapes = Dictionary(all.map { ($0.name, $0.shape) }, uniquingKeysWith: { a, _ in a })
         var unetConfig: JSONValue, vaeConfig: JSONValue, textConfig: JSONValue
-        var tokenizer: [String: [UInt8]] = [:]
+        var folderTokenizer: [String: [UInt8]] = [:]
         var scheduler: JSONValue?
         if let dir = options.configFolder {
             let folder = try DiffusersFolder(path: dir, requireWeights: false)
@@ -154,7 +184,7 @@ public enum BaseConverter {
                 throw TensorFileError(file: dir, .unsupportedFormat("--config folder needs unet/, vae/ and text_encoder/ config.json"))
             }
             (unetConfig, vaeConfig, textConfig) = (u, v, t)
-            tokenizer = folder.tokenizerFiles
+            folderTokenizer = folder.tokenizerFiles
             scheduler = folder.schedulerConfig
         } else {
             (unetConfig, vaeConfig, textConfig) = inferConfigs(arch, shapes: shapes)
@@ -223,17 +253,22 @@ public enum BaseConverter {
         }
         tensors.sort(by: order)
         extras.sort(by: order)
-        tensors += tokenizerTensors(tokenizer)
+        // No single file carries a tokenizer: --config's, else lidb's built-in CLIP tokenizer.
+        let embedding = arch.family == .sd1 ? "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight" : "cond_stage_model.model.token_embedding.weight"
+        let tokenizer = try chooseTokenizer(folder: folderTokenizer, folderPath: options.configFolder.map { $0 + "/tokenizer" }, family: arch.family,
+                                            vocabularyRows: shapes[embedding]?.first, input: src.path,
+                                            validate: options.validateTokenizer)
+        tensors += tokenizerTensors(tokenizer.files)
         tensors += extras
         let container = (src as? TensorFile.SafetensorsFile) != nil ? "safetensors" : src.formatName
         let metadata = baseMetadata(arch: arch, prediction: prediction, unet: unetConfig, vae: vaeConfig, text: textConfig,
-                                    scheduler: schedulerConfig, tokenizer: tokenizer, modelIndex: nil,
+                                    scheduler: schedulerConfig, tokenizer: tokenizer.files, tokenizerOrigin: tokenizer.origin, modelIndex: nil,
                                     source: .object([("format", .string("single-file")), ("container", .string(container)),
                                                      ("path", .string(basename(src.path))), ("ema", .bool(options.ema)),
                                                      ("dropped_ema_tensors", .int(options.ema ? 0 : emaNames.count)),
                                                      ("extra_tensors", .int(extras.count))]))
         try checkDuplicates(tensors, file: src.path)
-        return BasePlan(architecture: arch, metadata: metadata, tensors: tensors)
+        return BasePlan(architecture: arch, metadata: metadata, tensors: tensors, warnings: tokenizer.warnings)
     }
 
     static func componentRank(_ name: String) -> Int {
@@ -312,7 +347,22 @@ public enum BaseConverter {
         if let p = options.predictionType {
             md = md.setting("prediction_type", .string(p))
         }
-        return BasePlan(architecture: model.architecture, metadata: md, tensors: tensors)
+        var warnings: [String] = []
+        if !tensors.contains(where: { $0.info.name.hasPrefix("tokenizer.") }) {
+            // A base converted without a tokenizer gets the built-in one when its vocabulary fits.
+            let rows = base.entry("text_encoder.text_model.embeddings.token_embedding.weight")?.info.shape.first
+            let tokenizer = try chooseTokenizer(folder: [:], folderPath: nil, family: model.architecture.family, vocabularyRows: rows, input: base.path,
+                                                validate: nil)
+            warnings = tokenizer.warnings
+            if !tokenizer.files.isEmpty {
+                let at = tensors.firstIndex { $0.info.name.hasPrefix("extra.") } ?? tensors.count
+                tensors.insert(contentsOf: tokenizerTensors(tokenizer.files), at: at)
+                var comps = md["components"] ?? .object([])
+                comps = comps.setting("tokenizer", tokenizerComponent(tokenizer.files, origin: tokenizer.origin))
+                md = md.setting("components", comps)
+            }
+        }
+        return BasePlan(architecture: model.architecture, metadata: md, tensors: tensors, warnings: warnings)
     }
 
     // MARK: VAE replacement
@@ -378,8 +428,50 @@ public enum BaseConverter {
         }
     }
 
+    /// The files a tokenizer needs: `tokenizer.json` (transformers ≥ 5 saves only that), or
+    /// `vocab.json` and `merges.txt`.
+    public static func isCompleteTokenizer(_ files: [String: [UInt8]]) -> Bool {
+        files["tokenizer.json"] != nil || files["vocab.json"] != nil && files["merges.txt"] != nil
+    }
+
+    /// The tokenizer of a base: the folder's when it is complete, else lidb's built-in CLIP
+    /// tokenizer when the text encoder's vocabulary has CLIP's 49,408 tokens, else none; with a
+    /// warning for every case the user should know about.
+    static func chooseTokenizer(folder: [String: [UInt8]], folderPath: String?, family: Architecture.Family, vocabularyRows: Int?, input: String,
+                                validate: (@Sendable ([String: [UInt8]]) throws(TensorFileError) -> Void)?,
+                                remedy: String = "pass --config DIR (a diffusers folder with the model's tokenizer/)") throws(TensorFileError)
+        -> (files: [String: [UInt8]], origin: String?, warnings: [String]) {
+        if isCompleteTokenizer(folder), let folderPath {
+            do throws(TensorFileError) {
+                try validate?(folder)
+            } catch {
+                throw TensorFileError(file: folderPath + "/" + error.file, tensor: error.tensor, error.problem)
+            }
+            return (folder, nil, [])
+        }
+        var warnings: [String] = []
+        if let folderPath {
+            let why = folder.isEmpty ? "has no tokenizer files" : "has \(folder.keys.sorted().joined(separator: ", ")) but neither tokenizer.json nor vocab.json with merges.txt"
+            warnings.append("\(folderPath) \(why)")
+        }
+        let needed = EmbeddedTokenizer.vocabularySize
+        guard let rows = vocabularyRows, rows == needed else {
+            let rowsText = vocabularyRows.map { "\($0) tokens" } ?? "no token embedding"
+            warnings.append("\(input): the base has no tokenizer, so `lidb generate` and `lidb tokenize` will refuse it: the text encoder's vocabulary has \(rowsText), not CLIP's \(needed), so lidb's built-in CLIP tokenizer does not fit; \(remedy)")
+            return ([:], nil, warnings)
+        }
+        if folderPath != nil { warnings.append("\(input): using lidb's built-in CLIP tokenizer (\(family.rawValue): pad token \(EmbeddedTokenizer.padToken(family)))") }
+        return (try EmbeddedTokenizer.files(family), "built-in", warnings)
+    }
+
+    static func tokenizerComponent(_ files: [String: [UInt8]], origin: String?) -> JSONValue {
+        var pairs: [(String, JSONValue)] = [("class", .string("CLIPTokenizer")), ("files", .array(files.keys.sorted().map { .string($0) }))]
+        if let origin { pairs.append(("origin", .string(origin))) }
+        return .object(pairs)
+    }
+
     static func baseMetadata(arch: Architecture, prediction: String, unet: JSONValue, vae: JSONValue, text: JSONValue,
-                             scheduler: JSONValue, tokenizer: [String: [UInt8]], modelIndex: JSONValue?, source: JSONValue) -> JSONValue {
+                             scheduler: JSONValue, tokenizer: [String: [UInt8]], tokenizerOrigin: String?, modelIndex: JSONValue?, source: JSONValue) -> JSONValue {
         var comps: [(String, JSONValue)] = [
             ("unet", .object([("class", .string("UNet2DConditionModel")), ("config", unet)])),
             ("text_encoder", .object([("class", .string("CLIPTextModel")), ("config", text)])),
@@ -387,7 +479,7 @@ public enum BaseConverter {
             ("scheduler", .object([("class", .string(scheduler["_class_name"]?.stringValue ?? "PNDMScheduler")), ("config", scheduler)])),
         ]
         if !tokenizer.isEmpty {
-            comps.append(("tokenizer", .object([("class", .string("CLIPTokenizer")), ("files", .array(tokenizer.keys.sorted().map { .string($0) }))])))
+            comps.append(("tokenizer", tokenizerComponent(tokenizer, origin: tokenizerOrigin)))
         }
         var pairs: [(String, JSONValue)] = [
             ("lidb_base", .int(schemaVersion)),

@@ -11,11 +11,17 @@ public final class DiffusersFolder {
     public let modelIndex: JSONValue
     /// Weight-bearing components: unet, vae, text_encoder (each with its config and weights).
     public private(set) var components: [(name: String, config: JSONValue, weights: TensorCollection)] = []
-    /// Tokenizer files (vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json), raw bytes.
+    /// Tokenizer files (`tokenizerFileNames` that exist in `tokenizer/`), raw bytes.
     public private(set) var tokenizerFiles: [String: [UInt8]] = [:]
     public private(set) var schedulerConfig: JSONValue?
 
     public static let weightComponents = ["unet", "vae", "text_encoder"]
+    /// The tokenizer files a base keeps: transformers < 5 saves `vocab.json` and `merges.txt`
+    /// (often with `tokenizer.json` too), transformers ≥ 5 only `tokenizer.json`; the two JSON
+    /// configurations name the special tokens.
+    public static let tokenizerFileNames = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+    /// The largest tokenizer file read (CLIP's tokenizer.json is 3.6 MB).
+    public static let maxTokenizerFileSize = 32 << 20
 
     public init(path: String, requireWeights: Bool = true) throws(TensorFileError) {
         self.path = path
@@ -35,8 +41,8 @@ public final class DiffusersFolder {
         }
         let tok = path + "/tokenizer"
         if isDirectory(tok) {
-            for f in ["vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"] where fileExists(tok + "/" + f) {
-                tokenizerFiles[f] = try readFile(tok + "/" + f)
+            for f in Self.tokenizerFileNames where fileExists(tok + "/" + f) {
+                tokenizerFiles[f] = try readFile(tok + "/" + f, limit: Self.maxTokenizerFileSize)
             }
         }
         if fileExists(path + "/scheduler/scheduler_config.json") {

@@ -42,6 +42,9 @@ extension CLIPTokenizer {
         /// `model_max_length`: the truncation and padding length (77 for every SD text encoder;
         /// 77 when the configuration does not say).
         public var modelMaxLength: Int
+        /// The added-token table came from `tokenizer.json`'s `added_tokens` (the configuration
+        /// has no `added_tokens_decoder`), whose declared ids are then checked.
+        public var addedTokensFromTokenizerJSON = false
 
         public init(bosToken: AddedToken = AddedToken("<|startoftext|>"), eosToken: AddedToken = AddedToken("<|endoftext|>"),
                     unkToken: AddedToken = AddedToken("<|endoftext|>"), padToken: AddedToken = AddedToken("<|endoftext|>"),
@@ -82,10 +85,15 @@ extension CLIPTokenizer {
         /// `tokenizer_config.json`, that table gives the tokens and their flags and
         /// `special_tokens_map.json` is not read; otherwise `special_tokens_map.json` overrides
         /// `tokenizer_config.json` key by key. A token given as a plain string is matched
-        /// unnormalised; one given as an object has its own flags.
-        public init(tokenizerConfigJSON: [UInt8]?, specialTokensMapJSON: [UInt8]?) throws(TensorFileError) {
+        /// unnormalised; one given as an object has its own flags. Without an
+        /// `added_tokens_decoder`, the `added_tokens` of a `tokenizer.json` (when there is one)
+        /// take its place, as transformers ≥ 5 reads them.
+        public init(tokenizerConfigJSON: [UInt8]?, specialTokensMapJSON: [UInt8]?,
+                    tokenizerJSONAddedTokens: [(id: Int, token: AddedToken)]? = nil) throws(TensorFileError) {
             self.init()
             let configFile = "tokenizer_config.json", mapFile = "special_tokens_map.json"
+            if let b = tokenizerConfigJSON { try checkSize(b, file: configFile) }
+            if let b = specialTokensMapJSON { try checkSize(b, file: mapFile) }
             // Each value with the file it comes from (for defaults and messages).
             var values: [String: (value: JSONValue, file: String)] = [:]
             if let b = tokenizerConfigJSON {
@@ -108,11 +116,17 @@ extension CLIPTokenizer {
                     }
                     decoder.append((id, try Self.token(v, field: "added_tokens_decoder.\(k)", file: configFile, special: false)))
                 }
-            } else if let b = specialTokensMapJSON {
-                guard let o = try JSONValue.parse(b, file: mapFile).objectValue else {
-                    throw TensorFileError(file: mapFile, .wrongType(field: "(top level)", expected: "an object"))
+            } else {
+                if let b = specialTokensMapJSON {
+                    guard let o = try JSONValue.parse(b, file: mapFile).objectValue else {
+                        throw TensorFileError(file: mapFile, .wrongType(field: "(top level)", expected: "an object"))
+                    }
+                    for (k, v) in o { values[k] = (v, mapFile) }
                 }
-                for (k, v) in o { values[k] = (v, mapFile) }
+                if let fromJSON = tokenizerJSONAddedTokens {
+                    decoder = fromJSON.map { ($0.id, $0.token) }
+                    addedTokensFromTokenizerJSON = true
+                }
             }
             if let m = values["model_max_length"]?.value {
                 // transformers' "no limit" sentinel (1e30) and other out-of-range values keep 77.

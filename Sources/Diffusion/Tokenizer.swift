@@ -47,24 +47,19 @@ public final class CLIPTokenizer: Sendable {
     static let maxCachedWordBytes = 256
 
     /// Builds the tokenizer from the bytes of `vocab.json` and `merges.txt`.
-    public init(vocabJSON: [UInt8], merges mergesText: [UInt8], config: Config = Config()) throws(TensorFileError) {
+    public convenience init(vocabJSON: [UInt8], merges mergesText: [UInt8], config: Config = Config()) throws(TensorFileError) {
+        var vocabulary = try BPEVocabulary(vocabJSON: vocabJSON)
+        try vocabulary.readMerges(mergesText)
+        try self.init(vocabulary: vocabulary, config: config)
+    }
+
+    /// Builds the tokenizer from a parsed vocabulary and merge list. `declaredAddedTokens` are the
+    /// `added_tokens` of a `tokenizer.json` (with the ids the file gives them), checked against
+    /// the ids this tokenizer assigns when the configuration took its added tokens from them.
+    init(vocabulary: BPEVocabulary, config: Config, declaredAddedTokens: [TokenizerJSON.DeclaredToken] = []) throws(TensorFileError) {
         self.config = config
-        // vocab.json: {"token": id, ...}
-        guard let pairs = try JSONValue.parse(vocabJSON, file: "vocab.json").objectValue else {
-            throw TensorFileError(file: "vocab.json", .wrongType(field: "(top level)", expected: "an object of token ids"))
-        }
-        guard !pairs.isEmpty else { throw TensorFileError(file: "vocab.json", .invalidArgument("the vocabulary is empty")) }
-        var vocab: [String: Int32] = [:]
-        vocab.reserveCapacity(pairs.count)
-        var idToToken: [Int32: String] = [:]
-        idToToken.reserveCapacity(pairs.count)
-        for (token, v) in pairs {
-            guard let id = v.int64Value, id >= 0, id < Int64(Int32.max) else {
-                throw TensorFileError(file: "vocab.json", .wrongType(field: "id of '\(token)'", expected: "an integer in [0, 2^31-1)"))
-            }
-            vocab[token] = Int32(id)
-            idToToken[Int32(id)] = token
-        }
+        let vocab = vocabulary.vocab
+        var idToToken = vocabulary.idToToken
         vocabularyCount = vocab.count
 
         // Added tokens: the id of a content in the vocabulary is its vocabulary id; others get new
@@ -87,6 +82,17 @@ public final class CLIPTokenizer: Sendable {
             }
             flags[t.content] = t
         }
+        if config.addedTokensFromTokenizerJSON {
+            // transformers gives the tokens of tokenizer.json's `added_tokens` the ids above; a file
+            // that declares others contradicts itself.
+            for d in declaredAddedTokens {
+                guard let id = addedIDs[d.token.content], Int(id) == d.id else {
+                    let got = addedIDs[d.token.content].map { "\($0)" } ?? "none"
+                    throw TensorFileError(file: "tokenizer.json", .invalidArgument(
+                        "added_tokens[\(d.index)]: '\(shown(d.token.content))' declares id \(d.id), but its id is \(got) (a token of the vocabulary keeps its vocabulary id; the others take the ids after the vocabulary in id order)"))
+                }
+            }
+        }
         func roleID(_ t: AddedToken, _ role: String) throws(TensorFileError) -> Int {
             guard let id = addedIDs[t.content] else {
                 throw TensorFileError(file: "tokenizer_config.json", .invalidArgument("the \(role) token is empty"))
@@ -102,8 +108,7 @@ public final class CLIPTokenizer: Sendable {
         }
         var raw: [TokenPattern] = [], normalized: [TokenPattern] = []
         for c in contentsInOrder {
-            let t = flags[c]!
-            let id = addedIDs[c]!
+            guard let t = flags[c], let id = addedIDs[c] else { continue }
             if t.normalized {
                 let s = Array(c.unicodeScalars)
                 let n = normalize(s[...])
@@ -125,64 +130,65 @@ public final class CLIPTokenizer: Sendable {
         }
         byteSymbols = symbols
 
-        // merges.txt: "#version" lines skipped, every other line "left right".
-        guard String(validating: mergesText, as: UTF8.self) != nil else {
-            throw TensorFileError(file: "merges.txt", .invalidArgument("merges.txt is not valid UTF-8"))
-        }
         var merges: [UInt64: Merge] = [:]
-        merges.reserveCapacity(mergesText.count / 8)
-        var rank: Int32 = 0
-        // Lines and fields are cut at bytes (a Character split would join "\r\n" or a space
-        // followed by a combining mark).
-        var lines = mergesText.split(separator: 0x0A, omittingEmptySubsequences: false)
-        // A final newline ends the last line; it does not start an empty one.
-        if lines.last?.isEmpty == true { lines.removeLast() }
-        let versionPrefix = Array("#version".utf8)
-        for (index, rawLine) in lines.enumerated() {
-            let lineNumber = index + 1
-            let line = rawLine.last == 0x0D ? rawLine.dropLast() : rawLine
-            if line.starts(with: versionPrefix) { continue }
-            let parts = line.split(separator: 0x20, omittingEmptySubsequences: false)
-            guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
-                let shown = String(decoding: line.prefix(80), as: UTF8.self)
-                throw TensorFileError(file: "merges.txt", .invalidArgument("line \(lineNumber): expected two symbols separated by one space, found '\(shown)'"))
+        merges.reserveCapacity(vocabulary.merges.count)
+        for (rank, m) in vocabulary.merges.enumerated() {
+            func fail(_ what: String) -> TensorFileError {
+                TensorFileError(file: vocabulary.mergesFile, .invalidArgument("\(vocabulary.mergePlace(m.place)): \(what)"))
             }
-            let a = String(decoding: parts[0], as: UTF8.self), b = String(decoding: parts[1], as: UTF8.self)
-            guard let ia = vocab[a] else {
-                throw TensorFileError(file: "merges.txt", .invalidArgument("line \(lineNumber): '\(a)' is not in the vocabulary"))
-            }
-            guard let ib = vocab[b] else {
-                throw TensorFileError(file: "merges.txt", .invalidArgument("line \(lineNumber): '\(b)' is not in the vocabulary"))
-            }
-            guard let merged = vocab[a + b] else {
-                throw TensorFileError(file: "merges.txt", .invalidArgument("line \(lineNumber): the merge '\(a + b)' is not in the vocabulary"))
-            }
+            guard let ia = vocab[m.a] else { throw fail("'\(shown(m.a))' is not in the vocabulary") }
+            guard let ib = vocab[m.b] else { throw fail("'\(shown(m.b))' is not in the vocabulary") }
+            guard let merged = vocab[m.a + m.b] else { throw fail("the merge '\(shown(m.a + m.b))' is not in the vocabulary") }
             // A pair listed twice keeps its last rank (as tokenizers' merge map does).
-            merges[UInt64(UInt32(ia)) << 32 | UInt64(UInt32(ib))] = Merge(rank: rank, id: merged)
-            rank += 1
+            merges[UInt64(UInt32(ia)) << 32 | UInt64(UInt32(ib))] = Merge(rank: Int32(rank), id: merged)
         }
         self.merges = merges
         self.vocab = vocab
         self.idToToken = idToToken
     }
 
-    /// Loads the tokenizer stored in a base (`tokenizer.vocab.json`, `tokenizer.merges.txt`,
-    /// and `tokenizer.tokenizer_config.json` / `tokenizer.special_tokens_map.json` when present).
+    /// Loads the tokenizer stored in a base: `tokenizer.tokenizer.json` when present (as
+    /// transformers ≥ 5 does, it then gives the vocabulary and merges), else
+    /// `tokenizer.vocab.json` and `tokenizer.merges.txt`; with `tokenizer.tokenizer_config.json` /
+    /// `tokenizer.special_tokens_map.json` when present.
     public convenience init(base: BaseModel) throws(TensorFileError) {
         let path = base.file.path
-        guard let vocab = try base.tokenizerFile("vocab.json"), let merges = try base.tokenizerFile("merges.txt") else {
-            throw TensorFileError(file: path, .unsupportedFormat(
-                "the base has no tokenizer (tokenizer.vocab.json and tokenizer.merges.txt); convert it from a diffusers folder, or pass --config with one"))
+        var files: [String: [UInt8]] = [:]
+        for name in Self.fileNames {
+            if let e = base.file.entry("tokenizer." + name), e.info.byteCount > Self.maxFileSize {
+                throw TensorFileError(file: path, tensor: "tokenizer." + name, .limitExceeded(what: "\(e.info.byteCount) bytes", limit: UInt64(Self.maxFileSize)))
+            }
+            if let b = try base.tokenizerFile(name) { files[name] = b }
         }
-        let tc = try base.tokenizerFile("tokenizer_config.json")
-        let sm = try base.tokenizerFile("special_tokens_map.json")
+        guard files["tokenizer.json"] != nil || files["vocab.json"] != nil && files["merges.txt"] != nil else {
+            throw TensorFileError(file: path, .unsupportedFormat(
+                "the base has no tokenizer (tokenizer.tokenizer.json, or tokenizer.vocab.json and tokenizer.merges.txt); convert it again with this lidb version (it adds CLIP's tokenizer when the vocabulary fits), or with --config DIR naming a diffusers folder with one"))
+        }
         // Errors name the base and the stored file ("tokenizer.vocab.json", …).
         do throws(TensorFileError) {
-            let config = try Config(tokenizerConfigJSON: tc, specialTokensMapJSON: sm)
-            try self.init(vocabJSON: vocab, merges: merges, config: config)
+            try self.init(files: files)
         } catch {
             throw TensorFileError(file: path, tensor: "tokenizer." + error.file, error.problem)
         }
+    }
+
+    /// The files a tokenizer is read from, by name (as in a diffusers `tokenizer/` folder).
+    public static let fileNames = ["tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"]
+
+    /// Builds the tokenizer from the files of a diffusers `tokenizer/` folder, keyed by name:
+    /// `tokenizer.json` when present, else `vocab.json` and `merges.txt`; the configuration from
+    /// `tokenizer_config.json` and `special_tokens_map.json` when present. Errors name the file
+    /// (`error.file` is the bare file name).
+    public convenience init(files: [String: [UInt8]]) throws(TensorFileError) {
+        if let json = files["tokenizer.json"] {
+            try self.init(tokenizerJSON: json, tokenizerConfigJSON: files["tokenizer_config.json"],
+                          specialTokensMapJSON: files["special_tokens_map.json"])
+            return
+        }
+        guard let vocab = files["vocab.json"] else { throw TensorFileError(file: "vocab.json", .missingField("vocab.json (or tokenizer.json)")) }
+        guard let merges = files["merges.txt"] else { throw TensorFileError(file: "merges.txt", .missingField("merges.txt (or tokenizer.json)")) }
+        let config = try Config(tokenizerConfigJSON: files["tokenizer_config.json"], specialTokensMapJSON: files["special_tokens_map.json"])
+        try self.init(vocabJSON: vocab, merges: merges, config: config)
     }
 
     // MARK: Encoding

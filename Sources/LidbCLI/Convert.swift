@@ -1,5 +1,6 @@
 import ArgumentParser
 import Checkpoint
+import Diffusion
 import TensorFile
 
 enum DTypeChoice: String, ExpressibleByArgument, CaseIterable {
@@ -32,7 +33,10 @@ struct Convert: ParsableCommand {
         scheduler and fingerprints. SD 1.x, SD 2.x and their inpainting variants are detected from \
         the tensors. A single file carries no configs: they come from the released SD 1.5 / 2.1 \
         configs adjusted to the tensors' shapes, or from --config DIR (a diffusers folder, which \
-        also supplies the tokenizer).
+        also supplies the tokenizer). Without a tokenizer from a folder, a base whose text \
+        encoder has CLIP's 49,408 tokens gets lidb's built-in CLIP tokenizer (SD 1.x or SD 2.x \
+        special tokens); otherwise a warning says the base has none. tokenizer/tokenizer.json \
+        (transformers >= 5) is read like vocab.json + merges.txt.
 
         Hypernetworks: --kind hypernetwork --config hyper.json makes a hypernetwork file from its         weights; the config and the tensors are checked against each other first         (spec/hypernetwork.md).
 
@@ -67,11 +71,10 @@ struct Convert: ParsableCommand {
             }
             let progress = Progress("converting")
             if output.hasSuffix(".lidb"), try isBaseInput(input) {
-                let options = BaseConvertOptions(dtype: dtype.dtype, vae: vae, ema: ema, predictionType: predictionType?.rawValue, configFolder: config)
+                let options = BaseConvertOptions(dtype: dtype.dtype, vae: vae, ema: ema, predictionType: predictionType?.rawValue, configFolder: config,
+                                                 validateTokenizer: { (files) throws(TensorFileError) in _ = try CLIPTokenizer(files: files) })
                 let plan = try BaseConverter.plan(input: input, options: options)
-                if !plan.tensorNames.contains(where: { $0.hasPrefix("tokenizer.") }) {
-                    printError("lidb: warning: \(input): no tokenizer files; the base will need one to encode prompts (pass --config DIR with a tokenizer/ folder)")
-                }
+                for w in plan.warnings { printError("lidb: warning: " + w) }
                 let summary = try BaseConverter.write(plan, to: output, dtype: dtype.dtype, progress: progress.update)
                 progress.finish()
                 for (name, r) in summary.lossy {
