@@ -17,6 +17,36 @@ public struct GenerateOptions: Sendable {
     public var height: Int = 512
     public var batch: Int = 1
     public init(prompt: String) { self.prompt = prompt }
+
+    /// Largest width or height in pixels.
+    public static let maxSide = 16384
+
+    /// Checks that need no base. Errors name the option.
+    public func validate() throws(TensorFileError) {
+        guard steps >= 1 else { throw TensorFileError(file: "--steps", .invalidArgument("\(steps) steps: at least 1")) }
+        guard batch >= 1 else { throw TensorFileError(file: "--batch", .invalidArgument("\(batch) images: at least 1")) }
+        for (name, v) in [("--width", width), ("--height", height)] where v < 1 || v > Self.maxSide {
+            throw TensorFileError(file: name, .invalidArgument("\(v) pixels: must be 1…\(Self.maxSide)"))
+        }
+    }
+
+    /// `validate()`, then the checks that depend on the base: sizes are multiples of the VAE's
+    /// scale factor, `steps` at most the schedule's training timesteps, a text-to-image UNet.
+    public func validate(for configs: PipelineConfigs, file: String) throws(TensorFileError) {
+        try validate()
+        let f = configs.vae.scaleFactor
+        for (name, v) in [("--width", width), ("--height", height)] where v % f != 0 {
+            throw TensorFileError(file: name, .invalidArgument(
+                "\(v) pixels: width and height must be multiples of \(f) (this base's VAE has \(configs.vae.channels.count) blocks: \(f) pixels per latent)"))
+        }
+        let train = (try? configs.scheduler.int("num_train_timesteps", default: 1000)) ?? 1000
+        guard steps <= train else {
+            throw TensorFileError(file: "--steps", .invalidArgument("\(steps) steps: at most the scheduler's num_train_timesteps (\(train))"))
+        }
+        guard configs.unet.inChannels == 4 else {
+            throw TensorFileError(file: file, .invalidArgument("inpainting bases need an image and a mask (not supported by generate yet)"))
+        }
+    }
 }
 
 /// The samplers, by their common names.
@@ -66,12 +96,15 @@ public final class StableDiffusion {
     public let textEncoder: CLIPTextEncoder
     public let unet: UNet
     public let vae: VAEDecoder
+    /// The base's configs, validated before any weight was loaded.
+    public let configs: PipelineConfigs
     public private(set) var timings = Timings()
     var live: LiveDelta?
 
     public init(base: BaseModel, residency: WeightResidency = .f32) throws(TensorFileError) {
         let t0 = Date()
         self.base = base
+        configs = try PipelineConfigs(base: base)
         tokenizer = try CLIPTokenizer(base: base)
         textEncoder = try CLIPTextEncoder(base: base)
         unet = try UNet(base: base, residency: residency)
@@ -109,7 +142,7 @@ public final class StableDiffusion {
     public func generate(_ options: GenerateOptions, progress: ((Int, Int) -> Void)? = nil) throws -> [FeatureMap] {
         let latents = try denoise(options, progress: progress)
         let t0 = Date()
-        let (lh, lw) = (options.height / 8, options.width / 8)
+        let (lh, lw) = latentSize(options)
         let per = 4 * lh * lw
         var images: [FeatureMap] = []
         for item in 0..<options.batch {
@@ -120,13 +153,18 @@ public final class StableDiffusion {
         return images
     }
 
-    /// The denoising loop: the final latents of every batch item, `[batch, 4, h/8, w/8]` flat.
+    /// Pixels per latent along each side (the VAE's `2^(blocks − 1)`; 8 for SD 1.x/2.x).
+    public var vaeScaleFactor: Int { configs.vae.scaleFactor }
+
+    /// The latent height and width of a request.
+    public func latentSize(_ options: GenerateOptions) -> (h: Int, w: Int) {
+        (options.height / vaeScaleFactor, options.width / vaeScaleFactor)
+    }
+
+    /// The denoising loop: the final latents of every batch item, `[batch, 4, h/f, w/f]` flat
+    /// (`f` = `vaeScaleFactor`).
     public func denoise(_ options: GenerateOptions, progress: ((Int, Int) -> Void)? = nil) throws -> [Float] {
-        guard options.width % 8 == 0, options.height % 8 == 0, options.width > 0, options.height > 0 else {
-            throw TensorFileError(file: base.file.path, .invalidArgument("width and height must be positive multiples of 8"))
-        }
-        guard options.steps >= 1, options.batch >= 1 else { throw TensorFileError(file: base.file.path, .invalidArgument("steps and batch must be at least 1")) }
-        guard unet.inChannels == 4 else { throw TensorFileError(file: base.file.path, .invalidArgument("inpainting bases need an image and a mask (not supported by generate yet)")) }
+        try options.validate(for: configs, file: base.file.path)
         var t0 = Date()
         // Prompt embeddings: unconditional first, as diffusers concatenates them.
         let cond = try textEncoder.encode(tokenizer.encodePadded(options.prompt, length: 77))
@@ -135,14 +173,13 @@ public final class StableDiffusion {
         textEncoder.releaseWeights()
         timings.textEncoding = Date().timeIntervalSince(t0)
 
-        guard let sc = base.config("scheduler") else { throw TensorFileError(file: base.file.path, .missingField("components.scheduler.config")) }
-        var config = try SchedulerConfig(json: sc)
+        var config = configs.scheduler
         if options.karras { config = config.setting("use_karras_sigmas", .bool(true)) }
         if options.sampler == .pndm { config = config.setting("skip_prk_steps", .bool(true)) }
         var scheduler = try makeScheduler(options.sampler.kind, config: config)
         try scheduler.setTimesteps(options.steps)
 
-        let (lh, lw) = (options.height / 8, options.width / 8)
+        let (lh, lw) = latentSize(options)
         let per = 4 * lh * lw
         var generator = TorchGenerator(seed: options.seed)
         // diffusers draws all latents of a batch at once from the one generator.

@@ -22,6 +22,10 @@ struct Generate: ParsableCommand {
         on the CPU, so a seed gives diffusers' image. Subjects are applied merged into the weights \
         or live (ΔW·x added in the forward pass). PNG files carry an A1111-style 'parameters' text \
         chunk. With --batch N, files are named OUT-1.png … OUT-N.png.
+
+        --width and --height are multiples of the base's VAE scale factor (2^(VAE blocks − 1): \
+        8 for SD 1.x/2.x), at most 16384; the base's configs are checked (spec/base.md §2.1) \
+        before any weight is loaded.
         """
     )
     @Option(help: "The base .lidb.") var model: String
@@ -34,8 +38,8 @@ struct Generate: ParsableCommand {
     @Option(help: "Random number generator (torch: bit-compatible with torch's CPU generator).") var rng: RNGChoice = .torch
     @Option(help: "ddim, euler, euler_a, dpmpp_2m, pndm.") var sampler: Sampler = .ddim
     @Flag(help: "Karras sigmas (with dpmpp_2m).") var karras = false
-    @Option(help: "Width in pixels (multiple of 8).") var width: Int = 512
-    @Option(help: "Height in pixels (multiple of 8).") var height: Int = 512
+    @Option(help: "Width in pixels (a multiple of the VAE's scale factor, 8 for SD 1.x/2.x; at most 16384).") var width: Int = 512
+    @Option(help: "Height in pixels (a multiple of the VAE's scale factor, 8 for SD 1.x/2.x; at most 16384).") var height: Int = 512
     @Option(help: "Images per run.") var batch: Int = 1
     @Option(help: "merge or live.") var apply: ApplyMode = .merge
     @Option(name: .shortAndLong, help: "Output PNG.") var output: String

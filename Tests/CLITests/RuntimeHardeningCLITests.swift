@@ -1,0 +1,124 @@
+import Foundation
+import Testing
+@testable import TensorFile
+
+/// `lidb generate` and `lidb bench unet` with hostile bases (each made here from the tiny SD 1.x
+/// fixture): one line on stderr naming the field, exit 2, no output and no temp file.
+@Suite(.serialized) struct RuntimeHardeningCLITests {
+    static let vaeDepthFixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("DiffusionTests/Fixtures/vae_depth/vae").path
+
+    /// Runs `lidb` with extra environment variables; `wrapper` (e.g. `/usr/bin/time -v`) runs it.
+    static func run(_ args: [String], environment: [String: String] = [:], wrapper: [String] = []) throws -> CLI.Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: wrapper.first ?? CLI.binary)
+        p.arguments = wrapper.isEmpty ? args : Array(wrapper.dropFirst()) + [CLI.binary] + args
+        var env = ProcessInfo.processInfo.environment
+        env.removeValue(forKey: "LIDB_MEMORY_LIMIT")
+        for (k, v) in environment { env[k] = v }
+        p.environment = env
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return CLI.Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    }
+
+    /// A converted tiny SD 1.x base and an f32 subject for it.
+    static func setUp(_ s: Scratch) throws {
+        var r = try CLI.run(["convert", baseFixtures + "/sd1/diffusers-safetensors", "-o", s.file("base.lidb")])
+        #expect(r.status == 0, "\(r.stderr)")
+        r = try CLI.run(["subject", "init", "--base", s.file("base.lidb"), "--seed", "5", "--std", "0.5", "--dtype", "f32", "-o", s.file("s.lidb")])
+        #expect(r.status == 0, "\(r.stderr)")
+    }
+
+    /// Rewrites a lidb file with metadata and tensor values edited (f32 tensors).
+    static func rewrite(_ from: String, to: String, metadata edit: (JSONValue) -> JSONValue = { $0 },
+                        tensors: [String: (inout [Float]) -> Void] = [:]) throws {
+        let f = try LidbFile(path: from)
+        let sources = try f.tensors.map { (t) throws -> TensorSource in
+            guard let change = tensors[t.name] else { return TensorSource.bytes(t, try f.tensorBytes(t.name)) }
+            #expect(t.dtype == .F32)
+            var v = try f.tensorBytes(t.name).bytes.withMemoryRebound(to: Float.self) { Array($0) }
+            change(&v)
+            return TensorSource.array(t, v.withUnsafeBytes { Array($0) })
+        }
+        try LidbWriter.write(to: to, kind: f.kind, metadata: edit(f.metadata), tensors: sources)
+    }
+
+    static func config(_ component: String, _ key: String, _ value: JSONValue) -> (JSONValue) -> JSONValue {
+        { md in
+            let comps = md["components"]!, comp = comps[component]!
+            return md.setting("components", comps.setting(component, comp.setting("config", comp["config"]!.setting(key, value))))
+        }
+    }
+
+    /// Exit 2, a single `lidb: error:` line containing `words`, and the folder unchanged.
+    static func expectRefused(_ r: CLI.Result, _ words: [String], in s: Scratch, before: [String], _ what: String) {
+        #expect(r.status == 2, "\(what): exit \(r.status), \(r.stderr)")
+        let lines = r.stderr.split(separator: "\n")
+        #expect(lines.count == 1 && r.stderr.hasPrefix("lidb: error: "), "\(what): \(r.stderr)")
+        for w in words { #expect(r.stderr.contains(w), "\(what): '\(w)' not in \(r.stderr)") }
+        #expect(s.contents == before, "\(what): left \(Set(s.contents).subtracting(before))")
+    }
+
+    func generate(_ s: Scratch, model: String = "base.lidb", _ extra: [String], environment: [String: String] = [:]) throws -> CLI.Result {
+        try Self.run(["generate", "--model", s.file(model), "--prompt", "a photo of sks cat", "--steps", "2", "--width", "64", "--height", "64",
+                      "-o", s.file("out.png")] + extra, environment: environment)
+    }
+
+    @Test func hostileBaseConfigsAreRefusedByField() throws {
+        let s = Scratch()
+        try Self.setUp(s)
+        let cases: [(String, String, JSONValue, String)] = [
+            ("unet", "norm_eps", .int(-1), "components.unet.config.norm_eps"),
+            ("unet", "block_out_channels", .array([4, 6, 8, 1_000_000].map { .int($0) }), "components.unet.config.block_out_channels[3]"),
+            ("vae", "scaling_factor", .int(0), "components.vae.config.scaling_factor"),
+            ("vae", "block_out_channels", .array([2, 4, 6, 100_000].map { .int($0) }), "components.vae.config.block_out_channels[3]"),
+            ("text_encoder", "layer_norm_eps", .number("-1e-5"), "components.text_encoder.config.layer_norm_eps"),
+            ("scheduler", "num_train_timesteps", .number("1e12"), "components.scheduler.config.num_train_timesteps"),
+            ("scheduler", "trained_betas", .array((0..<10).map { _ in .number("0.01") }), "components.scheduler.config.trained_betas"),
+            ("unet", "layers_per_block", .int(1 << 40), "components.unet.config.layers_per_block"),
+        ]
+        for (component, key, value, field) in cases {
+            try Self.rewrite(s.file("base.lidb"), to: s.file("bad.lidb"), metadata: Self.config(component, key, value))
+            let before = s.contents
+            Self.expectRefused(try generate(s, model: "bad.lidb", []), [field, "bad.lidb"], in: s, before: before, "\(component).\(key)")
+            let r = try Self.run(["bench", "unet", "--model", s.file("bad.lidb"), "--latent", "8", "--batch", "1", "--repeat", "1"])
+            Self.expectRefused(r, [field], in: s, before: before, "bench \(component).\(key)")
+        }
+    }
+
+    static func pngSize(_ path: String) throws -> (Int, Int) {
+        let b = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        func be(_ i: Int) -> Int { Int(b[i]) << 24 | Int(b[i + 1]) << 16 | Int(b[i + 2]) << 8 | Int(b[i + 3]) }
+        return (be(16), be(20))
+    }
+
+    /// A base whose VAE has 2 blocks (2 pixels per latent): images have the requested size.
+    @Test func imageSizeFollowsTheVAEDepth() throws {
+        let s = Scratch()
+        let fm = FileManager.default
+        try fm.copyItem(atPath: baseFixtures + "/sd1/diffusers-safetensors", toPath: s.file("pipeline"))
+        try fm.removeItem(atPath: s.file("pipeline/vae"))
+        try fm.copyItem(atPath: Self.vaeDepthFixture, toPath: s.file("pipeline/vae"))
+        var r = try CLI.run(["convert", s.file("pipeline"), "-o", s.file("vae2.lidb")])
+        #expect(r.status == 0, "\(r.stderr)")
+        for (w, h) in [(32, 32), (34, 24)] {
+            r = try Self.run(["generate", "--model", s.file("vae2.lidb"), "--prompt", "x", "--steps", "1", "--width", "\(w)", "--height", "\(h)",
+                              "-o", s.file("v.png")])
+            #expect(r.status == 0, "\(r.stderr)")
+            #expect(try Self.pngSize(s.file("v.png")) == (w, h))
+        }
+        let before = s.contents
+        Self.expectRefused(try Self.run(["generate", "--model", s.file("vae2.lidb"), "--prompt", "x", "--width", "33", "-o", s.file("odd.png")]),
+                           ["--width", "multiples of 2"], in: s, before: before, "odd width")
+        r = try Self.run(["bench", "unet", "--model", s.file("vae2.lidb"), "--latent", "8", "--batch", "1", "--repeat", "1"])
+        #expect(r.status == 0 && r.stdout.contains("\"image_size\":16"), "\(r.stdout) \(r.stderr)")
+        r = try Self.run(["generate", "--help"])
+        #expect(r.stdout.contains("VAE scale factor"))
+    }
+}
