@@ -20,9 +20,14 @@ public struct GenerateOptions: Sendable {
 
     /// Largest width or height in pixels.
     public static let maxSide = 16384
+    /// The guidance scales accepted (`cfg ≤ 1` disables guidance, as in diffusers).
+    public static let cfgRange: ClosedRange<Float> = 0...100
 
-    /// Checks that need no base. Errors name the option.
+    /// Checks that need no base: every number finite and in range. Errors name the option.
     public func validate() throws(TensorFileError) {
+        guard cfg.isFinite, Self.cfgRange.contains(cfg) else {
+            throw TensorFileError(file: "--cfg", .invalidArgument("\(cfg) is not a guidance scale in \(Int(Self.cfgRange.lowerBound))…\(Int(Self.cfgRange.upperBound))"))
+        }
         guard steps >= 1 else { throw TensorFileError(file: "--steps", .invalidArgument("\(steps) steps: at least 1")) }
         guard batch >= 1 else { throw TensorFileError(file: "--batch", .invalidArgument("\(batch) images: at least 1")) }
         for (name, v) in [("--width", width), ("--height", height)] where v < 1 || v > Self.maxSide {
@@ -123,6 +128,9 @@ public final class StableDiffusion {
                 try s.subject.check(against: base, subjectPath: s.path)
                 for l in s.subject.layers {
                     let f = try s.subject.lowRankFactors(l, weight: s.weight, cache: cache)
+                    guard f.up.allSatisfy({ $0.isFinite }), f.down.allSatisfy({ $0.isFinite }) else {
+                        throw TensorFileError(file: s.path, tensor: l.target.name, .invalidArgument("the weighted ΔW factors are not finite (NaN or infinity)"))
+                    }
                     let done = unet.addLowRank(weight: l.target.weightName, up: f.up, down: f.down, rank: f.rank)
                         || textEncoder.addLowRank(weight: l.target.weightName, up: f.up, down: f.down, rank: f.rank)
                     guard done else { throw TensorFileError(file: s.path, tensor: l.target.name, .invalidArgument("the runtime has no such weight")) }
@@ -147,7 +155,12 @@ public final class StableDiffusion {
         var images: [FeatureMap] = []
         for item in 0..<options.batch {
             let z = latents[(item * per)..<((item + 1) * per)].map { $0 / vae.scalingFactor }
-            images.append(vae(FeatureMap(c: 4, h: lh, w: lw, data: z)))
+            let image = vae(FeatureMap(c: 4, h: lh, w: lw, data: z))
+            guard image.data.allSatisfy({ $0.isFinite }) else {
+                throw TensorFileError(file: base.file.path, .invalidArgument(
+                    "the VAE decoder produced non-finite pixels (NaN or infinity) for image \(item + 1) of \(options.batch); nothing was written"))
+            }
+            images.append(image)
         }
         timings.vaeDecode = Date().timeIntervalSince(t0)
         return images
@@ -162,7 +175,8 @@ public final class StableDiffusion {
     }
 
     /// The denoising loop: the final latents of every batch item, `[batch, 4, h/f, w/f]` flat
-    /// (`f` = `vaeScaleFactor`).
+    /// (`f` = `vaeScaleFactor`). Stops with an error naming the step when a step's latents are
+    /// not finite (NaN or infinity: from a subject, the guidance scale or the base's weights).
     public func denoise(_ options: GenerateOptions, progress: ((Int, Int) -> Void)? = nil) throws -> [Float] {
         try options.validate(for: configs, file: base.file.path)
         var t0 = Date()
@@ -217,11 +231,18 @@ public final class StableDiffusion {
                 }
             }
             latents = scheduler.step(modelOutput: noise, timestep: t, sample: latents, noise: &generator)
+            if let bad = latents.firstIndex(where: { !$0.isFinite }) {
+                throw TensorFileError(file: base.file.path, .invalidArgument(
+                    "sampler step \(i + 1) of \(steps.count) (timestep \(Self.show(t))) produced a non-finite latent (\(latents[bad]) in image \(bad / per + 1)): "
+                    + "check the subjects' weights and factors, the guidance scale and the base's weights; nothing was written"))
+            }
             timings.unetSteps.append(Date().timeIntervalSince(t0))
             progress?(i + 1, steps.count)
         }
         return latents
     }
+
+    static func show(_ t: Double) -> String { t == t.rounded() && abs(t) < 1e15 ? String(Int64(t)) : "\(t)" }
 }
 
 extension TorchGenerator: NoiseSource {}

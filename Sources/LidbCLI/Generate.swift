@@ -23,9 +23,11 @@ struct Generate: ParsableCommand {
         or live (ΔW·x added in the forward pass). PNG files carry an A1111-style 'parameters' text \
         chunk. With --batch N, files are named OUT-1.png … OUT-N.png.
 
-        --width and --height are multiples of the base's VAE scale factor (2^(VAE blocks − 1): \
-        8 for SD 1.x/2.x), at most 16384; the base's configs are checked (spec/base.md §2.1) \
-        before any weight is loaded.
+        Requests are checked before the model is loaded: --width and --height are multiples of \
+        the base's VAE scale factor (2^(VAE blocks − 1): 8 for SD 1.x/2.x), at most 16384; \
+        --cfg is 0…100; subject weights are finite with |w| ≤ 100; the base's configs are within \
+        spec/base.md §2.1. A step whose latents are not finite stops the run with an error naming \
+        the step; no file is written.
         """
     )
     @Option(help: "The base .lidb.") var model: String
@@ -47,14 +49,12 @@ struct Generate: ParsableCommand {
     @Option(help: "UNet weights: f32 (converted once at load; fastest) or f16-per-layer (an F16 base's weights stay F16 and are converted as each layer runs: about half the memory, a little slower).")
     var weights: WeightResidency = .f32
 
+    /// Largest |w| of a subject's weight (`S.lidb:W`).
+    static let maxSubjectWeight: Float = 100
+
     func run() throws {
         try reportingErrors {
             let t0 = Date()
-            let base = try BaseModel(path: model)
-            let sd = try StableDiffusion(base: base, residency: weights)
-            let applied = try subjects.map { (s) throws(TensorFileError) in AppliedSubject(subject: try Subject(path: s.path), weight: s.weight, path: s.path) }
-            try sd.apply(applied, mode: apply)
-            let loadTime = Date().timeIntervalSince(t0)
             var o = GenerateOptions(prompt: prompt)
             o.negativePrompt = negativePrompt
             o.steps = steps
@@ -65,6 +65,19 @@ struct Generate: ParsableCommand {
             o.width = width
             o.height = height
             o.batch = batch
+            // Everything that needs no model first, then the base's configs: an impossible
+            // request is refused before a weight is loaded.
+            try o.validate()
+            for s in subjects where !(s.weight.isFinite && abs(s.weight) <= Self.maxSubjectWeight) {
+                throw TensorFileError(file: s.path, .invalidArgument("--subject weight \(s.weight): must be a finite number with |w| ≤ \(Int(Self.maxSubjectWeight))"))
+            }
+            let base = try BaseModel(path: model)
+            let configs = try PipelineConfigs(base: base)
+            try o.validate(for: configs, file: model)
+            let applied = try subjects.map { (s) throws(TensorFileError) in AppliedSubject(subject: try Subject(path: s.path), weight: s.weight, path: s.path) }
+            let sd = try StableDiffusion(base: base, residency: weights)
+            try sd.apply(applied, mode: apply)
+            let loadTime = Date().timeIntervalSince(t0)
             let progress = Progress("generating")
             let images: [FeatureMap]
             do { images = try sd.generate(o, progress: progress.update) } catch let e as TensorFileError { throw e } catch {

@@ -2,8 +2,9 @@ import Foundation
 import Testing
 @testable import TensorFile
 
-/// `lidb generate` and `lidb bench unet` with hostile bases (each made here from the tiny SD 1.x
-/// fixture): one line on stderr naming the field, exit 2, no output and no temp file.
+/// `lidb generate` and `lidb bench unet` with hostile requests and bases (each made here from the
+/// tiny SD 1.x fixture): one line on stderr naming the option or field, exit 2, no output and no
+/// temp file.
 @Suite(.serialized) struct RuntimeHardeningCLITests {
     static let vaeDepthFixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("DiffusionTests/Fixtures/vae_depth/vae").path
@@ -70,6 +71,28 @@ import Testing
                       "-o", s.file("out.png")] + extra, environment: environment)
     }
 
+    @Test func outOfRangeOptionsAreRefusedByName() throws {
+        let s = Scratch()
+        try Self.setUp(s)
+        let before = s.contents
+        let cases: [([String], [String: String], [String])] = [
+            (["--cfg", "inf"], [:], ["--cfg", "inf"]),
+            (["--cfg", "nan"], [:], ["--cfg", "nan"]),
+            (["--cfg", "1e30"], [:], ["--cfg"]),
+            (["--subject", s.file("s.lidb") + ":nan"], [:], ["s.lidb", "weight"]),
+            (["--subject", s.file("s.lidb") + ":inf"], [:], ["s.lidb", "weight"]),
+            (["--subject", s.file("s.lidb") + ":1e30"], [:], ["s.lidb", "weight"]),
+            (["--subject", s.file("s.lidb") + ":-1e5"], [:], ["s.lidb", "weight"]),
+            (["--width", "100000"], [:], ["--width", "100000"]),
+            (["--height", "0"], [:], ["--height"]),
+            (["--width", "60"], [:], ["--width", "multiples of 8"]),
+            (["--steps", "5000"], [:], ["--steps", "num_train_timesteps"]),
+        ]
+        for (args, env, words) in cases {
+            Self.expectRefused(try generate(s, args, environment: env), words, in: s, before: before, args.joined(separator: " ") + "\(env)")
+        }
+    }
+
     @Test func hostileBaseConfigsAreRefusedByField() throws {
         let s = Scratch()
         try Self.setUp(s)
@@ -90,6 +113,29 @@ import Testing
             let r = try Self.run(["bench", "unet", "--model", s.file("bad.lidb"), "--latent", "8", "--batch", "1", "--repeat", "1"])
             Self.expectRefused(r, [field], in: s, before: before, "bench \(component).\(key)")
         }
+    }
+
+    @Test func nonFiniteGenerationsWriteNothing() throws {
+        let s = Scratch()
+        try Self.setUp(s)
+        // NaN in a UNet weight: caught after the first sampler step.
+        try Self.rewrite(s.file("base.lidb"), to: s.file("nan.lidb"), tensors: ["unet.conv_out.bias": { $0[2] = .nan }])
+        var before = s.contents
+        let nan = try generate(s, model: "nan.lidb", [])
+        print("NaN weight: \(nan.stderr)", terminator: "")
+        Self.expectRefused(nan, ["sampler step 1 of 2", "non-finite"], in: s, before: before, "NaN weight")
+        // A subject whose factors are NaN, merged or live.
+        try Self.rewrite(s.file("s.lidb"), to: s.file("s-nan.lidb"), tensors: ["lidb.down_train": { $0[0] = .nan; $0[7] = .nan }])
+        before = s.contents
+        for mode in ["merge", "live"] {
+            let r = try generate(s, ["--subject", s.file("s-nan.lidb"), "--apply", mode])
+            print("NaN subject, \(mode): \(r.stderr)", terminator: "")
+            #expect(r.stderr.contains("s-nan.lidb") || r.stderr.contains("non-finite"), "\(mode): \(r.stderr)")
+            Self.expectRefused(r, [], in: s, before: before, "NaN subject, \(mode)")
+        }
+        // Good input still runs: a finite weight, no guidance.
+        let ok = try generate(s, ["--cfg", "1", "--subject", s.file("s.lidb") + ":2.5"])
+        #expect(ok.status == 0 && FileManager.default.fileExists(atPath: s.file("out.png")), "\(ok.stderr)")
     }
 
     static func pngSize(_ path: String) throws -> (Int, Int) {

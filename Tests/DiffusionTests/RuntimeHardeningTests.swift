@@ -122,3 +122,78 @@ extension TensorFileError.Problem {
         return false
     }
 }
+
+@Suite(.serialized) struct NonFiniteGenerationTests {
+    static func options(cfg: Float = 7.5) -> GenerateOptions {
+        var o = GenerateOptions(prompt: "a photo of a cat")
+        (o.steps, o.width, o.height, o.cfg) = (2, 64, 64, cfg)
+        return o
+    }
+
+    @Test func optionsOutOfRangeNameTheOption() {
+        let bad: [(String, (inout GenerateOptions) -> Void)] = [
+            ("--cfg", { $0.cfg = .infinity }), ("--cfg", { $0.cfg = .nan }), ("--cfg", { $0.cfg = -1 }), ("--cfg", { $0.cfg = 1e30 }),
+            ("--steps", { $0.steps = 0 }), ("--batch", { $0.batch = 0 }), ("--width", { $0.width = 0 }),
+            ("--width", { $0.width = 100_000 }), ("--height", { $0.height = -8 }),
+        ]
+        for (option, edit) in bad {
+            var o = Self.options()
+            edit(&o)
+            let e = firstError { try o.validate() }
+            #expect(e?.file == option, "\(option): \(String(describing: e))")
+        }
+        #expect(firstError { try Self.options().validate() } == nil)
+    }
+
+    /// NaN weights in the UNet (as a NaN subject factor merged into them would give): the loop
+    /// stops after the first step with an error naming it.
+    @Test func nonFiniteLatentsStopAtTheStep() throws {
+        let (base, dir) = try TextEncoderTests.base("sd1")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try HostileBase.write(base, to: dir + "/nan.lidb", tensors: [("unet.conv_out.bias", { $0[0] = .nan })])
+        let sd = try StableDiffusion(base: BaseModel(path: dir + "/nan.lidb"))
+        let e = firstError { _ = try sd.generate(Self.options()) }
+        #expect(e.map { "\($0)".contains("sampler step 1 of 2") } == true, "\(String(describing: e))")
+        // A merged term with a NaN factor, on a clean base.
+        let clean = try StableDiffusion(base: base)
+        let name = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
+        let c = try #require(base.file.entry(name)).info.shape
+        #expect(clean.unet.addLowRank(weight: name, up: [Float](repeating: .nan, count: c[0]), down: [Float](repeating: 1, count: c[1]), rank: 1))
+        do {
+            let l = try clean.denoise(Self.options(cfg: 1))
+            Issue.record("no error; \(l.prefix(4))")
+        } catch {
+            #expect("\(error)".contains("sampler step 1 of 2"), "\(error)")
+        }
+    }
+
+    @Test func nonFinitePixelsAreRefused() throws {
+        let (base, dir) = try TextEncoderTests.base("sd1")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try HostileBase.write(base, to: dir + "/nan-vae.lidb", tensors: [("vae.decoder.conv_out.bias", { $0[1] = .infinity })])
+        let sd = try StableDiffusion(base: BaseModel(path: dir + "/nan-vae.lidb"))
+        let e = firstError { _ = try sd.generate(Self.options()) }
+        #expect(e.map { "\($0)".contains("VAE decoder produced non-finite pixels") } == true, "\(String(describing: e))")
+    }
+
+    /// A NaN score makes its attention row NaN, as in PyTorch (the vectorised exp used to clamp
+    /// NaN to a finite value, hiding it from the per-step check).
+    @Test func attentionPropagatesNaN() {
+        var q = [Float](repeating: 0.5, count: 16 * 4)
+        q[5 * 4] = .nan
+        let k = [Float](repeating: 0.25, count: 16 * 4), v = (0..<(16 * 4)).map { Float($0) / 64 }
+        let out = Ops.attention(q: q, k: k, v: v, queries: 16, keys: 16, heads: 1, headDim: 4)
+        #expect(out[(5 * 4)..<(6 * 4)].allSatisfy { $0.isNaN })
+        #expect(out[0..<(5 * 4)].allSatisfy { $0.isFinite } && out[(6 * 4)...].allSatisfy { $0.isFinite })
+        var x: [Float] = [1, .nan, -2, 3, .nan, 0, 4, 5, 6]
+        Ops.silu(&x)
+        #expect(x[1].isNaN && x[4].isNaN && x[0].isFinite)
+    }
+
+    @Test func pngConversionNeverTraps() throws {
+        let map = FeatureMap(c: 3, h: 1, w: 2, data: [.nan, .infinity, -.infinity, .nan, 1, -1])
+        #expect(PNGWriter.rgb8(map) == [0, 0, 255, 255, 0, 0])
+        #expect(PNGWriter.rgb8(FeatureMap(c: 1, h: 1, w: 1, data: [1])) == [255, 0, 0])
+        #expect(throws: TensorFileError.self) { _ = try PNGWriter.encode(rgb: [], width: Int.max / 2, height: 4) }
+    }
+}
