@@ -103,13 +103,19 @@ public final class StableDiffusion {
     public let vae: VAEDecoder
     /// The base's configs, validated before any weight was loaded.
     public let configs: PipelineConfigs
+    public let residency: WeightResidency
+    /// Requests whose estimated peak memory exceeds this are refused (`MemoryLimit.resolve()`
+    /// by default: `LIDB_MEMORY_LIMIT`, else the machine's memory).
+    public var memoryLimit: ByteCount
     public private(set) var timings = Timings()
     var live: LiveDelta?
 
     public init(base: BaseModel, residency: WeightResidency = .f32) throws(TensorFileError) {
         let t0 = Date()
         self.base = base
+        self.residency = residency
         configs = try PipelineConfigs(base: base)
+        memoryLimit = try MemoryLimit.resolve()
         tokenizer = try CLIPTokenizer(base: base)
         textEncoder = try CLIPTextEncoder(base: base)
         unet = try UNet(base: base, residency: residency)
@@ -174,11 +180,20 @@ public final class StableDiffusion {
         (options.height / vaeScaleFactor, options.width / vaeScaleFactor)
     }
 
+    /// Refuses a request that is out of range for this base or would need more memory than
+    /// `memoryLimit` (the estimate counts the weights already loaded).
+    public func check(_ options: GenerateOptions) throws(TensorFileError) {
+        try options.validate(for: configs, file: base.file.path)
+        let estimate = MemoryEstimate.generation(base: base, configs: configs, width: options.width, height: options.height,
+                                                 batch: options.batch, guidance: options.cfg > 1, residency: residency)
+        try estimate.check(limit: memoryLimit, what: "generating \(options.batch) × \(options.width)×\(options.height)", file: base.file.path)
+    }
+
     /// The denoising loop: the final latents of every batch item, `[batch, 4, h/f, w/f]` flat
     /// (`f` = `vaeScaleFactor`). Stops with an error naming the step when a step's latents are
     /// not finite (NaN or infinity: from a subject, the guidance scale or the base's weights).
     public func denoise(_ options: GenerateOptions, progress: ((Int, Int) -> Void)? = nil) throws -> [Float] {
-        try options.validate(for: configs, file: base.file.path)
+        try check(options)
         var t0 = Date()
         // Prompt embeddings: unconditional first, as diffusers concatenates them.
         let cond = try textEncoder.encode(tokenizer.encodePadded(options.prompt, length: 77))

@@ -4,7 +4,7 @@ import Testing
 
 /// `lidb generate` and `lidb bench unet` with hostile requests and bases (each made here from the
 /// tiny SD 1.x fixture): one line on stderr naming the option or field, exit 2, no output and no
-/// temp file.
+/// temp file, and — for requests refused as too large — a small process.
 @Suite(.serialized) struct RuntimeHardeningCLITests {
     static let vaeDepthFixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("DiffusionTests/Fixtures/vae_depth/vae").path
@@ -87,6 +87,11 @@ import Testing
             (["--height", "0"], [:], ["--height"]),
             (["--width", "60"], [:], ["--width", "multiples of 8"]),
             (["--steps", "5000"], [:], ["--steps", "num_train_timesteps"]),
+            (["--batch", "100000000"], [:], ["would need about", "TiB", "limit"]),
+            (["--memory-limit", "1M"], [:], ["would need about", "the limit is 1.0 MiB"]),
+            (["--memory-limit", "lots"], [:], ["--memory-limit", "lots"]),
+            ([], ["LIDB_MEMORY_LIMIT": "2M"], ["would need about", "the limit is 2.0 MiB"]),
+            ([], ["LIDB_MEMORY_LIMIT": "-3"], ["LIDB_MEMORY_LIMIT"]),
         ]
         for (args, env, words) in cases {
             Self.expectRefused(try generate(s, args, environment: env), words, in: s, before: before, args.joined(separator: " ") + "\(env)")
@@ -138,6 +143,32 @@ import Testing
         #expect(ok.status == 0 && FileManager.default.fileExists(atPath: s.file("out.png")), "\(ok.stderr)")
     }
 
+    /// Refused oversized requests never grow: peak RSS (GNU time's "Maximum resident set size")
+    /// stays under 200 MB.
+    @Test func refusedRequestsStaySmall() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/time") else { return }
+        let s = Scratch()
+        try Self.setUp(s)
+        try Self.rewrite(s.file("base.lidb"), to: s.file("huge-schedule.lidb"), metadata: Self.config("scheduler", "num_train_timesteps", .number("1e12")))
+        let base = ["--model", s.file("base.lidb"), "--prompt", "x", "-o", s.file("out.png")]
+        let requests: [(String, [String])] = [
+            ("16384×16384 within 8 GiB", ["generate"] + base + ["--width", "16384", "--height", "16384", "--memory-limit", "8G"]),
+            ("batch of 10^8", ["generate"] + base + ["--batch", "100000000"]),
+            ("width 100000", ["generate"] + base + ["--width", "100000"]),
+            ("10^12 training timesteps", ["generate", "--model", s.file("huge-schedule.lidb"), "--prompt", "x", "-o", s.file("out.png")]),
+            ("bench unet 2048² × 64 within 1 GiB", ["bench", "unet", "--model", s.file("base.lidb"), "--latent", "2048", "--batch", "64", "--memory-limit", "1G"]),
+        ]
+        for (what, args) in requests {
+            let r = try Self.run(args, wrapper: ["/usr/bin/time", "-v"])
+            #expect(r.status == 2, "\(what): \(r.stderr)")
+            let line = r.stderr.split(separator: "\n").first { $0.contains("Maximum resident set size") }
+            let kb = line.flatMap { Int($0.split(separator: ":").last!.trimmingCharacters(in: .whitespaces)) }
+            print("refused \(what): peak RSS \(kb.map { "\($0 / 1024) MiB" } ?? "?")")
+            #expect(kb != nil && kb! < 200 * 1000, "\(what): \(String(describing: kb)) KB")
+            #expect(!FileManager.default.fileExists(atPath: s.file("out.png")))
+        }
+    }
+
     static func pngSize(_ path: String) throws -> (Int, Int) {
         let b = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
         func be(_ i: Int) -> Int { Int(b[i]) << 24 | Int(b[i + 1]) << 16 | Int(b[i + 2]) << 8 | Int(b[i + 3]) }
@@ -166,5 +197,16 @@ import Testing
         #expect(r.status == 0 && r.stdout.contains("\"image_size\":16"), "\(r.stdout) \(r.stderr)")
         r = try Self.run(["generate", "--help"])
         #expect(r.stdout.contains("VAE scale factor"))
+    }
+
+    @Test func benchUnetChecksItsRequest() throws {
+        let s = Scratch()
+        try Self.setUp(s)
+        let before = s.contents
+        for (args, words) in [(["--latent", "0"], ["--latent"]), (["--latent", "5000"], ["--latent"]), (["--batch", "0"], ["--batch"]),
+                              (["--timestep", "nan"], ["--timestep"]), (["--batch", "100000000"], ["would need about"])] {
+            let r = try Self.run(["bench", "unet", "--model", s.file("base.lidb"), "--repeat", "1"] + args)
+            Self.expectRefused(r, words, in: s, before: before, args.joined(separator: " "))
+        }
     }
 }

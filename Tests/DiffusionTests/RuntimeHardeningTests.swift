@@ -197,3 +197,32 @@ extension TensorFileError.Problem {
         #expect(throws: TensorFileError.self) { _ = try PNGWriter.encode(rgb: [], width: Int.max / 2, height: 4) }
     }
 }
+
+@Suite(.serialized) struct MemoryLimitTests {
+    @Test func sizesParse() {
+        #expect(ByteCount(parsing: "16G")?.value == 16 << 30 && ByteCount(parsing: "512MiB")?.value == 512 << 20)
+        #expect(ByteCount(parsing: "1.5k")?.value == 1536 && ByteCount(parsing: "2000")?.value == 2000)
+        for bad in ["", "-1G", "nan", "inf", "1e30T", "12X", "0"] { #expect(ByteCount(parsing: bad) == nil, "\(bad)") }
+        #expect(ByteCount(UInt64.max).description == "more than 16 EiB")
+    }
+
+    @Test func estimatesRefuseOversizedRequests() throws {
+        let (base, dir) = try TextEncoderTests.base("sd1")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let configs = try PipelineConfigs(base: base)
+        func estimate(_ w: Int, _ h: Int, _ b: Int) -> MemoryEstimate {
+            MemoryEstimate.generation(base: base, configs: configs, width: w, height: h, batch: b, guidance: true)
+        }
+        let small = estimate(64, 64, 1), wide = estimate(16384, 16384, 1), many = estimate(64, 64, Int.max)
+        #expect(small.total < wide.total && small.total < many.total)
+        #expect(many.total == ByteCount(UInt64.max))
+        #expect(firstError { try small.check(limit: ByteCount(1 << 30), what: "x", file: "b") } == nil)
+        let e = firstError { try wide.check(limit: ByteCount(1 << 30), what: "generating 1 × 16384×16384", file: "b") }
+        #expect(e.map { "\($0)".contains("would need about") && "\($0)".contains("the limit is 1.0 GiB") } == true, "\(String(describing: e))")
+        #expect(firstError { try many.check(limit: ByteCount(UInt64.max - 1), what: "x", file: "b") }.map { "\($0)".contains("more than 16 EiB") } == true)
+        // The pipeline checks before it computes anything.
+        let sd = try StableDiffusion(base: base)
+        sd.memoryLimit = ByteCount(1 << 20)
+        #expect(firstError { _ = try sd.denoise(NonFiniteGenerationTests.options()) }.map { "\($0)".contains("would need about") } == true)
+    }
+}
