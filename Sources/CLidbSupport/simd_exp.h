@@ -5,11 +5,12 @@
 #include <immintrin.h>
 
 // exp(x) for x <= 0 (softmax after subtracting the max): 2^n · p(r), |r| ≤ ln2/2, with a
-// degree-6 polynomial; relative error below 2e-7 over the range used.
+// degree-6 polynomial; relative error below 2e-7 over the range used. A NaN stays NaN (as in
+// libm and PyTorch), so a NaN activation cannot turn into plausible finite values.
 __attribute__((target("avx2,fma")))
 static inline __m256 lidb_exp256(__m256 x) {
     const __m256 lo = _mm256_set1_ps(-87.3f);
-    x = _mm256_max_ps(x, lo);
+    x = _mm256_max_ps(lo, x);  // maxps returns its second operand when either is NaN
     const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     // r = x - n*ln2 in two steps (Cody–Waite)

@@ -19,6 +19,22 @@ public struct Architecture: Sendable, Equatable, CustomStringConvertible {
         "\(family == .sd1 ? "SD 1.x" : "SD 2.x")\(isInpainting ? " inpainting" : "") (UNet: \(downAttention.count) blocks × \(unetLayersPerBlock) layers; text encoder: \(textLayers) layers)"
     }
 
+    /// Refuses structural counts outside spec/base.md §2.1 (they bound the name maps' loops and
+    /// every model built from the base), naming the config field.
+    public func checkRanges(file: String) throws(TensorFileError) {
+        func check(_ ok: Bool, _ field: String, _ expected: String) throws(TensorFileError) {
+            guard ok else { throw TensorFileError(file: file, .wrongType(field: field, expected: expected)) }
+        }
+        try check((1...8).contains(downAttention.count), "components.unet.config.down_block_types", "a list of 1…8 block types (found \(downAttention.count))")
+        try check(upAttention.count == downAttention.count, "components.unet.config.up_block_types",
+                  "as many block types as down_block_types (\(downAttention.count); found \(upAttention.count))")
+        try check((1...64).contains(unetLayersPerBlock), "components.unet.config.layers_per_block", "an integer in 1…64 (found \(unetLayersPerBlock))")
+        try check(unetInChannels == 4 || unetInChannels == 9, "components.unet.config.in_channels", "4 (text-to-image) or 9 (inpainting) (found \(unetInChannels))")
+        try check((1...8).contains(vaeBlocks), "components.vae.config.block_out_channels", "a list of 1…8 integers (found \(vaeBlocks))")
+        try check((1...64).contains(vaeLayersPerBlock), "components.vae.config.layers_per_block", "an integer in 1…64 (found \(vaeLayersPerBlock))")
+        try check((1...256).contains(textLayers), "components.text_encoder.config.num_hidden_layers", "an integer in 1…256 (found \(textLayers))")
+    }
+
     /// The variables of the name-map expressions.
     public var mapVariables: [String: ExprValue] {
         [

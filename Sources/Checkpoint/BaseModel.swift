@@ -29,6 +29,7 @@ public final class BaseModel {
         }
         var arch = try BaseConverter.architecture(unet: unet, vae: vae, text: text, file: file.path)
         if let fam = metadata["architecture"]?.stringValue, let f = Architecture.Family(rawValue: fam) { arch.family = f }
+        try arch.checkRanges(file: file.path)
         architecture = arch
     }
 

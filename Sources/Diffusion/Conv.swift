@@ -227,6 +227,30 @@ extension Ops {
         return y
     }
 
+    /// Nearest-neighbour resize to `h × w`, as `torch.nn.functional.interpolate(x, size=(h, w),
+    /// mode="nearest")`: source index `min(floor(i · (in/out)), in − 1)` with the ratio in f32
+    /// (exactly `i / 2` when the size doubles).
+    public static func resizeNearest(_ x: FeatureMap, h: Int, w: Int) -> FeatureMap {
+        func index(_ i: Int, _ inSize: Int, _ outSize: Int) -> Int {
+            if outSize == 2 * inSize { return i >> 1 }
+            let scale = Float(inSize) / Float(outSize)
+            return min(Int((Float(i) * scale).rounded(.down)), inSize - 1)
+        }
+        let rows = (0..<h).map { index($0, x.h, h) }, cols = (0..<w).map { index($0, x.w, w) }
+        var y = FeatureMap(uninitializedC: x.c, h: h, w: w)
+        x.data.withUnsafeBufferPointer { xp in
+            y.data.withUnsafeMutableBufferPointer { yp in
+                for c in 0..<x.c {
+                    for i in 0..<h {
+                        let src = xp.baseAddress! + (c * x.h + rows[i]) * x.w, dst = yp.baseAddress! + (c * h + i) * w
+                        for j in 0..<w { dst[j] = src[cols[j]] }
+                    }
+                }
+            }
+        }
+        return y
+    }
+
     /// `[c, h, w]` → `[h·w, c]` (tokens) and back.
     public static func toTokens(_ x: FeatureMap) -> [Float] {
         let hw = x.h * x.w

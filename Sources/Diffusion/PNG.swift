@@ -6,7 +6,9 @@ import TensorFile
 public enum PNGWriter {
     /// Encodes 8-bit RGB pixels (`width × height × 3`, row-major) as PNG bytes.
     public static func encode(rgb: [UInt8], width: Int, height: Int, text: [(String, String)] = []) throws(TensorFileError) -> [UInt8] {
-        guard width > 0, height > 0, rgb.count == width * height * 3 else {
+        let (pixels, o1) = width.multipliedReportingOverflow(by: height)
+        let (bytes, o2) = pixels.multipliedReportingOverflow(by: 3)
+        guard width > 0, height > 0, !o1, !o2, width <= Int(Int32.max) / 3, height <= Int(UInt32.max), rgb.count == bytes else {
             throw TensorFileError(file: "png", .invalidArgument("pixel buffer does not match \(width)×\(height) RGB"))
         }
         var image = png_image()
@@ -66,13 +68,16 @@ public enum PNGWriter {
     }
 
     /// Decoded image `[3, h, w]` in [-1, 1] → 8-bit RGB, as diffusers' image processor does
-    /// (`(x / 2 + 0.5).clamp(0, 1)`, then `round(x * 255)`).
+    /// (`(x / 2 + 0.5).clamp(0, 1)`, then `round(x * 255)`). Never traps: a NaN value becomes 0
+    /// (the pipeline refuses non-finite images before they get here), infinities clamp, and
+    /// channels the map lacks are 0.
     public static func rgb8(_ image: FeatureMap) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: image.h * image.w * 3)
         let hw = image.h * image.w
-        for i in 0..<hw {
-            for c in 0..<3 {
-                let v = min(max(image.data[c * hw + i] / 2 + 0.5, 0), 1)
+        var out = [UInt8](repeating: 0, count: hw * 3)
+        for c in 0..<min(3, image.c) where image.data.count >= (c + 1) * hw {
+            for i in 0..<hw {
+                let x = image.data[c * hw + i] / 2 + 0.5
+                let v: Float = x.isNaN ? 0 : min(max(x, 0), 1)
                 out[i * 3 + c] = UInt8((v * 255).rounded(.toNearestOrEven))
             }
         }

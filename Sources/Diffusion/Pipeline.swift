@@ -17,6 +17,41 @@ public struct GenerateOptions: Sendable {
     public var height: Int = 512
     public var batch: Int = 1
     public init(prompt: String) { self.prompt = prompt }
+
+    /// Largest width or height in pixels.
+    public static let maxSide = 16384
+    /// The guidance scales accepted (`cfg ≤ 1` disables guidance, as in diffusers).
+    public static let cfgRange: ClosedRange<Float> = 0...100
+
+    /// Checks that need no base: every number finite and in range. Errors name the option.
+    public func validate() throws(TensorFileError) {
+        guard cfg.isFinite, Self.cfgRange.contains(cfg) else {
+            throw TensorFileError(file: "--cfg", .invalidArgument("\(cfg) is not a guidance scale in \(Int(Self.cfgRange.lowerBound))…\(Int(Self.cfgRange.upperBound))"))
+        }
+        guard steps >= 1 else { throw TensorFileError(file: "--steps", .invalidArgument("\(steps) steps: at least 1")) }
+        guard batch >= 1 else { throw TensorFileError(file: "--batch", .invalidArgument("\(batch) images: at least 1")) }
+        for (name, v) in [("--width", width), ("--height", height)] where v < 1 || v > Self.maxSide {
+            throw TensorFileError(file: name, .invalidArgument("\(v) pixels: must be 1…\(Self.maxSide)"))
+        }
+    }
+
+    /// `validate()`, then the checks that depend on the base: sizes are multiples of the VAE's
+    /// scale factor, `steps` at most the schedule's training timesteps, a text-to-image UNet.
+    public func validate(for configs: PipelineConfigs, file: String) throws(TensorFileError) {
+        try validate()
+        let f = configs.vae.scaleFactor
+        for (name, v) in [("--width", width), ("--height", height)] where v % f != 0 {
+            throw TensorFileError(file: name, .invalidArgument(
+                "\(v) pixels: width and height must be multiples of \(f) (this base's VAE has \(configs.vae.channels.count) blocks: \(f) pixels per latent)"))
+        }
+        let train = (try? configs.scheduler.int("num_train_timesteps", default: 1000)) ?? 1000
+        guard steps <= train else {
+            throw TensorFileError(file: "--steps", .invalidArgument("\(steps) steps: at most the scheduler's num_train_timesteps (\(train))"))
+        }
+        guard configs.unet.inChannels == 4 else {
+            throw TensorFileError(file: file, .invalidArgument("inpainting bases need an image and a mask (not supported by generate yet)"))
+        }
+    }
 }
 
 /// The samplers, by their common names.
@@ -66,12 +101,21 @@ public final class StableDiffusion {
     public let textEncoder: CLIPTextEncoder
     public let unet: UNet
     public let vae: VAEDecoder
+    /// The base's configs, validated before any weight was loaded.
+    public let configs: PipelineConfigs
+    public let residency: WeightResidency
+    /// Requests whose estimated peak memory exceeds this are refused (`MemoryLimit.resolve()`
+    /// by default: `LIDB_MEMORY_LIMIT`, else the machine's memory).
+    public var memoryLimit: ByteCount
     public private(set) var timings = Timings()
     var live: LiveDelta?
 
     public init(base: BaseModel, residency: WeightResidency = .f32) throws(TensorFileError) {
         let t0 = Date()
         self.base = base
+        self.residency = residency
+        configs = try PipelineConfigs(base: base)
+        memoryLimit = try MemoryLimit.resolve()
         tokenizer = try CLIPTokenizer(base: base)
         textEncoder = try CLIPTextEncoder(base: base)
         unet = try UNet(base: base, residency: residency)
@@ -90,6 +134,9 @@ public final class StableDiffusion {
                 try s.subject.check(against: base, subjectPath: s.path)
                 for l in s.subject.layers {
                     let f = try s.subject.lowRankFactors(l, weight: s.weight, cache: cache)
+                    guard f.up.allSatisfy({ $0.isFinite }), f.down.allSatisfy({ $0.isFinite }) else {
+                        throw TensorFileError(file: s.path, tensor: l.target.name, .invalidArgument("the weighted ΔW factors are not finite (NaN or infinity)"))
+                    }
                     let done = unet.addLowRank(weight: l.target.weightName, up: f.up, down: f.down, rank: f.rank)
                         || textEncoder.addLowRank(weight: l.target.weightName, up: f.up, down: f.down, rank: f.rank)
                     guard done else { throw TensorFileError(file: s.path, tensor: l.target.name, .invalidArgument("the runtime has no such weight")) }
@@ -109,24 +156,44 @@ public final class StableDiffusion {
     public func generate(_ options: GenerateOptions, progress: ((Int, Int) -> Void)? = nil) throws -> [FeatureMap] {
         let latents = try denoise(options, progress: progress)
         let t0 = Date()
-        let (lh, lw) = (options.height / 8, options.width / 8)
+        let (lh, lw) = latentSize(options)
         let per = 4 * lh * lw
         var images: [FeatureMap] = []
         for item in 0..<options.batch {
             let z = latents[(item * per)..<((item + 1) * per)].map { $0 / vae.scalingFactor }
-            images.append(vae(FeatureMap(c: 4, h: lh, w: lw, data: z)))
+            let image = vae(FeatureMap(c: 4, h: lh, w: lw, data: z))
+            guard image.data.allSatisfy({ $0.isFinite }) else {
+                throw TensorFileError(file: base.file.path, .invalidArgument(
+                    "the VAE decoder produced non-finite pixels (NaN or infinity) for image \(item + 1) of \(options.batch); nothing was written"))
+            }
+            images.append(image)
         }
         timings.vaeDecode = Date().timeIntervalSince(t0)
         return images
     }
 
-    /// The denoising loop: the final latents of every batch item, `[batch, 4, h/8, w/8]` flat.
+    /// Pixels per latent along each side (the VAE's `2^(blocks − 1)`; 8 for SD 1.x/2.x).
+    public var vaeScaleFactor: Int { configs.vae.scaleFactor }
+
+    /// The latent height and width of a request.
+    public func latentSize(_ options: GenerateOptions) -> (h: Int, w: Int) {
+        (options.height / vaeScaleFactor, options.width / vaeScaleFactor)
+    }
+
+    /// Refuses a request that is out of range for this base or would need more memory than
+    /// `memoryLimit` (the estimate counts the weights already loaded).
+    public func check(_ options: GenerateOptions) throws(TensorFileError) {
+        try options.validate(for: configs, file: base.file.path)
+        let estimate = MemoryEstimate.generation(base: base, configs: configs, width: options.width, height: options.height,
+                                                 batch: options.batch, guidance: options.cfg > 1, residency: residency)
+        try estimate.check(limit: memoryLimit, what: "generating \(options.batch) × \(options.width)×\(options.height)", file: base.file.path)
+    }
+
+    /// The denoising loop: the final latents of every batch item, `[batch, 4, h/f, w/f]` flat
+    /// (`f` = `vaeScaleFactor`). Stops with an error naming the step when a step's latents are
+    /// not finite (NaN or infinity: from a subject, the guidance scale or the base's weights).
     public func denoise(_ options: GenerateOptions, progress: ((Int, Int) -> Void)? = nil) throws -> [Float] {
-        guard options.width % 8 == 0, options.height % 8 == 0, options.width > 0, options.height > 0 else {
-            throw TensorFileError(file: base.file.path, .invalidArgument("width and height must be positive multiples of 8"))
-        }
-        guard options.steps >= 1, options.batch >= 1 else { throw TensorFileError(file: base.file.path, .invalidArgument("steps and batch must be at least 1")) }
-        guard unet.inChannels == 4 else { throw TensorFileError(file: base.file.path, .invalidArgument("inpainting bases need an image and a mask (not supported by generate yet)")) }
+        try check(options)
         var t0 = Date()
         // Prompt embeddings: unconditional first, as diffusers concatenates them.
         let cond = try textEncoder.encode(tokenizer.encodePadded(options.prompt, length: 77))
@@ -135,14 +202,13 @@ public final class StableDiffusion {
         textEncoder.releaseWeights()
         timings.textEncoding = Date().timeIntervalSince(t0)
 
-        guard let sc = base.config("scheduler") else { throw TensorFileError(file: base.file.path, .missingField("components.scheduler.config")) }
-        var config = try SchedulerConfig(json: sc)
+        var config = configs.scheduler
         if options.karras { config = config.setting("use_karras_sigmas", .bool(true)) }
         if options.sampler == .pndm { config = config.setting("skip_prk_steps", .bool(true)) }
         var scheduler = try makeScheduler(options.sampler.kind, config: config)
         try scheduler.setTimesteps(options.steps)
 
-        let (lh, lw) = (options.height / 8, options.width / 8)
+        let (lh, lw) = latentSize(options)
         let per = 4 * lh * lw
         var generator = TorchGenerator(seed: options.seed)
         // diffusers draws all latents of a batch at once from the one generator.
@@ -180,11 +246,18 @@ public final class StableDiffusion {
                 }
             }
             latents = scheduler.step(modelOutput: noise, timestep: t, sample: latents, noise: &generator)
+            if let bad = latents.firstIndex(where: { !$0.isFinite }) {
+                throw TensorFileError(file: base.file.path, .invalidArgument(
+                    "sampler step \(i + 1) of \(steps.count) (timestep \(Self.show(t))) produced a non-finite latent (\(latents[bad]) in image \(bad / per + 1)): "
+                    + "check the subjects' weights and factors, the guidance scale and the base's weights; nothing was written"))
+            }
             timings.unetSteps.append(Date().timeIntervalSince(t0))
             progress?(i + 1, steps.count)
         }
         return latents
     }
+
+    static func show(_ t: Double) -> String { t == t.rounded() && abs(t) < 1e15 ? String(Int64(t)) : "\(t)" }
 }
 
 extension TorchGenerator: NoiseSource {}

@@ -192,8 +192,9 @@ public struct NoiseSchedule: Sendable {
     public let alphasCumprod: [Float]
 
     public init(config: SchedulerConfig) throws {
+        // Every number within its range (spec/base.md §2.1) before a schedule is allocated.
+        do { try config.checkRanges() } catch { throw SchedulerError("config '\(error.field)' must be \(error.expected)") }
         let t = try config.int("num_train_timesteps", default: 1000)
-        guard t >= 1 else { throw SchedulerError("num_train_timesteps must be positive") }
         try config.requireOff("rescale_betas_zero_snr")
         let betas: [Float]
         if let trained = try config.doubles("trained_betas") {

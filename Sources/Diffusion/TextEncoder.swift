@@ -89,25 +89,17 @@ public final class CLIPTextEncoder {
     static let prefix = "text_encoder.text_model."
 
     public init(base: BaseModel) throws(TensorFileError) {
-        guard let c = base.config("text_encoder") else { throw TensorFileError(file: base.file.path, .missingField("components.text_encoder.config")) }
-        func int(_ k: String) throws(TensorFileError) -> Int {
-            guard let v = c[k]?.int64Value else { throw TensorFileError(file: base.file.path, .missingField("text_encoder.config.\(k)")) }
-            return Int(v)
-        }
-        hidden = try int("hidden_size")
-        heads = try int("num_attention_heads")
-        intermediate = try int("intermediate_size")
-        maxPositions = try int("max_position_embeddings")
-        vocab = try int("vocab_size")
-        layerCount = try int("num_hidden_layers")
-        activation = c["hidden_act"]?.stringValue ?? "quick_gelu"
-        eps = Float(c["layer_norm_eps"]?.doubleValue ?? 1e-5)
-        guard heads >= 1, hidden >= 1, hidden % heads == 0 else { throw TensorFileError(file: base.file.path, .invalidArgument("hidden_size \(hidden) is not a multiple of \(heads) heads")) }
+        let cfg = try TextEncoderConfig(base: base)
+        hidden = cfg.hidden
+        heads = cfg.heads
+        intermediate = cfg.intermediate
+        maxPositions = cfg.maxPositions
+        vocab = cfg.vocab
+        layerCount = cfg.layers
+        activation = cfg.activation
+        eps = cfg.eps
         loader = WeightLoader(base: base)
         w = try loader.all(prefix: Self.prefix)
-        guard layerCount >= 1, layerCount <= 256, vocab >= 1, maxPositions >= 1, intermediate >= 1 else {
-            throw TensorFileError(file: base.file.path, .invalidArgument("text encoder config: impossible sizes"))
-        }
         let h = hidden
         var expected: [(String, Int)] = [("embeddings.token_embedding.weight", vocab * h), ("embeddings.position_embedding.weight", maxPositions * h),
                                          ("final_layer_norm.weight", h), ("final_layer_norm.bias", h)]

@@ -27,35 +27,21 @@ public final class UNet: @unchecked Sendable {
 
     /// `halfMinimum`: with `.f16PerLayer`, F16 tensors of at least this many values stay F16.
     public init(base: BaseModel, residency: WeightResidency = .f32, halfMinimum: Int = 4096) throws(TensorFileError) {
-        guard let c = base.config("unet") else { throw TensorFileError(file: base.file.path, .missingField("components.unet.config")) }
-        config = c
-        func ints(_ k: String) -> [Int]? { c[k]?.arrayValue?.compactMap { $0.int64Value.map(Int.init) } }
-        func fail(_ m: String) -> TensorFileError { TensorFileError(file: base.file.path, .invalidArgument("unet config: " + m)) }
-        guard let ch = ints("block_out_channels"), let L = c["layers_per_block"]?.int64Value,
-              let down = c["down_block_types"]?.arrayValue?.compactMap(\.stringValue),
-              let up = c["up_block_types"]?.arrayValue?.compactMap(\.stringValue), !ch.isEmpty, down.count == ch.count, up.count == ch.count else {
-            throw fail("needs block_out_channels, layers_per_block, down_block_types, up_block_types")
-        }
-        blockChannels = ch
-        layersPerBlock = Int(L)
-        downAttention = down.map { $0.hasPrefix("CrossAttn") }
-        upAttention = up.map { $0.hasPrefix("CrossAttn") }
-        // diffusers reads attention_head_dim as the number of heads (a legacy quirk) unless
-        // num_attention_heads is given.
-        let headSpec = c["num_attention_heads"].flatMap { $0 == .null ? nil : $0 } ?? c["attention_head_dim"]
-        if let one = headSpec?.int64Value { heads = ch.map { _ in Int(one) } } else if let list = headSpec?.arrayValue?.compactMap(\.int64Value), list.count == ch.count {
-            heads = list.map(Int.init)
-        } else { throw fail("attention_head_dim must be a number or one per block") }
-        groups = Int(c["norm_num_groups"]?.int64Value ?? 32)
-        eps = Float(c["norm_eps"]?.doubleValue ?? 1e-5)
-        try checkArchitecture(channels: ch, layers: Int(L), groups: groups, file: base.file.path, component: "unet")
-        guard heads.allSatisfy({ $0 >= 1 }) else { throw fail("attention heads must be at least 1") }
-        linearProjection = c["use_linear_projection"]?.boolValue ?? false
-        inChannels = Int(c["in_channels"]?.int64Value ?? 4)
-        outChannels = Int(c["out_channels"]?.int64Value ?? 4)
-        contextDim = Int(c["cross_attention_dim"]?.int64Value ?? 768)
-        flipSinToCos = c["flip_sin_to_cos"]?.boolValue ?? true
-        freqShift = Float(c["freq_shift"]?.doubleValue ?? 0)
+        let cfg = try UNetConfig(base: base)
+        config = base.config("unet") ?? .null
+        blockChannels = cfg.channels
+        layersPerBlock = cfg.layersPerBlock
+        downAttention = cfg.downAttention
+        upAttention = cfg.upAttention
+        heads = cfg.heads
+        groups = cfg.groups
+        eps = cfg.eps
+        linearProjection = cfg.linearProjection
+        inChannels = cfg.inChannels
+        outChannels = cfg.outChannels
+        contextDim = cfg.contextDim
+        flipSinToCos = cfg.flipSinToCos
+        freqShift = cfg.freqShift
         _ = Parallel.allocatorConfigured
         let loader = WeightLoader(base: base)
         if residency == .f16PerLayer {
@@ -64,9 +50,6 @@ public final class UNet: @unchecked Sendable {
             half = try loader.halfWeights(prefix: "unet.", minimumCount: halfMinimum)
         }
         w = try loader.all(prefix: "unet.", excluding: Set(half.keys))
-        for (b, c) in blockChannels.enumerated() where c % heads[b] != 0 {
-            throw fail("block \(b): \(c) channels are not divisible into \(heads[b]) heads")
-        }
         try checkWeights({ [w, half] in w[$0]?.count ?? half[$0]?.count }, expected: expectedWeights(), prefix: "unet.", file: base.file.path)
     }
 
@@ -273,8 +256,16 @@ public final class UNet: @unchecked Sendable {
                 x = resnet("up_blocks.\(b).resnets.\(r)", cat, temb: temb, out: ch)
                 if upAttention[b] { x = transformer("up_blocks.\(b).attentions.\(r)", x, context: context, contextTokens: contextTokens, heads: upHeads[b]) }
             }
-            if b < upChannels.count - 1 {
-                x = Ops.upsampleConv3x3(x, weight: p("up_blocks.\(b).upsamplers.0.conv.weight"), bias: p("up_blocks.\(b).upsamplers.0.conv.bias"), out: ch)
+            if b < upChannels.count - 1, let next = skips.last {
+                let wn = "up_blocks.\(b).upsamplers.0.conv"
+                if next.h == 2 * x.h && next.w == 2 * x.w {
+                    x = Ops.upsampleConv3x3(x, weight: p(wn + ".weight"), bias: p(wn + ".bias"), out: ch)
+                } else {
+                    // A latent side that is not a multiple of 2^(blocks − 1): as diffusers
+                    // (`forward_upsample_size`), upsample to the size of the skip connection it
+                    // is concatenated with next.
+                    x = Ops.conv2d(Ops.resizeNearest(x, h: next.h, w: next.w), weight: p(wn + ".weight"), bias: p(wn + ".bias"), out: ch, kernel: 3, padding: 1)
+                }
             }
         }
         return Ops.groupNormConv3x3(x, groups: groups, normWeight: p("conv_norm_out.weight"), normBias: p("conv_norm_out.bias"), eps: eps, silu: true,
@@ -291,9 +282,12 @@ public final class VAEDecoder {
     let groups: Int
     public let latentChannels: Int, outChannels: Int
     public let scalingFactor: Float
+    /// Pixels per latent along each side, `2^(blocks − 1)` (`VAEConfig.scaleFactor`).
+    public let scaleFactor: Int
 
     public init(base: BaseModel) throws(TensorFileError) {
         let cfg = try VAEConfig(base: base)
+        scaleFactor = cfg.scaleFactor
         let ch = cfg.channels
         channels = ch
         layersPerBlock = cfg.layersPerBlock
@@ -342,17 +336,22 @@ public final class VAEDecoder {
 }
 
 /// diffusers' `AutoencoderKL` encoder: image `[3, H, W]` in [-1, 1] → the latent distribution's
-/// mean and log-variance (`[latent, H/8, W/8]` each), for img2img and finetuning.
+/// mean and log-variance (`[latent, H/f, W/f]` each, `f` = `scaleFactor`, 8 for SD's VAEs), for
+/// img2img and finetuning.
 public final class VAEEncoder {
     let w: [String: [Float]]
     let channels: [Int]
     let layersPerBlock: Int
     let groups: Int
-    public let latentChannels: Int
+    public let latentChannels: Int, inChannels: Int
     public let scalingFactor: Float
+    /// Pixels per latent along each side, `2^(blocks − 1)` (`VAEConfig.scaleFactor`).
+    public let scaleFactor: Int
 
     public init(base: BaseModel) throws(TensorFileError) {
         let cfg = try VAEConfig(base: base)
+        scaleFactor = cfg.scaleFactor
+        inChannels = cfg.inChannels
         let ch = cfg.channels
         channels = ch
         layersPerBlock = cfg.layersPerBlock
@@ -377,6 +376,20 @@ public final class VAEEncoder {
     func conv(_ n: String, _ x: FeatureMap, out: Int, k: Int) -> FeatureMap { blocks.conv(n, x, out: out, k: k) }
     func resnet(_ n: String, _ x: FeatureMap, out: Int) -> FeatureMap { blocks.resnet(n, x, out: out) }
 
+    /// Encodes an image after checking it fits this VAE: `in_channels` channels, sides positive
+    /// multiples of `scaleFactor` and at most `GenerateOptions.maxSide`. The latents are
+    /// `[latent, H/f, W/f]`.
+    public func encode(_ image: FeatureMap) throws(TensorFileError) -> (mean: FeatureMap, logvar: FeatureMap) {
+        guard image.c == inChannels, image.data.count == image.c * image.h * image.w else {
+            throw TensorFileError(file: "VAE encoder", .invalidArgument("the image has \(image.c) channels, the VAE takes \(inChannels)"))
+        }
+        for (name, v) in [("height", image.h), ("width", image.w)] where v < 1 || v > GenerateOptions.maxSide || v % scaleFactor != 0 {
+            throw TensorFileError(file: "VAE encoder", .invalidArgument(
+                "image \(name) \(v): must be a multiple of \(scaleFactor) (this VAE's pixels per latent) from \(scaleFactor) to \(GenerateOptions.maxSide)"))
+        }
+        return self(image)
+    }
+
     public func callAsFunction(_ image: FeatureMap) -> (mean: FeatureMap, logvar: FeatureMap) {
         var x = conv("encoder.conv_in", image, out: channels[0], k: 3)
         for (b, ch) in channels.enumerated() {
@@ -400,41 +413,6 @@ public final class VAEEncoder {
         let mean = FeatureMap(c: latentChannels, h: x.h, w: x.w, data: Array(x.data[0..<half]))
         let logvar = FeatureMap(c: latentChannels, h: x.h, w: x.w, data: x.data[half...].map { min(max($0, -30), 20) })
         return (mean, logvar)
-    }
-}
-
-/// The VAE's configuration as both halves read it, validated.
-struct VAEConfig {
-    let channels: [Int]
-    let layersPerBlock: Int, groups: Int, latentChannels: Int, inChannels: Int, outChannels: Int
-    let scalingFactor: Float
-
-    init(base: BaseModel) throws(TensorFileError) {
-        guard let c = base.config("vae"), let ch = c["block_out_channels"]?.arrayValue?.compactMap({ $0.int64Value.map(Int.init) }), !ch.isEmpty else {
-            throw TensorFileError(file: base.file.path, .missingField("components.vae.config.block_out_channels"))
-        }
-        channels = ch
-        layersPerBlock = Int(c["layers_per_block"]?.int64Value ?? 2)
-        groups = Int(c["norm_num_groups"]?.int64Value ?? 32)
-        latentChannels = Int(c["latent_channels"]?.int64Value ?? 4)
-        inChannels = Int(c["in_channels"]?.int64Value ?? 3)
-        outChannels = Int(c["out_channels"]?.int64Value ?? 3)
-        scalingFactor = Float(c["scaling_factor"]?.doubleValue ?? 0.18215)
-        try checkArchitecture(channels: ch, layers: layersPerBlock, groups: groups, file: base.file.path, component: "vae")
-        guard latentChannels >= 1, inChannels >= 1, outChannels >= 1 else {
-            throw TensorFileError(file: base.file.path, .invalidArgument("vae config: channel counts must be at least 1"))
-        }
-    }
-
-    /// The f32 weights under `prefixes`, keyed without `vae.`.
-    func weights(_ base: BaseModel, prefixes: [String]) throws(TensorFileError) -> [String: [Float]] {
-        _ = Parallel.allocatorConfigured
-        let loader = WeightLoader(base: base)
-        var w: [String: [Float]] = [:]
-        for t in base.file.tensors where prefixes.contains(where: { t.name.hasPrefix($0) }) {
-            w[String(t.name.dropFirst("vae.".count))] = try loader.f32(t.name)
-        }
-        return w
     }
 }
 
@@ -520,13 +498,5 @@ func halfToFloat(_ h: [UInt16]) -> [Float] {
     [Float](unsafeUninitializedCapacity: h.count) { buf, n in
         h.withUnsafeBytes { _ = DTypeConversion.convert($0, from: .F16, into: UnsafeMutableRawBufferPointer(buf), to: .F32, count: h.count) }
         n = h.count
-    }
-}
-
-/// Sizes that the forward passes divide or loop by: refused with a clear message when impossible.
-func checkArchitecture(channels: [Int], layers: Int, groups: Int, file: String, component: String) throws(TensorFileError) {
-    guard layers >= 1, layers <= 64 else { throw TensorFileError(file: file, .invalidArgument("\(component) config: layers_per_block \(layers) must be 1…64")) }
-    guard groups >= 1, channels.allSatisfy({ $0 >= 1 && $0 % groups == 0 }) else {
-        throw TensorFileError(file: file, .invalidArgument("\(component) config: block channels \(channels) must be positive multiples of norm_num_groups \(groups)"))
     }
 }

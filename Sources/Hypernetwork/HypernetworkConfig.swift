@@ -36,6 +36,20 @@ public struct HypernetworkConfig: Sendable {
         public var basisSeed: UInt64
     }
 
+    // Ranges of the numbers without a per-field range below (spec/hypernetwork.md §3).
+    /// Largest `subject.alpha` (it must be positive).
+    public static let maxAlpha: Double = 10_000
+    /// Largest `subject.a` / `subject.b` (basis dimensions before clamping).
+    public static let maxBasisDimension = 1024
+    /// Largest `out` or `in` of a target layer, and of `out · in`.
+    public static let maxLayerDimension = 65_536
+    public static let maxLayerElements = 1 << 28
+    /// Largest side of the preprocessing's `size` and `crop_size` (as the Imaging module's).
+    public static let maxImageSide = 8192
+    /// `image_mean` entries lie in ±this; `image_std` entries in [`minImageStd`, this].
+    public static let maxImageStatistic: Double = 10
+    public static let minImageStd: Double = 0.001
+
     public var encoder: Encoder
     public var decoder: Decoder
     public var subject: SubjectParameters
@@ -101,12 +115,14 @@ public struct HypernetworkConfig: Sendable {
         guard decoder.hiddenSize % decoder.heads == 0 else { throw bad("decoder.num_heads", "\(decoder.heads) heads do not divide hidden_size \(decoder.hiddenSize)") }
 
         let s = try obj("subject")
-        guard let alpha = s["alpha"]?.doubleValue, alpha.isFinite else { throw bad("subject.alpha", "missing or not a finite number") }
+        guard let alpha = s["alpha"]?.doubleValue, alpha.isFinite, alpha > 0, alpha <= Self.maxAlpha else {
+            throw bad("subject.alpha", "missing or not a number in (0, \(Int(Self.maxAlpha))]")
+        }
         guard s["basis"]?["generator"]?.stringValue == Basis.generatorName, let seed = s["basis"]?["seed"]?.uint64Value else {
             throw bad("subject.basis", "must be {\"generator\": \"\(Basis.generatorName)\", \"seed\": unsigned 64-bit integer}")
         }
-        subject = SubjectParameters(rank: try int(s, "subject", "rank", 1...64), a: try int(s, "subject", "a", 1...65536), b: try int(s, "subject", "b", 1...65536),
-                                    alpha: Float(alpha), basisSeed: seed)
+        subject = SubjectParameters(rank: try int(s, "subject", "rank", 1...64), a: try int(s, "subject", "a", 1...Self.maxBasisDimension),
+                                    b: try int(s, "subject", "b", 1...Self.maxBasisDimension), alpha: Float(alpha), basisSeed: seed)
 
         let t = try obj("targets")
         guard let set = t["set"]?.stringValue, TargetSet(rawValue: set) != nil || set == "custom" else {
@@ -117,10 +133,15 @@ public struct HypernetworkConfig: Sendable {
         var layers: [TargetLayer] = []
         var names = Set<String>()
         for (i, row) in rows.enumerated() {
-            guard let name = row["name"]?.stringValue, !name.isEmpty, let shape = row["shape"]?.arrayValue?.compactMap(\.int64Value), shape.count == 2,
-                  shape[0] > 0, shape[1] > 0, shape[0] <= 1 << 20, shape[1] <= 1 << 20 else {
-                throw bad("targets.layers[\(i)]", "needs a name and a positive shape [out, in]")
+            guard let name = row["name"]?.stringValue, !name.isEmpty, let dims = row["shape"]?.arrayValue, dims.count == 2,
+                  let out = dims[0].int64Value, let inDim = dims[1].int64Value else {
+                throw bad("targets.layers[\(i)]", "needs a name and an integer shape [out, in]")
             }
+            let side = Int64(Self.maxLayerDimension)
+            guard out >= 1, inDim >= 1, out <= side, inDim <= side, out * inDim <= Int64(Self.maxLayerElements) else {
+                throw bad("targets.layers[\(i)].shape", "[\(out), \(inDim)]: each side must be 1…\(side) and out·in at most \(Self.maxLayerElements)")
+            }
+            let shape = [out, inDim]
             guard names.insert(name).inserted else { throw bad("targets.layers[\(i)]", "layer '\(name)' listed twice") }
             layers.append(TargetLayer(name: name, out: Int(shape[0]), in: Int(shape[1])))
         }
@@ -146,27 +167,31 @@ public struct HypernetworkConfig: Sendable {
         let keys = pairs.map(\.0)
         if let extra = keys.first(where: { !want.contains($0) }) { throw bad("unknown key '\(extra)'") }
         if let missing = want.first(where: { !keys.contains($0) }) { throw bad("missing key '\(missing)'") }
+        let maxSide = Int64(Self.maxImageSide)
         func hw(_ v: JSONValue?, _ k: String) throws(HypernetworkError) -> (Int, Int) {
-            guard let v, let o = v.objectValue, o.count == 2, let h = v["height"]?.int64Value, let w = v["width"]?.int64Value, h > 0, w > 0 else {
-                throw bad("'\(k)' must be {\"height\": H, \"width\": W} with positive integers")
+            guard let v, let o = v.objectValue, o.count == 2, let h = v["height"]?.int64Value, let w = v["width"]?.int64Value,
+                  (1...maxSide).contains(h), (1...maxSide).contains(w) else {
+                throw bad("'\(k)' must be {\"height\": H, \"width\": W} with integers 1…\(maxSide)")
             }
             return (Int(h), Int(w))
         }
         var out: (Int, Int)? = nil
-        let size = p["size"]!
+        guard let size = p["size"] else { throw bad("missing key 'size'") }
         if let o = size.objectValue, o.count == 1, o[0].0 == "shortest_edge" {
-            guard let n = size["shortest_edge"]?.int64Value, n > 0 else { throw bad("'size.shortest_edge' must be a positive integer") }
+            guard let n = size["shortest_edge"]?.int64Value, (1...maxSide).contains(n) else { throw bad("'size.shortest_edge' must be an integer 1…\(maxSide)") }
         } else {
             out = try hw(size, "size")
         }
-        if p["crop_size"]! != .null { out = try hw(p["crop_size"], "crop_size") }
+        if let crop = p["crop_size"], crop != .null { out = try hw(crop, "crop_size") }
         guard let o = out else { throw bad("resizing to a shortest edge without a crop gives no fixed size") }
         guard o == (imageSize, imageSize) else { throw bad("output is \(o.0)×\(o.1), the encoder takes \(imageSize)×\(imageSize)") }
         guard let r = p["resample"]?.stringValue, r == "bicubic" || r == "bilinear" else { throw bad("'resample' must be \"bicubic\" or \"bilinear\"") }
         guard let f = p["rescale_factor"]?.doubleValue, abs(f * 255 - 1) < 1e-9 else { throw bad("'rescale_factor' must be 1/255") }
-        for k in ["image_mean", "image_std"] {
-            guard let a = p[k]?.arrayValue, a.count == 3, a.allSatisfy({ ($0.doubleValue ?? .nan).isFinite }) else { throw bad("'\(k)' must be 3 finite numbers") }
-            if k == "image_std" && !a.allSatisfy({ $0.doubleValue! > 0 }) { throw bad("'image_std' must be positive") }
+        let m = Self.maxImageStatistic
+        for (k, range) in [("image_mean", -m...m), ("image_std", Self.minImageStd...m)] {
+            guard let a = p[k]?.arrayValue, a.count == 3, a.allSatisfy({ range.contains($0.doubleValue ?? .nan) }) else {
+                throw bad("'\(k)' must be 3 numbers in [\(range.lowerBound), \(range.upperBound)]")
+            }
         }
     }
 

@@ -140,26 +140,46 @@ struct BenchUNet: ParsableCommand {
         Inputs are drawn exactly as torch.Generator().manual_seed(SEED) then torch.randn(batch, 4, \
         L, L) and torch.randn(batch, 77, cross_attention_dim) would draw them, so PyTorch can run \
         the same evaluation (Benchmarks/unet). --check compares the output with a reference saved by \
-        that script (tensor 'out') and reports the relative error.
+        that script (tensor 'out') and reports the relative error. A latent of L × L stands for \
+        images of L·f × L·f pixels, f being the base's VAE scale factor 2^(VAE blocks − 1) (8 for \
+        SD 1.x/2.x); the output reports it as image_size. The request is checked before the UNet \
+        is loaded: latent 1…2048, batch ≥ 1, and the estimated peak memory within --memory-limit \
+        (default: LIDB_MEMORY_LIMIT, else the machine's memory).
         """
     )
     @Option(help: "The base.") var model: String
-    @Option(help: "Latent size L (64 for 512×512 images).") var latent: Int = 64
+    @Option(help: "Latent size L (image size / the VAE's scale factor: 64 for 512×512 images with SD's 8× VAE).") var latent: Int = 64
     @Option(help: "Batch (2 = one classifier-free-guidance step).") var batch: Int = 2
     @Option(help: "Timestep.") var timestep: Float = 500
     @Option(help: "Input seed.") var seed: UInt64 = 0
     @Option(name: .customLong("repeat"), help: "Evaluations to time.") var repeatCount: Int = 3
     @Option(help: "Reference output (.safetensors with tensor 'out') to compare with.") var check: String?
     @Option(help: "UNet weights: f32 or f16-per-layer (see lidb generate --help).") var weights: WeightResidency = .f32
+    @Option(help: "Refuse requests whose estimated peak memory exceeds this (e.g. 16G; default: LIDB_MEMORY_LIMIT, else the machine's memory).")
+    var memoryLimit: String?
+
+    /// Largest latent side (images of 16,384 pixels with an 8× VAE).
+    static let maxLatent = 2048
 
     func run() throws {
         try reportingErrors {
+            guard (1...Self.maxLatent).contains(latent) else {
+                throw TensorFileError(file: "--latent", .invalidArgument("\(latent): must be 1…\(Self.maxLatent)"))
+            }
+            guard batch >= 1 else { throw TensorFileError(file: "--batch", .invalidArgument("\(batch): at least 1")) }
+            guard timestep.isFinite, timestep >= 0, timestep <= 100_000 else {
+                throw TensorFileError(file: "--timestep", .invalidArgument("\(timestep): must be a number in 0…100000"))
+            }
+            let limit = try MemoryLimit.resolve(memoryLimit)
             var t0 = now()
             let base = try BaseModel(path: model)
+            let configs = try PipelineConfigs(base: base)
+            let estimate = MemoryEstimate.unetEvaluations(base: base, configs: configs, latent: latent, batch: batch, residency: weights)
+            try estimate.check(limit: limit, what: "\(batch) UNet evaluations at \(latent)×\(latent)", file: model)
             let unet = try UNet(base: base, residency: weights)
             let load = now() - t0
             var g = TorchGenerator(seed: seed)
-            let per = 4 * latent * latent, ctxPer = 77 * unet.contextDim
+            let inCh = unet.inChannels, per = inCh * latent * latent, ctxPer = 77 * unet.contextDim
             let sample = g.randn(count: batch * per), context = g.randn(count: batch * ctxPer)
             var times: [Double] = []
             var output = [Float](repeating: 0, count: batch * per)
@@ -170,14 +190,15 @@ struct BenchUNet: ParsableCommand {
                 let lock = DispatchSemaphore(value: 1)
                 let (b, l, ts) = (batch, latent, timestep)
                 Parallel.forEach(b) { i in
-                    let x = FeatureMap(c: 4, h: l, w: l, data: Array(sample[(i * per)..<((i + 1) * per)]))
+                    let x = FeatureMap(c: inCh, h: l, w: l, data: Array(sample[(i * per)..<((i + 1) * per)]))
                     let y = unet(x, timestep: ts, context: Array(context[(i * ctxPer)..<((i + 1) * ctxPer)]), contextTokens: 77)
                     lock.wait(); box.out[i] = y.data; lock.signal()
                 }
                 times.append(now() - t0)
                 output = box.out.flatMap { $0 }
             }
-            var pairs: [(String, JSONValue)] = [("latent", .int(latent)), ("batch", .int(batch)), ("load_s", .double(load)),
+            var pairs: [(String, JSONValue)] = [("latent", .int(latent)), ("image_size", .int(latent * configs.vae.scaleFactor)), ("batch", .int(batch)),
+                                                ("estimated_peak_bytes", .int(Int(clamping: estimate.total.value))), ("load_s", .double(load)),
                                                 ("median_s", .double(times.sorted()[times.count / 2])), ("all_s", .array(times.map { .double($0) }))]
             if let check {
                 let ref = try SafetensorsFile(path: check)

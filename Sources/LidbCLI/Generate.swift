@@ -22,6 +22,14 @@ struct Generate: ParsableCommand {
         on the CPU, so a seed gives diffusers' image. Subjects are applied merged into the weights \
         or live (ΔW·x added in the forward pass). PNG files carry an A1111-style 'parameters' text \
         chunk. With --batch N, files are named OUT-1.png … OUT-N.png.
+
+        Requests are checked before the model is loaded: --width and --height are multiples of \
+        the base's VAE scale factor (2^(VAE blocks − 1): 8 for SD 1.x/2.x), at most 16384; \
+        --cfg is 0…100; subject weights are finite with |w| ≤ 100; the base's configs are within \
+        spec/base.md §2.1; and the estimated peak memory \
+        (weights, latents, UNet and VAE activations, images) must fit the limit: --memory-limit, \
+        else the LIDB_MEMORY_LIMIT environment variable, else the machine's memory. A step whose \
+        latents are not finite stops the run with an error naming the step; no file is written.
         """
     )
     @Option(help: "The base .lidb.") var model: String
@@ -34,24 +42,24 @@ struct Generate: ParsableCommand {
     @Option(help: "Random number generator (torch: bit-compatible with torch's CPU generator).") var rng: RNGChoice = .torch
     @Option(help: "ddim, euler, euler_a, dpmpp_2m, pndm.") var sampler: Sampler = .ddim
     @Flag(help: "Karras sigmas (with dpmpp_2m).") var karras = false
-    @Option(help: "Width in pixels (multiple of 8).") var width: Int = 512
-    @Option(help: "Height in pixels (multiple of 8).") var height: Int = 512
+    @Option(help: "Width in pixels (a multiple of the VAE's scale factor, 8 for SD 1.x/2.x; at most 16384).") var width: Int = 512
+    @Option(help: "Height in pixels (a multiple of the VAE's scale factor, 8 for SD 1.x/2.x; at most 16384).") var height: Int = 512
     @Option(help: "Images per run.") var batch: Int = 1
     @Option(help: "merge or live.") var apply: ApplyMode = .merge
     @Option(name: .shortAndLong, help: "Output PNG.") var output: String
     @Flag(help: "Print per-stage times as JSON on stdout.") var timings = false
     @Option(help: "UNet weights: f32 (converted once at load; fastest) or f16-per-layer (an F16 base's weights stay F16 and are converted as each layer runs: about half the memory, a little slower).")
     var weights: WeightResidency = .f32
+    @Option(help: "Refuse requests whose estimated peak memory exceeds this (e.g. 16G, 512M; default: LIDB_MEMORY_LIMIT, else the machine's memory).")
+    var memoryLimit: String?
+
+    /// Largest |w| of a subject's weight (`S.lidb:W`).
+    static let maxSubjectWeight: Float = 100
 
     func run() throws {
         try checkOutput(output, inputs: [model] + subjects.map(\.path))
         try reportingErrors {
             let t0 = Date()
-            let base = try BaseModel(path: model)
-            let sd = try StableDiffusion(base: base, residency: weights)
-            let applied = try subjects.map { (s) throws(TensorFileError) in AppliedSubject(subject: try Subject(path: s.path), weight: s.weight, path: s.path) }
-            try sd.apply(applied, mode: apply)
-            let loadTime = Date().timeIntervalSince(t0)
             var o = GenerateOptions(prompt: prompt)
             o.negativePrompt = negativePrompt
             o.steps = steps
@@ -62,6 +70,23 @@ struct Generate: ParsableCommand {
             o.width = width
             o.height = height
             o.batch = batch
+            // Everything that needs no model first, then the base's configs, then the memory
+            // estimate: an impossible request is refused before a weight is loaded.
+            try o.validate()
+            for s in subjects where !(s.weight.isFinite && abs(s.weight) <= Self.maxSubjectWeight) {
+                throw TensorFileError(file: s.path, .invalidArgument("--subject weight \(s.weight): must be a finite number with |w| ≤ \(Int(Self.maxSubjectWeight))"))
+            }
+            let limit = try MemoryLimit.resolve(memoryLimit)
+            let base = try BaseModel(path: model)
+            let configs = try PipelineConfigs(base: base)
+            try o.validate(for: configs, file: model)
+            let estimate = MemoryEstimate.generation(base: base, configs: configs, width: width, height: height, batch: batch, guidance: cfg > 1, residency: weights)
+            try estimate.check(limit: limit, what: "generating \(batch) × \(width)×\(height)", file: model)
+            let applied = try subjects.map { (s) throws(TensorFileError) in AppliedSubject(subject: try Subject(path: s.path), weight: s.weight, path: s.path) }
+            let sd = try StableDiffusion(base: base, residency: weights)
+            sd.memoryLimit = limit
+            try sd.apply(applied, mode: apply)
+            let loadTime = Date().timeIntervalSince(t0)
             let progress = Progress("generating")
             let images: [FeatureMap]
             do { images = try sd.generate(o, progress: progress.update) } catch let e as TensorFileError { throw e } catch {
@@ -89,7 +114,7 @@ struct Generate: ParsableCommand {
                 print(JSONValue.object([
                     ("load_s", .double(loadTime)), ("text_encoding_s", .double(t.textEncoding)),
                     ("unet_steps_s", .array(t.unetSteps.map { .double($0) })), ("vae_decode_s", .double(t.vaeDecode)),
-                    ("total_s", .double(Date().timeIntervalSince(t0))),
+                    ("total_s", .double(Date().timeIntervalSince(t0))), ("estimated_peak_bytes", .int(Int(clamping: estimate.total.value))),
                 ]).serializedString)
             } else {
                 print("wrote " + written.joined(separator: ", "))
