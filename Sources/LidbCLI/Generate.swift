@@ -53,9 +53,6 @@ struct Generate: ParsableCommand {
     @Option(help: "Refuse requests whose estimated peak memory exceeds this (e.g. 16G, 512M; default: LIDB_MEMORY_LIMIT, else the machine's memory).")
     var memoryLimit: String?
 
-    /// Largest |w| of a subject's weight (`S.lidb:W`).
-    static let maxSubjectWeight: Float = 100
-
     func run() throws {
         try checkOutput(output, inputs: [model] + subjects.map(\.path))
         try reportingErrors {
@@ -73,16 +70,14 @@ struct Generate: ParsableCommand {
             // Everything that needs no model first, then the base's configs, then the memory
             // estimate: an impossible request is refused before a weight is loaded.
             try o.validate()
-            for s in subjects where !(s.weight.isFinite && abs(s.weight) <= Self.maxSubjectWeight) {
-                throw TensorFileError(file: s.path, .invalidArgument("--subject weight \(s.weight): must be a finite number with |w| ≤ \(Int(Self.maxSubjectWeight))"))
-            }
+            for s in subjects { _ = try s.validatedWeight() }
             let limit = try MemoryLimit.resolve(memoryLimit)
             let base = try BaseModel(path: model)
             let configs = try PipelineConfigs(base: base)
             try o.validate(for: configs, file: model)
             let estimate = MemoryEstimate.generation(base: base, configs: configs, width: width, height: height, batch: batch, guidance: cfg > 1, residency: weights)
             try estimate.check(limit: limit, what: "generating \(batch) × \(width)×\(height)", file: model)
-            let applied = try subjects.map { (s) throws(TensorFileError) in AppliedSubject(subject: try Subject(path: s.path), weight: s.weight, path: s.path) }
+            let applied = try subjects.map { (s) throws(TensorFileError) in try s.applied() }
             let sd = try StableDiffusion(base: base, residency: weights)
             sd.memoryLimit = limit
             try sd.apply(applied, mode: apply)

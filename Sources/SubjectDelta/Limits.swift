@@ -50,34 +50,18 @@ public enum SubjectWeight {
 }
 
 /// Memory estimates for operations whose size follows from a file rather than from data present in
-/// it, checked before anything is allocated.
+/// it, checked before anything is allocated, against the same limit as generation
+/// (`MemoryLimit.resolve()`: `LIDB_MEMORY_LIMIT`, else the machine's or the cgroup's memory).
 public enum MemoryBudget {
-    /// Physical memory of this machine in bytes (0 when unknown).
-    public static var physicalBytes: UInt64 {
-        let pages = sysconf(Int32(_SC_PHYS_PAGES)), size = sysconf(Int32(_SC_PAGESIZE))
-        guard pages > 0, size > 0 else { return 0 }
-        let (p, o) = UInt64(pages).multipliedReportingOverflow(by: UInt64(size))
-        return o ? UInt64.max : p
-    }
-
-    /// Refuses when `bytes` (nil: more than 2^64) exceeds the physical memory.
+    /// Refuses when `bytes` (nil: more than 2^64) exceeds the memory limit.
     public static func check(_ bytes: UInt64?, for what: String, file: String) throws(TensorFileError) {
-        let limit = physicalBytes
         guard let bytes else {
             throw TensorFileError(file: file, .invalidArgument("\(what) would need more than 2^64 bytes of memory"))
         }
-        if limit > 0 && bytes > limit {
-            throw TensorFileError(file: file, .invalidArgument("\(what) would need about \(formatBytes(bytes)) of memory; this machine has \(formatBytes(limit))"))
+        let limit = try MemoryLimit.resolve()
+        if limit > .zero && ByteCount(bytes) > limit {
+            throw TensorFileError(file: file, .invalidArgument("\(what) would need about \(ByteCount(bytes)) of memory; the limit is \(limit) (LIDB_MEMORY_LIMIT)"))
         }
-    }
-
-    public static func formatBytes(_ n: UInt64) -> String {
-        let units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
-        var v = Double(n), u = 0
-        while v >= 1024 && u < units.count - 1 { v /= 1024; u += 1 }
-        if u == 0 { return "\(n) bytes" }
-        let r = (v * 10).rounded() / 10
-        return "\(r) \(units[u])"
     }
 }
 
