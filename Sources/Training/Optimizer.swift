@@ -10,9 +10,13 @@ import Foundation
 public protocol Optimizer: Sendable {
     /// Number of updates made so far.
     var steps: Int { get }
-    /// One update of every tensor with its (already clipped) gradient.
+    /// One update of every tensor with its (already clipped) gradient. Mismatched sizes, or an
+    /// update that makes a parameter (or AdamW's state) infinite or NaN, throw and leave the
+    /// parameters and the state as they were.
     mutating func step(_ parameters: inout [[Float]], gradients: [[Float]]) throws(TrainingError)
 }
+
+func tensorName(_ i: Int) -> String { "trained tensor \(i)" }
 
 /// AdamW's hyperparameters (validated by `TrainingOptions`).
 public struct AdamWSettings: Sendable, Equatable, Hashable {
@@ -82,13 +86,21 @@ public struct SGD: Optimizer {
     public mutating func step(_ parameters: inout [[Float]], gradients: [[Float]]) throws(TrainingError) {
         try checkSameShapes(parameters, gradients, "SGD")
         let a = Float(-lr)
-        for i in parameters.indices {
-            gradients[i].withUnsafeBufferPointer { g in
-                parameters[i].withUnsafeMutableBufferPointer { p in
-                    for j in 0..<p.count { p[j] = p[j].addingProduct(a, g[j]) }
+        var updated = parameters
+        for i in updated.indices {
+            let finite = gradients[i].withUnsafeBufferPointer { g in
+                updated[i].withUnsafeMutableBufferPointer { p in
+                    var ok = true
+                    for j in 0..<p.count {
+                        p[j] = p[j].addingProduct(a, g[j])
+                        ok = ok && p[j].isFinite
+                    }
+                    return ok
                 }
             }
+            guard finite else { throw .nonFiniteParameter(step: steps + 1, tensor: tensorName(i)) }
         }
+        parameters = updated
         steps += 1
     }
 }
@@ -130,7 +142,8 @@ public struct AdamW: Optimizer {
 
     public mutating func step(_ parameters: inout [[Float]], gradients: [[Float]]) throws(TrainingError) {
         try checkSameShapes(parameters, gradients, "AdamW")
-        try checkSameShapes(parameters, firstMoment, "AdamW state")
+        try checkSameShapes(parameters, firstMoment, "AdamW state exp_avg")
+        try checkSameShapes(parameters, secondMoment, "AdamW state exp_avg_sq")
         let s = settings
         let k = Double(steps + 1)
         let decay = Float(1 - s.lr * s.weightDecay)
@@ -145,11 +158,13 @@ public struct AdamW: Optimizer {
         let bc2Sqrt = Float(pow(bc2, 0.5))
         let eps = Float(s.eps)
         let applyDecay = s.weightDecay != 0
-        for i in parameters.indices {
-            gradients[i].withUnsafeBufferPointer { g in
-                parameters[i].withUnsafeMutableBufferPointer { p in
-                    firstMoment[i].withUnsafeMutableBufferPointer { m in
-                        secondMoment[i].withUnsafeMutableBufferPointer { v in
+        var newP = parameters, newM = firstMoment, newV = secondMoment
+        for i in newP.indices {
+            let finite = gradients[i].withUnsafeBufferPointer { g in
+                newP[i].withUnsafeMutableBufferPointer { p in
+                    newM[i].withUnsafeMutableBufferPointer { m in
+                        newV[i].withUnsafeMutableBufferPointer { v in
+                            var ok = true
                             for j in 0..<p.count {
                                 var pj = p[j]
                                 if applyDecay { pj = pj * decay }
@@ -161,12 +176,18 @@ public struct AdamW: Optimizer {
                                 p[j] = pj + (stepValue * mj) / d
                                 m[j] = mj
                                 v[j] = vj
+                                ok = ok && p[j].isFinite && mj.isFinite && vj.isFinite
                             }
+                            return ok
                         }
                     }
                 }
             }
+            guard finite else { throw .nonFiniteParameter(step: steps + 1, tensor: tensorName(i)) }
         }
+        parameters = newP
+        firstMoment = newM
+        secondMoment = newV
         steps += 1
     }
 }

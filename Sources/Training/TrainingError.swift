@@ -13,6 +13,9 @@ public enum TrainingError: Error, Equatable, Sendable, CustomStringConvertible {
     case nonFiniteLoss(step: Int, value: Float)
     /// A gradient of a step holds a value that is not finite, or its norm overflowed binary32.
     case nonFiniteGradient(step: Int, tensor: String)
+    /// An optimiser update made a parameter infinite or NaN; the parameters are left as they
+    /// were before the update.
+    case nonFiniteParameter(step: Int, tensor: String)
     /// A size is zero, negative, or beyond a limit of `TrainingLimits`.
     case tooLarge(what: String, limit: Int)
     /// Inputs of a computation do not have matching sizes (a programming error of the caller,
@@ -31,6 +34,8 @@ public enum TrainingError: Error, Equatable, Sendable, CustomStringConvertible {
             return "step \(step): the loss is not finite (\(value)); the run stops without output"
         case let .nonFiniteGradient(step, tensor):
             return "step \(step): the gradient of \(tensor) is not finite; the run stops without output"
+        case let .nonFiniteParameter(step, tensor):
+            return "step \(step): the update made \(tensor) not finite (learning rate too large?); the run stops without output"
         case let .tooLarge(what, limit):
             return "\(what): zero, negative or more than the limit of \(limit)"
         case let .shapeMismatch(what, expected, got):

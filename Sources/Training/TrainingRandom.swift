@@ -51,14 +51,23 @@ public struct TrainingRandom: Sendable {
         public var flip: Bool { flipDraw < 0.5 }
     }
 
+    /// Largest latent element count of a step (`4 · (R_px / f)²` with `R_px ≤ 4096`, `f ≥ 1`).
+    public static let maxLatentCount = 4 * TrainingLimits.maxResolution * TrainingLimits.maxResolution
+
     /// One step's draws for latents of `latentCount` elements and a schedule of `timesteps`
-    /// training timesteps (`1 ≤ timesteps < 2^32`; a value outside gives timestep 0).
-    public mutating func step(latentCount: Int, timesteps: Int) -> StepDraws {
-        let z = generator.randn(count: max(latentCount, 0))
+    /// training timesteps. `1 ≤ latentCount ≤ maxLatentCount` and `1 ≤ timesteps < 2^32` are
+    /// checked before anything is drawn.
+    public mutating func step(latentCount: Int, timesteps: Int) throws(TrainingError) -> StepDraws {
+        guard latentCount >= 1, latentCount <= Self.maxLatentCount else {
+            throw .tooLarge(what: "a latent of \(latentCount) elements", limit: Self.maxLatentCount)
+        }
+        guard let bound = UInt32(exactly: timesteps), bound >= 1 else {
+            throw .invalidOption(option: "num_train_timesteps", value: "\(timesteps)", problem: "must be from 1 to 2^32 − 1")
+        }
+        let z = generator.randn(count: latentCount)
         let flipDraw = generator.nextUniform()
-        let bound = UInt32(exactly: timesteps) ?? 0
         let t = Int(generator.randint(upperBound: bound))
-        let noise = generator.randn(count: max(latentCount, 0))
+        let noise = generator.randn(count: latentCount)
         return StepDraws(z: z, flipDraw: flipDraw, timestep: t, noise: noise)
     }
 }

@@ -82,7 +82,7 @@ import Diffusion
             let ts = try file.int64s(try #require(tr.tensors["timestep"]))
             let flips = try file.bytes(try #require(tr.tensors["flip"]))
             for k in 0..<tr.steps {
-                let d = random.step(latentCount: Self.latentCount, timesteps: Self.timesteps)
+                let d = try random.step(latentCount: Self.latentCount, timesteps: Self.timesteps)
                 let range = (k * Self.latentCount)..<((k + 1) * Self.latentCount)
                 #expect(bitsEqual(d.z, Array(z[range])), "\(tr.name) step \(k + 1): z")
                 #expect(bitsEqual(d.noise, Array(noise[range])), "\(tr.name) step \(k + 1): noise")
@@ -99,7 +99,7 @@ import Diffusion
         let entry = (m["models"] as! [String: [String: Any]])[model]!
         let file = try FixtureFile("\(model).safetensors")
         var random = TrainingRandom(seed: UInt64(entry["draw_seed"] as! Int))
-        let d = random.step(latentCount: Self.latentCount, timesteps: Self.timesteps)
+        let d = try random.step(latentCount: Self.latentCount, timesteps: Self.timesteps)
         #expect(bitsEqual(d.z, try file.floats("z")))
         #expect(bitsEqual(d.noise, try file.floats("noise")))
         let stored = try file.int64s("timestep")
@@ -141,5 +141,12 @@ import Diffusion
         #expect(copy.random() == now.random(), "a refused shape draws nothing")
         let e = #expect(throws: TrainingError.self) { _ = try random.kaimingUniform(rows: 1 << 20, fanIn: 1 << 20) }
         #expect(e?.description.contains("1048576 × 1048576") == true)
+        // Step draws: a bad latent size or timestep count is refused before drawing.
+        for (n, t) in [(0, 1000), (-4, 1000), (TrainingRandom.maxLatentCount + 1, 1000), (256, 0), (256, -1), (256, 1 << 32)] {
+            #expect(throws: TrainingError.self) { _ = try random.step(latentCount: n, timesteps: t) }
+        }
+        var after = random.generator
+        var fresh = TrainingRandom(seed: 1).generator
+        #expect(after.random() == fresh.random(), "nothing was drawn")
     }
 }

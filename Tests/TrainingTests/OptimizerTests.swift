@@ -228,6 +228,24 @@ import Testing
         #expect(sgd.steps == 0 && adam.steps == 0)
     }
 
+    /// An update that overflows leaves everything as it was and names the step and tensor.
+    @Test func overflowingUpdateIsRefused() throws {
+        var sgd = SGD(lr: 1e30)
+        var p: [[Float]] = [[1, 2], [3, 4]]
+        #expect(throws: TrainingError.nonFiniteParameter(step: 1, tensor: "trained tensor 1")) {
+            try sgd.step(&p, gradients: [[0, 0], [1e20, 0]])
+        }
+        #expect(p == [[1, 2], [3, 4]] && sgd.steps == 0)
+        var adam = AdamW(settings: AdamWSettings(lr: 1e30, weightDecay: 0), sizes: [2, 2])
+        #expect(throws: TrainingError.nonFiniteParameter(step: 1, tensor: "trained tensor 0")) {
+            try adam.step(&p, gradients: [[1e9, 0], [0, 0]])
+        }
+        #expect(p == [[1, 2], [3, 4]] && adam.steps == 0)
+        #expect(adam.firstMoment == [[0, 0], [0, 0]] && adam.secondMoment == [[0, 0], [0, 0]])
+        let e = TrainingError.nonFiniteParameter(step: 4, tensor: "trained tensor 2")
+        #expect(e.description.hasPrefix("step 4: the update made trained tensor 2 not finite"))
+    }
+
     @Test func nonFiniteGradientsStopTheStep() throws {
         for bad: Float in [.nan, .infinity, -.infinity] {
             var g: [[Float]] = [[1, 2], [3, bad]]
