@@ -1,4 +1,5 @@
 import Foundation
+import TensorFile
 
 /// The optimisers of `lidb finetune` (spec/finetune.md §8), element for element as
 /// `torch.optim.AdamW(..., foreach=False)` and `torch.optim.SGD(..., momentum=0, weight_decay=0,
@@ -189,5 +190,46 @@ public struct AdamW: Optimizer {
         firstMoment = newM
         secondMoment = newV
         steps += 1
+    }
+}
+
+extension OptimizerSettings {
+    /// The names `--optimizer` accepts.
+    public static let names = ["adamw", "sgd"]
+
+    /// The settings for an `--optimizer` name and the values given on the command line (nil: not
+    /// given, AdamW's defaults). AdamW-only values given with `sgd` are refused rather than
+    /// ignored (spec/finetune.md §1: SGD has no momentum and no weight decay). The values are
+    /// checked by `TrainingOptions.validate`.
+    public static func named(_ name: String, lr: Double, beta1: Double? = nil, beta2: Double? = nil,
+                             eps: Double? = nil, weightDecay: Double? = nil) throws(TrainingError) -> OptimizerSettings {
+        typealias O = TrainingOptions.Option
+        switch name {
+        case "adamw":
+            let d = AdamWSettings(lr: lr)
+            return .adamw(AdamWSettings(lr: lr, beta1: beta1 ?? d.beta1, beta2: beta2 ?? d.beta2, eps: eps ?? d.eps,
+                                        weightDecay: weightDecay ?? d.weightDecay))
+        case "sgd":
+            for (option, value) in [(O.beta1, beta1), (O.beta2, beta2), (O.eps, eps), (O.weightDecay, weightDecay)] {
+                if let value {
+                    throw .invalidOption(option: option, value: "\(value)", problem: "applies to --optimizer adamw only (SGD has no momentum and no weight decay)")
+                }
+            }
+            return .sgd(lr: lr)
+        default:
+            throw .invalidOption(option: O.optimizer, value: "'\(name)'", problem: "must be one of \(names.joined(separator: ", "))")
+        }
+    }
+
+    /// The `optimizer` object of a subject's provenance (spec/finetune.md §9):
+    /// `{"name": "adamw", "betas": [β1, β2], "eps": ε, "weight_decay": λ}` or `{"name": "sgd"}`.
+    public var provenance: JSONValue {
+        switch self {
+        case let .adamw(s):
+            return .object([("name", .string("adamw")), ("betas", .array([.double(s.beta1), .double(s.beta2)])),
+                            ("eps", .double(s.eps)), ("weight_decay", .double(s.weightDecay))])
+        case .sgd:
+            return .object([("name", .string("sgd"))])
+        }
     }
 }

@@ -60,6 +60,15 @@ import TensorFile
         #expect(bitsEqual(n2, noisy) && bitsEqual(t2, target))
     }
 
+    /// The loss of the gradient fixtures from their recorded UNet output and target.
+    @Test(arguments: ["sd1", "sd2", "sd1-cond"])
+    func lossOfTheGradientFixtures(_ model: String) throws {
+        let f = try FixtureFile("\(model).safetensors")
+        let loss = try DenoisingObjective.meanSquaredError(try f.floats("pred"), try f.floats("target"), step: 1)
+        let ref = try f.floats("lidb.loss")[0]
+        #expect(ulps(loss, ref) <= 2, "\(model): loss \(loss) vs torch \(ref)")
+    }
+
     /// At every timestep the formulas with torch's own coefficients are what `add_noise` computes
     /// (checked by the generator); here: the coefficients are the correctly rounded roots.
     @Test func coefficientsAreCorrectlyRoundedRoots() throws {

@@ -1,4 +1,5 @@
 import Testing
+import TensorFile
 @testable import Training
 
 /// Validation of every training option: a typed error naming the option, before anything runs.
@@ -89,6 +90,22 @@ import Testing
         #expect(Self.refused(Self.options { $0.lidb.alpha = 1e300 }) == "--alpha")
         #expect(Self.refused(Self.options { $0.relaxRank = 0 }) == "--relax-rank")
         #expect(Self.refused(Self.options { $0.relaxAlpha = .infinity }) == "--relax-alpha")
+    }
+
+    @Test func optimizerByName() throws {
+        #expect(try OptimizerSettings.named("sgd", lr: 0.5) == .sgd(lr: 0.5))
+        #expect(try OptimizerSettings.named("adamw", lr: 1e-4) == .adamw(AdamWSettings(lr: 1e-4)))
+        #expect(try OptimizerSettings.named("adamw", lr: 1e-4, beta1: 0.8, eps: 1e-6)
+            == .adamw(AdamWSettings(lr: 1e-4, beta1: 0.8, beta2: 0.999, eps: 1e-6, weightDecay: 1e-2)))
+        #expect(throws: TrainingError.invalidOption(option: "--optimizer", value: "'adam'", problem: "must be one of adamw, sgd")) {
+            _ = try OptimizerSettings.named("adam", lr: 1e-4)
+        }
+        let e = #expect(throws: TrainingError.self) { _ = try OptimizerSettings.named("sgd", lr: 1e-4, weightDecay: 0.01) }
+        #expect(e?.description.hasPrefix("--adam-weight-decay 0.01: applies to --optimizer adamw only") == true)
+        func text(_ v: JSONValue) -> String { String(decoding: v.serialized(), as: UTF8.self) }
+        #expect(text(OptimizerSettings.adamw(AdamWSettings(lr: 1e-4)).provenance)
+            == #"{"name":"adamw","betas":[0.9,0.999],"eps":1e-08,"weight_decay":0.01}"#)
+        #expect(text(OptimizerSettings.sgd(lr: 1).provenance) == #"{"name":"sgd"}"#)
     }
 
     @Test func seedsAndNumbers() throws {
