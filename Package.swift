@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Layers (bottom to top): C shims → TensorFile (format) → Imaging, Checkpoint → SubjectDelta → Diffusion
-// → Hypernetwork → CLI.
+// → Hypernetwork, Training → CLI.
 // Lower layers never import higher ones.
 let package = Package(
     name: "lidb",
@@ -58,6 +58,11 @@ let package = Package(
             name: "Hypernetwork",
             dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "Diffusion", "CBLAS", "CLidbSupport", .product(name: "Crypto", package: "swift-crypto")]
         ),
+        // Training: the objective, optimisers, photo preprocessing and random draws of `lidb finetune`.
+        .target(
+            name: "Training",
+            dependencies: ["TensorFile", "Imaging", "Checkpoint", "SubjectDelta", "Diffusion", .product(name: "Crypto", package: "swift-crypto")]
+        ),
         .target(
             name: "LidbCLI",
             dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "Diffusion", "Hypernetwork", "Imaging", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Crypto", package: "swift-crypto")]
@@ -92,6 +97,11 @@ let package = Package(
         .testTarget(
             name: "HypernetworkTests",
             dependencies: ["Hypernetwork", "SubjectDelta", "Checkpoint", "TensorFile", "CLidbSupport", .product(name: "Crypto", package: "swift-crypto")],
+            exclude: ["Fixtures"]
+        ),
+        .testTarget(
+            name: "TrainingTests",
+            dependencies: ["Training", "Diffusion", "Imaging", "SubjectDelta", "TensorFile", .product(name: "Crypto", package: "swift-crypto")],
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "CLITests", dependencies: ["TensorFile", "lidb", .product(name: "Crypto", package: "swift-crypto")], exclude: ["Fixtures"]),

@@ -395,3 +395,36 @@ enum CephesAVX {
         return (Float(bitPattern: sinValue.bitPattern ^ signSin), Float(bitPattern: cosValue.bitPattern ^ signCos))
     }
 }
+
+// MARK: - Single draws and fills for training (spec/finetune.md §3)
+
+extension TorchGenerator {
+    /// One float32 uniform in [0, 1): `torch.rand(1, generator=g).item()`, i.e.
+    /// `f32(w & 0xFFFFFF) · 2^−24` of one engine output `w`.
+    public mutating func nextUniform() -> Float { uniformFloat() }
+
+    /// `torch.randint(0, upperBound, (1,), generator=g)` for `1 ≤ upperBound < 2^32`: one engine
+    /// output `w`, `w mod upperBound` (ATen's `random_from_to` for a range below 2^32). A zero
+    /// bound is refused by the caller's validation; here it returns 0 without drawing.
+    public mutating func randint(upperBound: UInt32) -> UInt32 {
+        guard upperBound > 0 else { return 0 }
+        return random() % upperBound
+    }
+
+    /// `torch.empty(count).uniform_(low, high, generator=g)` on float32 with torch's AVX2 kernel:
+    /// per element, in order, one engine output `w`, `u = f32(w & 0xFFFFFF) · 2^−24` and the
+    /// value `fma(u, f32(high − low), low)`, rounded once.
+    public mutating func uniform(count: Int, low: Float, high: Float) -> [Float] {
+        guard count > 0 else { return [] }
+        let span = high - low
+        var out = [Float](repeating: 0, count: count)
+        for i in 0..<count { out[i] = low.addingProduct(uniformFloat(), span) }
+        return out
+    }
+
+    /// Consumes `count` engine outputs, as `torch.rand(count, generator=g)` on float32 would.
+    public mutating func skip(words count: Int) {
+        guard count > 0 else { return }
+        for _ in 0..<count { _ = engine.next32() }
+    }
+}
