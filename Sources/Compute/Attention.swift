@@ -1,0 +1,167 @@
+import CLidbSupport
+
+/// Multi-head scaled dot-product attention on projected queries `q` `[lq × heads·d]` and keys,
+/// values `k`, `v` `[lk × heads·d]` (heads interleaved as PyTorch's reshape gives them):
+/// `O_h = softmax(Q_h K_hᵀ / √d) V_h`, optionally with a causal mask (query `i` sees keys `j ≤ i`).
+/// Heads run on separate cores; queries are processed in chunks so the scores stay small.
+public enum ScaledDotProductAttention {
+    /// Queries per chunk of scores: 128 × 4,096 keys (64×64 latents) is 2 MiB.
+    static let chunk = 128
+
+    static func check(q: Matrix, k: Matrix, v: Matrix, heads: Int) throws(ComputeError) -> Int {
+        try q.validate("attention queries")
+        try k.validate("attention keys", cols: q.cols)
+        try v.validate("attention values", cols: q.cols)
+        guard k.rows == v.rows else { throw ComputeError("attention: \(k.rows) keys and \(v.rows) values") }
+        guard heads > 0, q.cols % heads == 0, q.cols > 0 else { throw ComputeError("attention: \(q.cols) features are not divisible into \(heads) heads") }
+        guard k.rows > 0 else { throw ComputeError("attention: no keys") }
+        _ = try Size.product(chunk, k.rows, what: "attention scores")
+        return q.cols / heads
+    }
+
+    public static func forward(q: Matrix, k: Matrix, v: Matrix, heads: Int, causal: Bool = false) throws(ComputeError) -> Matrix {
+        let d = try check(q: q, k: k, v: v, heads: heads)
+        let lq = q.rows, lk = k.rows, width = q.cols
+        var out = Matrix(uninitializedRows: lq, cols: width)
+        guard lq > 0 else { return out }
+        let scale = 1 / Float(d).squareRoot()
+        let jobs = min(heads, max(1, Parallel.cores)), rowsMax = min(chunk, lq)
+        q.data.withBase { qb in k.data.withBase { kb in v.data.withBase { vb in out.data.withMutableBase { ob in
+            let (qs, ks, vs, os) = (UnsafeSendable(qb), UnsafeSendable(kb), UnsafeSendable(vb), UnsafeSendable(ob))
+            Parallel.forEach(jobs) { job in
+                var scores = [Float](unsafeUninitializedCapacity: rowsMax * lk) { _, n in n = rowsMax * lk }
+                scores.withMutableBase { s in
+                    for h in stride(from: job, to: heads, by: jobs) {
+                        var start = 0
+                        while start < lq {
+                            let rows = min(chunk, lq - start)
+                            probabilities(qs.p + start * width + h * d, ks.p + h * d, width: width, rows: rows, keys: lk, headDim: d,
+                                          scale: scale, firstQuery: causal ? start : nil, into: s)
+                            sgemm(false, false, m: rows, n: d, k: lk, s, lda: lk, vs.p + h * d, ldb: width, os.p + start * width + h * d, ldc: width)
+                            start += rows
+                        }
+                    }
+                }
+            }
+        } } } }
+        return out
+    }
+
+    /// `P = softmax(scale · Q_c K_hᵀ)` for `rows` queries into `s` `[rows × keys]`; with a causal
+    /// mask when `firstQuery` (the index of the chunk's first query) is given.
+    static func probabilities(_ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>, width: Int, rows: Int, keys lk: Int, headDim d: Int,
+                              scale: Float, firstQuery: Int?, into s: UnsafeMutablePointer<Float>) {
+        sgemm(false, true, m: rows, n: lk, k: d, alpha: scale, q, lda: width, k, ldb: width, s, ldc: lk)
+        guard let first = firstQuery else {
+            lidb_softmax_rows(s, rows, lk)
+            return
+        }
+        for r in 0..<rows {
+            let limit = min(first + r + 1, lk), row = s + r * lk
+            lidb_softmax_rows(row, 1, limit)
+            if limit < lk { (row + limit).update(repeating: 0, count: lk - limit) }
+        }
+    }
+
+    /// The gradients of `q`, `k`, `v` given the gradient of the output; the probabilities are
+    /// recomputed chunk by chunk: `dV_h = Pᵀ dO_h`, `dP = dO_h V_hᵀ`,
+    /// `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, `dQ_h = scale · dS K_h`, `dK_h = scale · dSᵀ Q_h`.
+    public static func backward(gradOutput go: Matrix, q: Matrix, k: Matrix, v: Matrix, heads: Int,
+                                causal: Bool = false) throws(ComputeError) -> (q: Matrix, k: Matrix, v: Matrix) {
+        let d = try check(q: q, k: k, v: v, heads: heads)
+        try go.validate("attention output gradient", cols: q.cols)
+        guard go.rows == q.rows else { throw ComputeError("attention backward: \(go.rows) gradient rows for \(q.rows) queries") }
+        let lq = q.rows, lk = k.rows, width = q.cols
+        var dq = Matrix(uninitializedRows: lq, cols: width)
+        var dk = Matrix(checkedRows: lk, cols: width, data: [Float](repeating: 0, count: lk * width))
+        var dv = dk
+        guard lq > 0 else { return (dq, dk, dv) }
+        let scale = 1 / Float(d).squareRoot()
+        let jobs = min(heads, max(1, Parallel.cores)), rowsMax = min(chunk, lq)
+        q.data.withBase { qb in k.data.withBase { kb in v.data.withBase { vb in go.data.withBase { gb in
+        dq.data.withMutableBase { dqb in dk.data.withMutableBase { dkb in dv.data.withMutableBase { dvb in
+            let (qs, ks, vs, gs) = (UnsafeSendable(qb), UnsafeSendable(kb), UnsafeSendable(vb), UnsafeSendable(gb))
+            let (dqs, dks, dvs) = (UnsafeSendable(dqb), UnsafeSendable(dkb), UnsafeSendable(dvb))
+            Parallel.forEach(jobs) { job in
+                var pBuf = [Float](unsafeUninitializedCapacity: rowsMax * lk) { _, n in n = rowsMax * lk }
+                var dpBuf = pBuf
+                pBuf.withMutableBase { p in dpBuf.withMutableBase { dp in
+                    for h in stride(from: job, to: heads, by: jobs) {
+                        var start = 0
+                        while start < lq {
+                            let rows = min(chunk, lq - start), o = start * width + h * d
+                            probabilities(qs.p + o, ks.p + h * d, width: width, rows: rows, keys: lk, headDim: d,
+                                          scale: scale, firstQuery: causal ? start : nil, into: p)
+                            // dV_h += Pᵀ · dO_c  [lk × d].
+                            sgemm(true, false, m: lk, n: d, k: rows, p, lda: lk, gs.p + o, ldb: width, beta: 1, dvs.p + h * d, ldc: width)
+                            // dP = dO_c · V_hᵀ  [rows × lk], then dS in place.
+                            sgemm(false, true, m: rows, n: lk, k: d, gs.p + o, lda: width, vs.p + h * d, ldb: width, dp, ldc: lk)
+                            lidb_softmax_backward_rows(p, dp, rows, lk)
+                            // dQ_c = scale · dS · K_h;  dK_h += scale · dSᵀ · Q_c.
+                            sgemm(false, false, m: rows, n: d, k: lk, alpha: scale, dp, lda: lk, ks.p + h * d, ldb: width, dqs.p + o, ldc: width)
+                            sgemm(true, false, m: lk, n: d, k: rows, alpha: scale, dp, lda: lk, qs.p + o, ldb: width, beta: 1, dks.p + h * d, ldc: width)
+                            start += rows
+                        }
+                    }
+                } }
+            }
+        } } }
+        } } } }
+        return (dq, dk, dv)
+    }
+}
+
+/// diffusers' `Attention` (and CLIP's self-attention): `to_out(attention(to_q(x), to_k(c),
+/// to_v(c)))` with `c` the context (cross-attention) or `x` itself (self-attention), `heads`
+/// heads of `to_q.out / heads` features, optionally causal. The four projections are `Linear`s
+/// and can carry delta terms.
+public struct Attention: Sendable {
+    public var toQ: Linear, toK: Linear, toV: Linear, toOut: Linear
+    public let heads: Int
+    public let causal: Bool
+
+    public init(toQ: Linear, toK: Linear, toV: Linear, toOut: Linear, heads: Int, causal: Bool = false) throws(ComputeError) {
+        let inner = toQ.outFeatures
+        guard toK.outFeatures == inner, toV.outFeatures == inner, toOut.inFeatures == inner else {
+            throw ComputeError("attention: projections to \(toQ.outFeatures), \(toK.outFeatures), \(toV.outFeatures) features and an output from \(toOut.inFeatures)")
+        }
+        guard toK.inFeatures == toV.inFeatures else { throw ComputeError("attention: keys from \(toK.inFeatures) and values from \(toV.inFeatures) features") }
+        guard heads > 0, inner % heads == 0 else { throw ComputeError("attention: \(inner) features are not divisible into \(heads) heads") }
+        self.toQ = toQ; self.toK = toK; self.toV = toV; self.toOut = toOut; self.heads = heads; self.causal = causal
+    }
+
+    public var headDim: Int { toQ.outFeatures / heads }
+
+    /// `x` `[lq × query features]`; `context` `[lk × context features]` or nil for self-attention.
+    public func forward(_ x: Matrix, context: Matrix? = nil) throws(ComputeError) -> Matrix {
+        let c = context ?? x
+        let o = try ScaledDotProductAttention.forward(q: try toQ.forward(x), k: try toK.forward(c), v: try toV.forward(c), heads: heads, causal: causal)
+        return try toOut.forward(o)
+    }
+
+    /// `∂loss/∂x` and (for cross-attention, when `contextGradient`) `∂loss/∂context`; the
+    /// projections' delta terms accumulate their gradients. Recomputes the forward from `x` and
+    /// `context`.
+    public func backward(gradOutput gy: Matrix, input x: Matrix, context: Matrix? = nil,
+                         contextGradient: Bool = true) throws(ComputeError) -> (input: Matrix, context: Matrix?) {
+        let c = context ?? x
+        let q = try toQ.forward(x), k = try toK.forward(c), v = try toV.forward(c)
+        let o = try ScaledDotProductAttention.forward(q: q, k: k, v: v, heads: heads, causal: causal)
+        let go = try toOut.backward(gradOutput: gy, input: o)
+        let (dq, dk, dv) = try ScaledDotProductAttention.backward(gradOutput: go, q: q, k: k, v: v, heads: heads, causal: causal)
+        var gx = try toQ.backward(gradOutput: dq, input: x)
+        if context == nil {
+            try gx.add(try toK.backward(gradOutput: dk, input: x))
+            try gx.add(try toV.backward(gradOutput: dv, input: x))
+            return (gx, nil)
+        }
+        guard contextGradient else {
+            try toK.accumulateGradients(gradOutput: dk, input: c)
+            try toV.accumulateGradients(gradOutput: dv, input: c)
+            return (gx, nil)
+        }
+        var gc = try toK.backward(gradOutput: dk, input: c)
+        try gc.add(try toV.backward(gradOutput: dv, input: c))
+        return (gx, gc)
+    }
+}
