@@ -58,6 +58,33 @@ public struct Conv2d: Sendable {
                              band: band)
     }
 
+    /// `forward(norm.forward(x))`; for a 3×3 stride-1 padding-1 kernel computed with Winograd,
+    /// the group norm (and its SiLU) is applied as the input transform reads `x`, so the
+    /// normalised map is never stored. The input gradient is `norm.backward(backward(g), x)`.
+    public func forward(normalizing x: FeatureMap, with norm: GroupNorm, algorithm: ConvAlgorithm = .automatic) throws(ComputeError) -> FeatureMap {
+        try x.validate(what + " input", channels: inChannels)
+        guard norm.channels == inChannels else { throw ComputeError("\(what): group norm over \(norm.channels) channels") }
+        guard isWinogradShape, Conv2d.useWinograd(algorithm, in: inChannels, out: outChannels, h: x.h, w: x.w) else {
+            return try forward(try norm.forward(x), algorithm: algorithm)
+        }
+        _ = try Size.product(outChannels, x.h, x.w, what: what)
+        let (scale, shift) = norm.coefficients(x)
+        return Conv2d.winograd3x3(x, weight: weight, bias: bias, out: outChannels, normalized: (scale, shift, norm.silu))
+    }
+
+    /// `forward(UpsampleNearest2x.forward(x))`; with Winograd the input is read upsampled on the
+    /// fly. The input gradient is `UpsampleNearest2x.backward(backward(g, 2h, 2w))`.
+    public func forward(upsampling x: FeatureMap, algorithm: ConvAlgorithm = .automatic) throws(ComputeError) -> FeatureMap {
+        try x.validate(what + " input", channels: inChannels)
+        let h2 = try Size.product(x.h, 2, what: what), w2 = try Size.product(x.w, 2, what: what)
+        guard isWinogradShape, Conv2d.useWinograd(algorithm, in: inChannels, out: outChannels, h: h2, w: w2) else {
+            return try forward(try UpsampleNearest2x.forward(x), algorithm: algorithm)
+        }
+        _ = try Size.product(outChannels, h2, w2, what: what)
+        _ = try Size.blas(h2 * w2, what: what)
+        return Conv2d.winograd3x3(x, weight: weight, bias: bias, out: outChannels, upsample: true)
+    }
+
     /// `∂loss/∂x` for an input of `inputHeight × inputWidth` (the output size alone does not
     /// determine it for strides above 1). 3×3 stride-1 padding-1: the convolution of the gradient
     /// with the flipped, transposed kernel (Winograd where it pays); 1×1 stride 1: one GEMM

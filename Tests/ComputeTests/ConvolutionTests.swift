@@ -72,6 +72,25 @@ import Testing
         }
     }
 
+    /// The fused forms (group norm + SiLU read by the Winograd input transform; upsampling read
+    /// on the fly) equal the two separate steps, on a map where Winograd is used and on one where not.
+    @Test(arguments: [(16, 16, 9, 16), (3, 5, 4, 5)])
+    func fusedForwardsEqualTheSeparateSteps(_ c: Int, _ out: Int, _ h: Int, _ w: Int) throws {
+        var rng = TestRandom(seed: UInt64(c + h))
+        let conv = try Conv2d(weight: rng.values(out * c * 9), bias: rng.values(out), out: out, in: c, kernel: 3, padding: 1)
+        let gn = try GroupNorm(groups: c == 16 ? 4 : 1, channels: c, eps: 1e-5, weight: rng.values(c).map { $0 + 1 }, bias: rng.values(c), silu: true)
+        let x = try FeatureMap(c: c, h: h, w: w, data: rng.values(c * h * w, scale: 2))
+        for algorithm in [ConvAlgorithm.automatic, .winograd, .direct] {
+            let fused = try conv.forward(normalizing: x, with: gn, algorithm: algorithm)
+            let separate = try conv.forward(try gn.forward(x), algorithm: algorithm)
+            #expect(relativeError(fused.data, separate.data) <= 1e-6, "group norm + conv, \(algorithm)")
+            let up = try conv.forward(upsampling: x, algorithm: algorithm)
+            let upSeparate = try conv.forward(try UpsampleNearest2x.forward(x), algorithm: algorithm)
+            #expect(up.h == 2 * h && up.w == 2 * w)
+            #expect(relativeError(up.data, upSeparate.data) <= 1e-6, "upsample + conv, \(algorithm)")
+        }
+    }
+
     @Test func refusesMismatchedShapes() throws {
         let conv = try Conv2d(weight: [Float](repeating: 0, count: 2 * 3 * 9), bias: nil, out: 2, in: 3, kernel: 3, stride: 2, padding: 1)
         let x = try FeatureMap(zerosC: 4, h: 5, w: 5)
