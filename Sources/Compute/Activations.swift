@@ -98,8 +98,9 @@ public struct GEGLU: Sendable {
         self.proj = proj
     }
 
-    /// Rows per band: the `2·inner`-wide projection stays near 2^20 values.
-    var band: Int { max(1, (1 << 20) / max(inner, 1)) }
+    /// Rows per band: the `2·inner`-wide projection stays near 2^20 values (`bandRows` for tests).
+    var band: Int { max(1, bandRows ?? (1 << 20) / max(inner, 1)) }
+    var bandRows: Int?
 
     public func forward(_ x: Matrix) throws(ComputeError) -> Matrix {
         try x.validate("GEGLU input", cols: proj.inFeatures)
@@ -110,7 +111,12 @@ public struct GEGLU: Sendable {
             let rows = min(band, n - start)
             let xb = Matrix(checkedRows: rows, cols: c, data: Array(x.data[(start * c)..<((start + rows) * c)]))
             let p = try proj.forward(xb)
-            p.data.withBase { pb in y.data.withMutableBase { yb in lidb_geglu(pb, yb + start * inner, rows, inner) } }
+            p.data.withBase { pb in y.data.withMutableBase { yb in
+                let (ps, ys) = (UnsafeSendable(pb), UnsafeSendable(yb + start * inner))
+                Parallel.ranges(rows, work: 8 * rows * inner) { r in
+                    lidb_geglu(ps.p + r.lowerBound * 2 * inner, ys.p + r.lowerBound * inner, r.count, inner)
+                }
+            } }
             start += rows
         }
         return y
@@ -129,7 +135,11 @@ public struct GEGLU: Sendable {
             let p = try proj.forward(xb)
             var gp = Matrix(uninitializedRows: rows, cols: 2 * inner)
             p.data.withBase { pb in gy.data.withBase { gb in gp.data.withMutableBase { ob in
-                lidb_geglu_backward(pb, gb + start * inner, ob, rows, inner)
+                let (ps, gs, os) = (UnsafeSendable(pb), UnsafeSendable(gb + start * inner), UnsafeSendable(ob))
+                Parallel.ranges(rows, work: 16 * rows * inner) { r in
+                    let o = r.lowerBound
+                    lidb_geglu_backward(ps.p + o * 2 * inner, gs.p + o * inner, os.p + o * 2 * inner, r.count, inner)
+                }
             } } }
             let g = try proj.backward(gradOutput: gp, input: xb)
             gx.data.withMutableBase { ob in g.data.withBase { gb in (ob + start * c).update(from: gb, count: rows * c) } }

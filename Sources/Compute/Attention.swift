@@ -68,6 +68,14 @@ public enum ScaledDotProductAttention {
     /// `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, `dQ_h = scale · dS K_h`, `dK_h = scale · dSᵀ Q_h`.
     public static func backward(gradOutput go: Matrix, q: Matrix, k: Matrix, v: Matrix, heads: Int,
                                 causal: Bool = false) throws(ComputeError) -> (q: Matrix, k: Matrix, v: Matrix) {
+        let r = try backward(gradOutput: go, q: q, k: k, v: v, heads: heads, causal: causal, output: false)
+        return (r.q, r.k, r.v)
+    }
+
+    /// The same, and with `output` also the forward's result `O = P V` from the probabilities the
+    /// backward recomputes anyway (one more product per chunk instead of a second forward).
+    public static func backward(gradOutput go: Matrix, q: Matrix, k: Matrix, v: Matrix, heads: Int, causal: Bool,
+                                output: Bool) throws(ComputeError) -> (q: Matrix, k: Matrix, v: Matrix, output: Matrix?) {
         let d = try check(q: q, k: k, v: v, heads: heads)
         try go.validate("attention output gradient", cols: q.cols)
         guard go.rows == q.rows else { throw ComputeError("attention backward: \(go.rows) gradient rows for \(q.rows) queries") }
@@ -75,13 +83,14 @@ public enum ScaledDotProductAttention {
         var dq = Matrix(uninitializedRows: lq, cols: width)
         var dk = Matrix(checkedRows: lk, cols: width, data: [Float](repeating: 0, count: lk * width))
         var dv = dk
-        guard lq > 0 else { return (dq, dk, dv) }
+        var out = Matrix(uninitializedRows: output ? lq : 0, cols: width)
+        guard lq > 0 else { return (dq, dk, dv, output ? out : nil) }
         let scale = 1 / Float(d).squareRoot()
         let jobs = min(heads, max(1, Parallel.cores)), rowsMax = min(chunk, lq)
         q.data.withBase { qb in k.data.withBase { kb in v.data.withBase { vb in go.data.withBase { gb in
-        dq.data.withMutableBase { dqb in dk.data.withMutableBase { dkb in dv.data.withMutableBase { dvb in
+        dq.data.withMutableBase { dqb in dk.data.withMutableBase { dkb in dv.data.withMutableBase { dvb in out.data.withMutableBase { ob in
             let (qs, ks, vs, gs) = (UnsafeSendable(qb), UnsafeSendable(kb), UnsafeSendable(vb), UnsafeSendable(gb))
-            let (dqs, dks, dvs) = (UnsafeSendable(dqb), UnsafeSendable(dkb), UnsafeSendable(dvb))
+            let (dqs, dks, dvs, os) = (UnsafeSendable(dqb), UnsafeSendable(dkb), UnsafeSendable(dvb), UnsafeSendable(ob))
             Parallel.forEach(jobs) { job in
                 var pBuf = [Float](unsafeUninitializedCapacity: rowsMax * lk) { _, n in n = rowsMax * lk }
                 var dpBuf = pBuf
@@ -92,6 +101,9 @@ public enum ScaledDotProductAttention {
                             let rows = min(chunk, lq - start), o = start * width + h * d
                             probabilities(qs.p + o, ks.p + h * d, width: width, rows: rows, keys: lk, headDim: d,
                                           scale: scale, firstQuery: causal ? start : nil, into: p)
+                            if output {
+                                sgemm(false, false, m: rows, n: d, k: lk, p, lda: lk, vs.p + h * d, ldb: width, os.p + o, ldc: width)
+                            }
                             // dV_h += Pᵀ · dO_c  [lk × d].
                             sgemm(true, false, m: lk, n: d, k: rows, p, lda: lk, gs.p + o, ldb: width, beta: 1, dvs.p + h * d, ldc: width)
                             // dP = dO_c · V_hᵀ  [rows × lk], then dS in place.
@@ -105,9 +117,9 @@ public enum ScaledDotProductAttention {
                     }
                 } }
             }
-        } } }
         } } } }
-        return (dq, dk, dv)
+        } } } }
+        return (dq, dk, dv, output ? out : nil)
     }
 }
 
@@ -146,9 +158,12 @@ public struct Attention: Sendable {
                          contextGradient: Bool = true) throws(ComputeError) -> (input: Matrix, context: Matrix?) {
         let c = context ?? x
         let q = try toQ.forward(x), k = try toK.forward(c), v = try toV.forward(c)
-        let o = try ScaledDotProductAttention.forward(q: q, k: k, v: v, heads: heads, causal: causal)
-        let go = try toOut.backward(gradOutput: gy, input: o)
-        let (dq, dk, dv) = try ScaledDotProductAttention.backward(gradOutput: go, q: q, k: k, v: v, heads: heads, causal: causal)
+        // to_out's input gradient does not need its input; its terms' factor gradients do, and
+        // the attention output comes out of the backward's recomputed probabilities.
+        let go = try toOut.inputGradient(gradOutput: gy)
+        let (dq, dk, dv, o) = try ScaledDotProductAttention.backward(gradOutput: go, q: q, k: k, v: v, heads: heads, causal: causal,
+                                                                     output: toOut.hasTrainableTerms)
+        if let o { try toOut.accumulateGradients(gradOutput: gy, input: o) }
         var gx = try toQ.backward(gradOutput: dq, input: x)
         if context == nil {
             try gx.add(try toK.backward(gradOutput: dk, input: x))

@@ -50,20 +50,38 @@ public struct Linear: Sendable {
     /// `∂loss/∂x = gradOutput · W + Σ terms`, and the terms' factor gradients.
     public func backward(gradOutput gy: Matrix, input x: Matrix) throws(ComputeError) -> Matrix {
         try check(gy, x)
-        let n = x.rows
+        var gx = baseInputGradient(gy)
+        for t in terms { t.backward(gradOutput: gy, input: x, gradInput: &gx) }
+        return gx
+    }
+
+    /// Only `∂loss/∂x` (the layer is linear in `x`, so its input is not needed); no factor gradients.
+    public func inputGradient(gradOutput gy: Matrix) throws(ComputeError) -> Matrix {
+        try gy.validate("linear [\(outFeatures) × \(inFeatures)] backward gradient", cols: outFeatures)
+        var gx = baseInputGradient(gy)
+        for t in terms { t.addInputGradient(gradOutput: gy, into: &gx) }
+        return gx
+    }
+
+    /// Only the terms' factor gradients (when `x` needs no gradient, or it was computed by
+    /// `inputGradient`).
+    public func accumulateGradients(gradOutput gy: Matrix, input x: Matrix) throws(ComputeError) {
+        try check(gy, x)
+        for t in terms where t.trainable { t.accumulateGradients(gradOutput: gy, input: x) }
+    }
+
+    /// Whether any attached term trains.
+    public var hasTrainableTerms: Bool { terms.contains { $0.trainable } }
+
+    /// `gy · W` `[n × in]` (shapes checked by the caller).
+    private func baseInputGradient(_ gy: Matrix) -> Matrix {
+        let n = gy.rows
         var gx = Matrix(uninitializedRows: n, cols: inFeatures)
         guard n > 0 else { return gx }
         gy.data.withBase { gb in weight.withBase { wb in gx.data.withMutableBase { xb in
             sgemm(false, false, m: n, n: inFeatures, k: outFeatures, gb, lda: outFeatures, wb, ldb: inFeatures, xb, ldc: inFeatures)
         } } }
-        for t in terms { t.backward(gradOutput: gy, input: x, gradInput: &gx) }
         return gx
-    }
-
-    /// Only the terms' factor gradients (when `x` needs no gradient).
-    public func accumulateGradients(gradOutput gy: Matrix, input x: Matrix) throws(ComputeError) {
-        try check(gy, x)
-        for t in terms where t.trainable { t.accumulateGradients(gradOutput: gy, input: x) }
     }
 
     private func check(_ gy: Matrix, _ x: Matrix) throws(ComputeError) {

@@ -128,28 +128,41 @@ public final class LowRankTerm: DeltaTerm, @unchecked Sendable {
     }
 
     public func backward(gradOutput gy: Matrix, input x: Matrix, gradInput: inout Matrix) {
-        guard let gp = backwardCore(gradOutput: gy, input: x) else { return }
         let n = x.rows
-        if let downAux {
-            gp.withBase { gb in downAux.withBase { db in gradInput.data.withMutableBase { xb in
-                sgemm(false, false, m: n, n: inFeatures, k: a, gb, lda: a, db, ldb: inFeatures, beta: 1, xb, ldc: inFeatures)
+        guard n > 0 else { return }
+        let (p, h) = downPath(x)
+        let gq = upGradient(gy)
+        if trainable {
+            // ∂U += gqᵀ · h  [b × rank].
+            gq.withBase { qb in h.withBase { hb in gradUp.withMutableBase { gu in
+                sgemm(true, false, m: b, n: rank, k: n, qb, lda: b, hb, ldb: rank, beta: 1, gu, ldc: rank)
             } } }
-        } else {
-            addInPlace(&gradInput.data, gp)
         }
+        let gh = rankGradient(gq, rows: n)
+        if trainable { accumulateDown(gh, p ?? x.data, rows: n) }
+        addInputGradient(gh, rows: n, into: &gradInput)
+    }
+
+    public func addInputGradient(gradOutput gy: Matrix, into gradInput: inout Matrix) {
+        let n = gy.rows
+        guard n > 0 else { return }
+        addInputGradient(rankGradient(upGradient(gy), rows: n), rows: n, into: &gradInput)
     }
 
     public func accumulateGradients(gradOutput gy: Matrix, input x: Matrix) {
-        guard trainable else { return }
-        _ = backwardCore(gradOutput: gy, input: x, needInput: false)
+        let n = x.rows
+        guard trainable, n > 0 else { return }
+        let (p, h) = downPath(x)
+        let gq = upGradient(gy)
+        gq.withBase { qb in h.withBase { hb in gradUp.withMutableBase { gu in
+            sgemm(true, false, m: b, n: rank, k: n, qb, lda: b, hb, ldb: rank, beta: 1, gu, ldc: rank)
+        } } }
+        accumulateDown(rankGradient(gq, rows: n), p ?? x.data, rows: n)
     }
 
-    /// Accumulates the factor gradients (when trainable) and returns `∂loss/∂p` `[n × a]`.
-    private func backwardCore(gradOutput gy: Matrix, input x: Matrix, needInput: Bool = true) -> [Float]? {
-        let n = x.rows
-        guard n > 0 else { return nil }
-        let (p, h) = downPath(x)
-        // gq = scale · gy · U_aux  [n × b]  (scale · gy without aux).
+    /// `gq = scale · gy · U_aux` `[n × b]` (`scale · gy` without aux).
+    private func upGradient(_ gy: Matrix) -> [Float] {
+        let n = gy.rows
         var gq = [Float](repeating: 0, count: n * b)
         if let upAux {
             gy.data.withBase { gb in upAux.withBase { ub in gq.withMutableBase { qb in
@@ -159,30 +172,40 @@ public final class LowRankTerm: DeltaTerm, @unchecked Sendable {
             let s = scale
             gy.data.withBase { gb in gq.withMutableBase { qb in for i in 0..<(n * b) { qb[i] = s * gb[i] } } }
         }
-        if trainable {
-            // ∂U += gqᵀ · h  [b × rank].
-            gq.withBase { qb in h.withBase { hb in gradUp.withMutableBase { gu in
-                sgemm(true, false, m: b, n: rank, k: n, qb, lda: b, hb, ldb: rank, beta: 1, gu, ldc: rank)
-            } } }
-        }
-        // gh = gq · U  [n × rank].
+        return gq
+    }
+
+    /// `gh = gq · U` `[n × rank]`.
+    private func rankGradient(_ gq: [Float], rows n: Int) -> [Float] {
         var gh = [Float](repeating: 0, count: n * rank)
         gq.withBase { qb in up.withBase { ub in gh.withMutableBase { hb in
             sgemm(false, false, m: n, n: rank, k: b, qb, lda: b, ub, ldb: rank, hb, ldc: rank)
         } } }
-        if trainable {
-            // ∂D += ghᵀ · p  [rank × a].
-            gh.withBase { hb in (p ?? x.data).withBase { pb in gradDown.withMutableBase { gd in
-                sgemm(true, false, m: rank, n: a, k: n, hb, lda: rank, pb, ldb: a, beta: 1, gd, ldc: a)
+        return gh
+    }
+
+    /// `∂D += ghᵀ · p` `[rank × a]`.
+    private func accumulateDown(_ gh: [Float], _ p: [Float], rows n: Int) {
+        gh.withBase { hb in p.withBase { pb in gradDown.withMutableBase { gd in
+            sgemm(true, false, m: rank, n: a, k: n, hb, lda: rank, pb, ldb: a, beta: 1, gd, ldc: a)
+        } } }
+    }
+
+    /// `gx += (gh · D) · D_aux` (`+= gh · D` without aux).
+    private func addInputGradient(_ gh: [Float], rows n: Int, into gradInput: inout Matrix) {
+        if let downAux {
+            var gp = [Float](repeating: 0, count: n * a)
+            gh.withBase { hb in down.withBase { db in gp.withMutableBase { pb in
+                sgemm(false, false, m: n, n: a, k: rank, hb, lda: rank, db, ldb: a, pb, ldc: a)
+            } } }
+            gp.withBase { gb in downAux.withBase { db in gradInput.data.withMutableBase { xb in
+                sgemm(false, false, m: n, n: inFeatures, k: a, gb, lda: a, db, ldb: inFeatures, beta: 1, xb, ldc: inFeatures)
+            } } }
+        } else {
+            gh.withBase { hb in down.withBase { db in gradInput.data.withMutableBase { xb in
+                sgemm(false, false, m: n, n: inFeatures, k: rank, hb, lda: rank, db, ldb: inFeatures, beta: 1, xb, ldc: inFeatures)
             } } }
         }
-        guard needInput else { return nil }
-        // gp = gh · D  [n × a].
-        var gp = [Float](repeating: 0, count: n * a)
-        gh.withBase { hb in down.withBase { db in gp.withMutableBase { pb in
-            sgemm(false, false, m: n, n: a, k: rank, hb, lda: rank, db, ldb: a, pb, ldc: a)
-        } } }
-        return gp
     }
 
     public func weightDelta() -> [Float] {

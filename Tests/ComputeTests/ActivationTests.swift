@@ -53,6 +53,23 @@ import Testing
         expectClose(try layer.backward(gradOutput: gy, input: xm).data, try f.grad(name), "geglu grad x")
     }
 
+    /// Bands of rows (the projection recomputed per band) give the same output, input gradient
+    /// and projection-term gradients as one band.
+    @Test func gegluBands() throws {
+        var rng = TestRandom(seed: 21)
+        let (n, c, inner) = (10, 6, 5)
+        let term = try LowRankTerm.lora(down: rng.values(2 * c), up: rng.values(2 * inner * 2), out: 2 * inner, in: c, rank: 2, alpha: 2)
+        var layer = try GEGLU(proj: try Linear(weight: rng.values(2 * inner * c), bias: rng.values(2 * inner), out: 2 * inner, in: c, terms: [term]))
+        let x = try Matrix(rows: n, cols: c, data: rng.values(n * c)), gy = try Matrix(rows: n, cols: inner, data: rng.values(n * inner))
+        let y = try layer.forward(x), gx = try layer.backward(gradOutput: gy, input: x)
+        let (gd, gu) = (term.gradDown, term.gradUp)
+        term.zeroGradients()
+        layer.bandRows = 3
+        #expect(relativeError(try layer.forward(x).data, y.data) <= 1e-6)
+        #expect(relativeError(try layer.backward(gradOutput: gy, input: x).data, gx.data) <= 1e-6)
+        #expect(relativeError(term.gradDown, gd) <= 1e-6 && relativeError(term.gradUp, gu) <= 1e-6)
+    }
+
     @Test func softmax() throws {
         let f = try KernelFixtures.load(), name = "softmax"
         let shape = try f.inputShape(name)

@@ -79,7 +79,11 @@ import Testing
         let w = heads * d
         let q = try Matrix(rows: lq, cols: w, data: rng.values(lq * w)), k = try Matrix(rows: lk, cols: w, data: rng.values(lk * w))
         let v = try Matrix(rows: lk, cols: w, data: rng.values(lk * w)), go = try Matrix(rows: lq, cols: w, data: rng.values(lq * w))
-        let (dq, dk, dv) = try ScaledDotProductAttention.backward(gradOutput: go, q: q, k: k, v: v, heads: heads, causal: causal)
+        let (dq, dk, dv, o) = try ScaledDotProductAttention.backward(gradOutput: go, q: q, k: k, v: v, heads: heads, causal: causal, output: true)
+        // The output recomputed inside the backward is the forward's.
+        #expect(o?.data == (try ScaledDotProductAttention.forward(q: q, k: k, v: v, heads: heads, causal: causal)).data)
+        let plain = try ScaledDotProductAttention.backward(gradOutput: go, q: q, k: k, v: v, heads: heads, causal: causal)
+        #expect(plain.q == dq && plain.k == dk && plain.v == dv)
         let (uq, uk, uv) = (rng.values(lq * w), rng.values(lk * w), rng.values(lk * w))
         func loss(_ t: Float) throws -> Double {
             func shift(_ m: Matrix, _ u: [Float]) throws -> Matrix { try Matrix(rows: m.rows, cols: m.cols, data: zip(m.data, u).map { $0 + t * $1 }) }
