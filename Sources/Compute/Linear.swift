@@ -43,7 +43,7 @@ public struct Linear: Sendable {
                 sgemm(false, true, m: n, n: out, k: inFeatures, xb, lda: inFeatures, wb, ldb: inFeatures, beta: bias == nil ? 0 : 1, yb, ldc: out)
             } }
         }
-        for t in terms { t.forward(x, into: &y) }
+        for t in terms { try t.forward(x, into: &y) }
         return y
     }
 
@@ -51,7 +51,7 @@ public struct Linear: Sendable {
     public func backward(gradOutput gy: Matrix, input x: Matrix) throws(ComputeError) -> Matrix {
         try check(gy, x)
         var gx = baseInputGradient(gy)
-        for t in terms { t.backward(gradOutput: gy, input: x, gradInput: &gx) }
+        for t in terms { try t.backward(gradOutput: gy, input: x, gradInput: &gx) }
         return gx
     }
 
@@ -59,7 +59,7 @@ public struct Linear: Sendable {
     public func inputGradient(gradOutput gy: Matrix) throws(ComputeError) -> Matrix {
         try gy.validate("linear [\(outFeatures) × \(inFeatures)] backward gradient", cols: outFeatures)
         var gx = baseInputGradient(gy)
-        for t in terms { t.addInputGradient(gradOutput: gy, into: &gx) }
+        for t in terms { try t.addInputGradient(gradOutput: gy, into: &gx) }
         return gx
     }
 
@@ -67,7 +67,7 @@ public struct Linear: Sendable {
     /// `inputGradient`).
     public func accumulateGradients(gradOutput gy: Matrix, input x: Matrix) throws(ComputeError) {
         try check(gy, x)
-        for t in terms where t.trainable { t.accumulateGradients(gradOutput: gy, input: x) }
+        for t in terms where t.trainable { try t.accumulateGradients(gradOutput: gy, input: x) }
     }
 
     /// Whether any attached term trains.

@@ -108,7 +108,21 @@ public final class LowRankTerm: DeltaTerm, @unchecked Sendable {
         return (p, h)
     }
 
-    public func forward(_ x: Matrix, into y: inout Matrix) {
+    /// Throws unless `x` is `[n × in]` and `y` (when given) `[n × out]`.
+    private func check(_ x: Matrix?, _ y: Matrix?, rows: Int) throws(ComputeError) {
+        let what = "low-rank term [\(outFeatures) × \(inFeatures)]"
+        if let x {
+            try x.validate(what + " input", cols: inFeatures)
+            guard x.rows == rows else { throw ComputeError("\(what): \(x.rows) input rows for \(rows)") }
+        }
+        if let y {
+            try y.validate(what + " output", cols: outFeatures)
+            guard y.rows == rows else { throw ComputeError("\(what): \(y.rows) output rows for \(rows)") }
+        }
+    }
+
+    public func forward(_ x: Matrix, into y: inout Matrix) throws(ComputeError) {
+        try check(x, y, rows: x.rows)
         let n = x.rows
         guard n > 0 else { return }
         let h = downPath(x).h
@@ -127,7 +141,9 @@ public final class LowRankTerm: DeltaTerm, @unchecked Sendable {
         }
     }
 
-    public func backward(gradOutput gy: Matrix, input x: Matrix, gradInput: inout Matrix) {
+    public func backward(gradOutput gy: Matrix, input x: Matrix, gradInput: inout Matrix) throws(ComputeError) {
+        try check(x, gy, rows: x.rows)
+        try check(gradInput, nil, rows: x.rows)
         let n = x.rows
         guard n > 0 else { return }
         let (p, h) = downPath(x)
@@ -143,13 +159,15 @@ public final class LowRankTerm: DeltaTerm, @unchecked Sendable {
         addInputGradient(gh, rows: n, into: &gradInput)
     }
 
-    public func addInputGradient(gradOutput gy: Matrix, into gradInput: inout Matrix) {
+    public func addInputGradient(gradOutput gy: Matrix, into gradInput: inout Matrix) throws(ComputeError) {
+        try check(gradInput, gy, rows: gy.rows)
         let n = gy.rows
         guard n > 0 else { return }
         addInputGradient(rankGradient(upGradient(gy), rows: n), rows: n, into: &gradInput)
     }
 
-    public func accumulateGradients(gradOutput gy: Matrix, input x: Matrix) {
+    public func accumulateGradients(gradOutput gy: Matrix, input x: Matrix) throws(ComputeError) {
+        try check(x, gy, rows: x.rows)
         let n = x.rows
         guard trainable, n > 0 else { return }
         let (p, h) = downPath(x)

@@ -28,7 +28,7 @@ public struct ResnetBlock2D: Sendable {
     private func middle(_ x: FeatureMap, temb: Matrix) throws(ComputeError) -> (h: FeatureMap, tembSiLU: Matrix) {
         try temb.validate("resnet block time embedding", cols: timeEmbProj.inFeatures)
         guard temb.rows == 1 else { throw ComputeError("resnet block: \(temb.rows) time embeddings for one item") }
-        var h = try conv1.forward(try norm1.forward(x))
+        var h = try conv1.forward(normalizing: x, with: norm1)
         let ts = Activation.silu.forward(temb)
         let tp = try timeEmbProj.forward(ts)
         let hw = h.h * h.w, c = h.c
@@ -39,7 +39,7 @@ public struct ResnetBlock2D: Sendable {
     /// `x` `[in, h, w]`, `temb` `[1 × temb channels]`.
     public func forward(_ x: FeatureMap, temb: Matrix) throws(ComputeError) -> FeatureMap {
         let h = try middle(x, temb: temb).h
-        var y = try conv2.forward(try norm2.forward(h))
+        var y = try conv2.forward(normalizing: h, with: norm2)
         try y.add(try shortcut?.forward(x) ?? x)
         return y
     }

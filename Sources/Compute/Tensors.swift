@@ -93,7 +93,8 @@ public struct FeatureMap: Sendable, Equatable {
     }
 
     /// `[c, h, w]` → `[h·w, c]` tokens.
-    public var tokens: Matrix {
+    public func tokens() throws(ComputeError) -> Matrix {
+        try validate("feature map to tokens")
         let hw = h * w
         var t = Matrix(uninitializedRows: hw, cols: c)
         data.withUnsafeBufferPointer { src in t.data.withUnsafeMutableBufferPointer { dst in

@@ -103,5 +103,9 @@ import Testing
         var bad = x
         bad.data.removeLast()
         #expect(throws: ComputeError.self) { try conv.forward(bad) }
+        #expect(throws: ComputeError.self) { try bad.tokens() }
+        #expect(throws: ComputeError.self) { try FeatureMap(tokens: try Matrix(rows: 5, cols: 2, data: .init(repeating: 0, count: 10)), h: 2, w: 3) }
+        let round = try FeatureMap(tokens: try x.tokens(), h: x.h, w: x.w)
+        #expect(round == x)
     }
 }

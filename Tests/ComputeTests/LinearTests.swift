@@ -98,6 +98,17 @@ import Testing
             try LowRankTerm.lidb(downAux: [1, 2, 3], downTrain: [1, 1], upTrain: [1, 1], upAux: [1, 1, 1, 1], out: 2, in: 2, rank: 1, alpha: 1)
         }
         let t = try LowRankTerm.lora(down: [1, 1], up: [1, 1], out: 2, in: 2, rank: 1, alpha: 1)
+        // Called directly (not through a Linear), a term checks its shapes too.
+        var y = try Matrix(zeros: 1, cols: 2), gx = try Matrix(zeros: 1, cols: 2)
+        let wide = try Matrix(rows: 1, cols: 3, data: [1, 2, 3]), two = try Matrix(rows: 2, cols: 2, data: [1, 2, 3, 4])
+        #expect(throws: ComputeError.self) { try t.forward(wide, into: &y) }
+        #expect(throws: ComputeError.self) { try t.forward(two, into: &y) }
+        #expect(throws: ComputeError.self) { try t.addInputGradient(gradOutput: two, into: &gx) }
+        #expect(throws: ComputeError.self) { try t.accumulateGradients(gradOutput: y, input: wide) }
+        #expect(throws: ComputeError.self) { try t.backward(gradOutput: y, input: two, gradInput: &gx) }
+        var short = y
+        short.data.removeLast()
+        #expect(throws: ComputeError.self) { try t.forward(try Matrix(rows: 1, cols: 2, data: [1, 2]), into: &short) }
         #expect(throws: ComputeError.self) { try t.setFactors(down: [1], up: [1, 1]) }
         #expect(throws: ComputeError.self) { try t.setFactors(down: [1, .infinity], up: [1, 1]) }
         #expect(throws: ComputeError.self) { try Matrix(rows: 2, cols: 2, data: [1]) }
