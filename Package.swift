@@ -94,8 +94,8 @@ let package = Package(
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "CLITests", dependencies: ["TensorFile", "lidb", .product(name: "Crypto", package: "swift-crypto")], exclude: ["Fixtures"]),
-        // Reads the backward-kernel fixtures of Tests/TrainingTests/Fixtures by path.
-        .testTarget(name: "ComputeTests", dependencies: ["Compute", "TensorFile"]),
+        // Also reads the backward-kernel fixtures of Tests/TrainingTests/Fixtures by path.
+        .testTarget(name: "ComputeTests", dependencies: ["Compute", "TensorFile"], exclude: ["Fixtures"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CBLAS", "CPNG", "CZstd"]),
     ]
 )
