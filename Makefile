@@ -59,6 +59,7 @@ fixtures: samples
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_hyper_fixtures.py
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_personalize_fixtures.py
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_finetune_fixtures.py
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_compute_fixtures.py
 samples: deps
 	swift build -c release --product lidb
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/samples/make_samples.py "$$(swift build -c release --show-bin-path)/lidb"
