@@ -61,6 +61,7 @@ fixtures: samples
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_finetune_fixtures.py
 	# after make_finetune_fixtures.py, which clears the folder's .safetensors files
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_optim_fixtures.py
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/fixtures/make_compute_fixtures.py
 samples: deps
 	swift build -c release --product lidb
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/samples/make_samples.py "$$(swift build -c release --show-bin-path)/lidb"

@@ -1,8 +1,8 @@
 // swift-tools-version: 6.1
 import PackageDescription
 
-// Layers (bottom to top): C shims → TensorFile (format) → Imaging, Checkpoint → SubjectDelta → Diffusion
-// → Hypernetwork, Training → CLI.
+// Layers (bottom to top): C shims → TensorFile (format) → Imaging, Checkpoint → Compute → SubjectDelta
+// → Diffusion → Hypernetwork, Training → CLI.
 // Lower layers never import higher ones.
 let package = Package(
     name: "lidb",
@@ -43,6 +43,8 @@ let package = Package(
             name: "Checkpoint",
             dependencies: ["TensorFile", "CEmbeddedVocabulary", "CZstd", .product(name: "Crypto", package: "swift-crypto")]
         ),
+        // Kernels and typed layers, forward and backward (input gradients, delta-term gradients).
+        .target(name: "Compute", dependencies: ["CBLAS", "CLidbSupport"]),
         // Subject deltas: LiDB parameterisation, portable bases, subject files, merge/unmerge/live.
         .target(
             name: "SubjectDelta",
@@ -105,6 +107,8 @@ let package = Package(
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "CLITests", dependencies: ["TensorFile", "lidb", .product(name: "Crypto", package: "swift-crypto")], exclude: ["Fixtures"]),
+        // Also reads the backward-kernel fixtures of Tests/TrainingTests/Fixtures by path.
+        .testTarget(name: "ComputeTests", dependencies: ["Compute", "TensorFile"], exclude: ["Fixtures"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CBLAS", "CPNG", "CZstd"]),
     ]
 )

@@ -1,0 +1,46 @@
+import CBLAS
+import Dispatch
+import Synchronization
+
+/// Runs independent evaluations on all cores: one per core with single-threaded BLAS inside
+/// (two BLAS threads per evaluation on top of two concurrent evaluations would oversubscribe
+/// the cores). With a single job, BLAS keeps its own threads, and the elementwise kernels split
+/// their work over the cores themselves (`ranges`).
+public enum Parallel {
+    public static var cores: Int { Int(openblas_get_num_procs()) }
+
+    /// How many `forEach` regions with more than one job are running.
+    static let regions = Atomic<Int>(0)
+
+    public static func forEach(_ jobs: Int, _ body: @Sendable (Int) -> Void) {
+        if jobs <= 1 {
+            for j in 0..<max(jobs, 0) { body(j) }
+            return
+        }
+        let saved = openblas_get_num_threads()
+        openblas_set_num_threads(1)
+        regions.add(1, ordering: .sequentiallyConsistent)
+        DispatchQueue.concurrentPerform(iterations: jobs, execute: body)
+        regions.subtract(1, ordering: .sequentiallyConsistent)
+        openblas_set_num_threads(saved)
+    }
+
+    /// Calls `body` on disjoint ranges covering `0..<count`: one range per core when no batch
+    /// parallelism is running and the job (`work` values touched) is large enough to pay for the
+    /// threads, otherwise the whole range on the calling thread.
+    static func ranges(_ count: Int, work: Int, _ body: @Sendable (Range<Int>) -> Void) {
+        guard count > 0 else { return }
+        let n = min(cores, count)
+        if n <= 1 || work < 1 << 16 || regions.load(ordering: .sequentiallyConsistent) > 0 {
+            body(0..<count)
+            return
+        }
+        DispatchQueue.concurrentPerform(iterations: n) { i in body((count * i / n)..<(count * (i + 1) / n)) }
+    }
+}
+
+/// A raw pointer handed to the threads of `Parallel`, each touching a disjoint part.
+struct UnsafeSendable<T>: @unchecked Sendable {
+    let p: T
+    init(_ p: T) { self.p = p }
+}
