@@ -1,5 +1,5 @@
 # lidb — common tasks. `make demo` and `make test` work on a fresh Debian machine with Swift.
-.PHONY: deps demo test test-python bench check-exports fuzz fixtures samples clean
+.PHONY: deps demo test test-python bench check-exports fuzz fuzz-semantic fixtures samples clean
 
 deps:
 	bash scripts/deps.sh
@@ -39,6 +39,10 @@ check-exports: deps
 
 fuzz: deps
 	bash Fuzz/run.sh
+
+# The structure-aware target for subjects, base configs and hypernetwork configs (Fuzz/README.md).
+fuzz-semantic: deps
+	FUZZ_TARGETS=semantic bash Fuzz/run.sh
 
 # Reference fixtures and samples (need the pinned Python venv: converters/setup_venv.sh). The samples
 # come first: the personalisation fixtures are computed from them.

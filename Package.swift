@@ -112,3 +112,28 @@ let package = Package(
         .testTarget(name: "SystemLibraryTests", dependencies: ["CBLAS", "CPNG", "CZstd"]),
     ]
 )
+
+// The structure-aware fuzz target for the semantic layers (Fuzz/Semantic; `bash Fuzz/run.sh` with
+// FUZZ_TARGETS=semantic). It is part of the package only when LIDB_FUZZ is set, so ordinary builds
+// and tests never see it; then the layers it exercises are compiled with libFuzzer's coverage and
+// address sanitizer, TensorFile (fuzzed on its own by the header targets) and the C kernels with
+// the sanitizer only:
+//   LIDB_FUZZ=1 swift build -c release --build-path .build-fuzz --product FuzzSemantic
+if Context.environment["LIDB_FUZZ"] != nil {
+    let covered: Set<String> = ["Checkpoint", "SubjectDelta", "Diffusion", "Hypernetwork", "Imaging"]
+    for t in package.targets where t.type == .regular {
+        if covered.contains(t.name) || t.name == "TensorFile" {
+            t.swiftSettings = (t.swiftSettings ?? []) + [.unsafeFlags([covered.contains(t.name) ? "-sanitize=fuzzer,address" : "-sanitize=address"])]
+        } else {
+            t.cSettings = (t.cSettings ?? []) + [.unsafeFlags(["-fsanitize=address"])]
+        }
+    }
+    package.targets.append(.executableTarget(
+        name: "FuzzSemantic",
+        dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "Diffusion", "Hypernetwork", "Imaging"],
+        path: "Fuzz/Semantic",
+        swiftSettings: [.enableExperimentalFeature("Extern"), .unsafeFlags(["-sanitize=fuzzer,address"])],
+        linkerSettings: [.unsafeFlags(["-sanitize=fuzzer,address"])]
+    ))
+    package.products.append(.executable(name: "FuzzSemantic", targets: ["FuzzSemantic"]))
+}
