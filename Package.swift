@@ -120,7 +120,7 @@ let package = Package(
 // the sanitizer only:
 //   LIDB_FUZZ=1 swift build -c release --build-path .build-fuzz --product FuzzSemantic
 if Context.environment["LIDB_FUZZ"] != nil {
-    let covered: Set<String> = ["Checkpoint", "SubjectDelta", "Diffusion", "Hypernetwork", "Imaging"]
+    let covered: Set<String> = ["Checkpoint", "Compute", "SubjectDelta", "Diffusion", "Hypernetwork", "Imaging"]
     for t in package.targets where t.type == .regular {
         if covered.contains(t.name) || t.name == "TensorFile" {
             t.swiftSettings = (t.swiftSettings ?? []) + [.unsafeFlags([covered.contains(t.name) ? "-sanitize=fuzzer,address" : "-sanitize=address"])]
