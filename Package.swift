@@ -53,7 +53,7 @@ let package = Package(
         // The inference runtime: tokenizer, text encoder, UNet, VAE, schedulers, RNG.
         .target(
             name: "Diffusion",
-            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "CBLAS", "CPNG", "CLidbSupport"]
+            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "Compute", "CBLAS", "CPNG", "CLidbSupport"]
         ),
         // The HyperDreamBooth hypernetwork: ViT image encoder, weight decoder, subject from a photo.
         .target(

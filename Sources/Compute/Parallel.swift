@@ -1,4 +1,5 @@
 import CBLAS
+import CLidbSupport
 import Dispatch
 import Synchronization
 
@@ -8,6 +9,10 @@ import Synchronization
 /// their work over the cores themselves (`ranges`).
 public enum Parallel {
     public static var cores: Int { Int(openblas_get_num_procs()) }
+
+    /// Read once by the models' initialisers: configures the allocator to keep freed memory
+    /// (large activations are freed and reallocated every step).
+    public static let allocatorConfigured: Bool = { lidb_keep_freed_memory(); return true }()
 
     /// How many `forEach` regions with more than one job are running.
     static let regions = Atomic<Int>(0)
@@ -28,7 +33,7 @@ public enum Parallel {
     /// Calls `body` on disjoint ranges covering `0..<count`: one range per core when no batch
     /// parallelism is running and the job (`work` values touched) is large enough to pay for the
     /// threads, otherwise the whole range on the calling thread.
-    static func ranges(_ count: Int, work: Int, _ body: @Sendable (Range<Int>) -> Void) {
+    public static func ranges(_ count: Int, work: Int, _ body: @Sendable (Range<Int>) -> Void) {
         guard count > 0 else { return }
         let n = min(cores, count)
         if n <= 1 || work < 1 << 16 || regions.load(ordering: .sequentiallyConsistent) > 0 {
@@ -40,7 +45,7 @@ public enum Parallel {
 }
 
 /// A raw pointer handed to the threads of `Parallel`, each touching a disjoint part.
-struct UnsafeSendable<T>: @unchecked Sendable {
-    let p: T
-    init(_ p: T) { self.p = p }
+public struct UnsafeSendable<T>: @unchecked Sendable {
+    public let p: T
+    public init(_ p: T) { self.p = p }
 }

@@ -1,3 +1,4 @@
+import Compute
 import CBLAS
 import CLidbSupport
 import Foundation

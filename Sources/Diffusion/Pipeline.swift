@@ -1,3 +1,4 @@
+import Compute
 import Checkpoint
 import Dispatch
 import Foundation

@@ -1,3 +1,4 @@
+import Compute
 import CLidbSupport
 import Checkpoint
 import SubjectDelta
