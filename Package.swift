@@ -58,7 +58,7 @@ let package = Package(
         // The HyperDreamBooth hypernetwork: ViT image encoder, weight decoder, subject from a photo.
         .target(
             name: "Hypernetwork",
-            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "Diffusion", "CBLAS", "CLidbSupport", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "Compute", .product(name: "Crypto", package: "swift-crypto")]
         ),
         // Training: the objective, optimisers, photo preprocessing and random draws of `lidb finetune`.
         .target(
@@ -98,7 +98,7 @@ let package = Package(
         ),
         .testTarget(
             name: "HypernetworkTests",
-            dependencies: ["Hypernetwork", "SubjectDelta", "Checkpoint", "TensorFile", "CLidbSupport", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["Hypernetwork", "Compute", "SubjectDelta", "Checkpoint", "TensorFile", .product(name: "Crypto", package: "swift-crypto")],
             exclude: ["Fixtures"]
         ),
         .testTarget(

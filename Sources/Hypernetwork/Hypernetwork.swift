@@ -1,5 +1,5 @@
+import Compute
 import Crypto
-import Diffusion
 import SubjectDelta
 import TensorFile
 
@@ -21,26 +21,26 @@ public final class Hypernetwork {
     /// SHA-256 (hex) of the file's stored header, which holds the config and every tensor's CRC-32C.
     public let fingerprint: String
 
-    struct EncoderLayer {
-        var ln1w: [Float], ln1b: [Float], wqkv: [Float], bqkv: [Float], wo: [Float], bo: [Float]
-        var ln2w: [Float], ln2b: [Float], w1: [Float], b1: [Float], w2: [Float], b2: [Float]
+    /// A pre-norm ViT / CLIP-vision layer: `x += attention(norm1(x))`, `x += fc2(act(fc1(norm2(x))))`.
+    struct EncoderLayer: Sendable {
+        var norm1: LayerNorm, attention: Attention, norm2: LayerNorm, fc1: Linear, fc2: Linear
     }
-    struct DecoderLayer {
-        var saW: [Float], saB: [Float], saOW: [Float], saOB: [Float]
-        var caWq: [Float], caBq: [Float], caWkv: [Float], caBkv: [Float], caOW: [Float], caOB: [Float]
-        var l1W: [Float], l1B: [Float], l2W: [Float], l2B: [Float]
-        var n1W: [Float], n1B: [Float], n2W: [Float], n2B: [Float], n3W: [Float], n3B: [Float]
+    /// A `TransformerDecoderLayer` with `norm_first`: self-attention among the weight tokens,
+    /// cross-attention to the image tokens, a GELU MLP.
+    struct DecoderLayer: Sendable {
+        var norm1: LayerNorm, selfAttention: Attention, norm2: LayerNorm, crossAttention: Attention
+        var norm3: LayerNorm, linear1: Linear, linear2: Linear
     }
 
     // Encoder
-    let patchW: [Float], patchB: [Float]?, classToken: [Float], positions: [Float]
-    let preNorm: (w: [Float], b: [Float])?, finalNorm: (w: [Float], b: [Float])
+    let patchEmbedding: Linear, classToken: [Float], positions: Matrix, activation: Activation
+    let preNorm: LayerNorm?, finalNorm: LayerNorm
     let encoderLayers: [EncoderLayer]
     // Decoder
-    let imageProjW: [Float], imageProjB: [Float], weightInW: [Float], weightInB: [Float], weightPos: [Float]
+    let imageProj: Linear, weightIn: Linear, weightPos: Matrix
     let decoderLayers: [DecoderLayer]
-    let decoderNorm: (w: [Float], b: [Float])
-    let heads: [(w: [Float], b: [Float])]
+    let decoderNorm: LayerNorm
+    let heads: [Linear]
 
     public convenience init(path: String) throws(HypernetworkError) {
         let file: LidbFile
@@ -70,61 +70,94 @@ public final class Hypernetwork {
                 return out
             } catch { throw HypernetworkError(file: p, .file(error)) }
         }
+        /// The typed layers refuse inconsistent sizes (which the config check has ruled out).
+        func layer<T>(_ build: () throws(ComputeError) -> T) throws(HypernetworkError) -> T {
+            do throws(ComputeError) { return try build() } catch { throw HypernetworkError(file: p, .compute(error.message)) }
+        }
+        func linear(_ name: String, out: Int, in inDim: Int, bias: Bool = true) throws(HypernetworkError) -> Linear {
+            let w = try f32(name + ".weight"), b = bias ? try f32(name + ".bias") : nil
+            return try layer { () throws(ComputeError) in try Linear(weight: w, bias: b, out: out, in: inDim) }
+        }
+        func norm(_ name: String, channels: Int, eps: Float) throws(HypernetworkError) -> LayerNorm {
+            let w = try f32(name + ".weight"), b = try f32(name + ".bias")
+            return try layer { () throws(ComputeError) in try LayerNorm(channels: channels, eps: eps, weight: w, bias: b) }
+        }
+        /// `nn.MultiheadAttention`: q, k, v packed in `in_proj_weight` `[3D, D]` (rows q, k, v).
+        func packedAttention(_ name: String, width D: Int, heads: Int) throws(HypernetworkError) -> Attention {
+            let w = try f32(name + ".in_proj_weight"), b = try f32(name + ".in_proj_bias")
+            let out = try linear(name + ".out_proj", out: D, in: D)
+            return try layer { () throws(ComputeError) in
+                guard w.count == 3 * D * D, b.count == 3 * D else { throw ComputeError("\(name): in_proj for width \(D)") }
+                func part(_ i: Int) throws(ComputeError) -> Linear {
+                    try Linear(weight: Array(w[(i * D * D)..<((i + 1) * D * D)]), bias: Array(b[(i * D)..<((i + 1) * D)]), out: D, in: D)
+                }
+                return try Attention(toQ: part(0), toK: part(1), toV: part(2), toOut: out, heads: heads)
+            }
+        }
+        let e = cfg.encoder, ie = "image_encoder.", W = e.hiddenSize, I = e.intermediateSize
         /// One pre-norm encoder layer; the two encoder types differ only in the names.
         func encoderLayer(_ l: String, ln1: String, ln2: String, attention a: String, out: String) throws(HypernetworkError) -> EncoderLayer {
-            EncoderLayer(
-                ln1w: try f32(l + ln1 + ".weight"), ln1b: try f32(l + ln1 + ".bias"),
-                wqkv: try f32(l + a + "q_proj.weight") + f32(l + a + "k_proj.weight") + f32(l + a + "v_proj.weight"),
-                bqkv: try f32(l + a + "q_proj.bias") + f32(l + a + "k_proj.bias") + f32(l + a + "v_proj.bias"),
-                wo: try f32(l + a + out + ".weight"), bo: try f32(l + a + out + ".bias"),
-                ln2w: try f32(l + ln2 + ".weight"), ln2b: try f32(l + ln2 + ".bias"),
-                w1: try f32(l + "mlp.fc1.weight"), b1: try f32(l + "mlp.fc1.bias"), w2: try f32(l + "mlp.fc2.weight"), b2: try f32(l + "mlp.fc2.bias"))
+            let q = try linear(l + a + "q_proj", out: W, in: W), k = try linear(l + a + "k_proj", out: W, in: W)
+            let v = try linear(l + a + "v_proj", out: W, in: W), o = try linear(l + a + out, out: W, in: W)
+            return EncoderLayer(
+                norm1: try norm(l + ln1, channels: W, eps: e.eps),
+                attention: try layer { () throws(ComputeError) in try Attention(toQ: q, toK: k, toV: v, toOut: o, heads: e.heads) },
+                norm2: try norm(l + ln2, channels: W, eps: e.eps),
+                fc1: try linear(l + "mlp.fc1", out: I, in: W), fc2: try linear(l + "mlp.fc2", out: W, in: I))
         }
-        let e = cfg.encoder, ie = "image_encoder."
+        guard let act = Activation(configName: e.activation) else {
+            throw HypernetworkError(file: path, .invalidConfig(field: "encoder.hidden_act", reason: "'\(e.activation)' has no kernel"))
+        }
+        activation = act
+        let patchIn = 3 * e.patchSize * e.patchSize
+        let positionNames: String
         var layers: [EncoderLayer] = []
         switch e.type {
         case .clipVision:
-            patchW = try f32(ie + "embeddings.patch_embedding.weight")
-            patchB = nil
+            patchEmbedding = try linear(ie + "embeddings.patch_embedding", out: W, in: patchIn, bias: false)
             classToken = try f32(ie + "embeddings.class_embedding")
-            positions = try f32(ie + "embeddings.position_embedding.weight")
-            preNorm = (try f32(ie + "pre_layrnorm.weight"), try f32(ie + "pre_layrnorm.bias"))
-            finalNorm = (try f32(ie + "post_layernorm.weight"), try f32(ie + "post_layernorm.bias"))
+            positionNames = ie + "embeddings.position_embedding.weight"
+            preNorm = try norm(ie + "pre_layrnorm", channels: W, eps: e.eps)
+            finalNorm = try norm(ie + "post_layernorm", channels: W, eps: e.eps)
             for i in 0..<e.layers {
                 layers.append(try encoderLayer(ie + "encoder.layers.\(i).", ln1: "layer_norm1", ln2: "layer_norm2", attention: "self_attn.", out: "out_proj"))
             }
         case .vit:
-            patchW = try f32(ie + "embeddings.patch_embeddings.projection.weight")
-            patchB = try f32(ie + "embeddings.patch_embeddings.projection.bias")
+            patchEmbedding = try linear(ie + "embeddings.patch_embeddings.projection", out: W, in: patchIn)
             classToken = try f32(ie + "embeddings.cls_token")
-            positions = try f32(ie + "embeddings.position_embeddings")
+            positionNames = ie + "embeddings.position_embeddings"
             preNorm = nil
-            finalNorm = (try f32(ie + "layernorm.weight"), try f32(ie + "layernorm.bias"))
+            finalNorm = try norm(ie + "layernorm", channels: W, eps: e.eps)
             for i in 0..<e.layers {
                 layers.append(try encoderLayer(ie + "layers.\(i).", ln1: "layernorm_before", ln2: "layernorm_after", attention: "attention.", out: "o_proj"))
             }
         }
+        let pos = try f32(positionNames), S = e.sequence
+        positions = try layer { () throws(ComputeError) in try Matrix(rows: S, cols: W, data: pos) }
         encoderLayers = layers
-        let D = cfg.decoder.hiddenSize
-        imageProjW = try f32("image_proj.weight"); imageProjB = try f32("image_proj.bias")
-        weightInW = try f32("weight_in.weight"); weightInB = try f32("weight_in.bias"); weightPos = try f32("weight_pos")
+        let dec = cfg.decoder, D = dec.hiddenSize, F = dec.intermediateSize, L = cfg.layers.count
+        imageProj = try linear("image_proj", out: D, in: W)
+        weightIn = try linear("weight_in", out: D, in: cfg.paddedSize)
+        let wp = try f32("weight_pos")
+        weightPos = try layer { () throws(ComputeError) in try Matrix(rows: L, cols: D, data: wp) }
         var dl: [DecoderLayer] = []
-        for j in 0..<cfg.decoder.layers {
+        for j in 0..<dec.layers {
             let l = "decoder.layers.\(j)."
-            let caW = try f32(l + "multihead_attn.in_proj_weight"), caB = try f32(l + "multihead_attn.in_proj_bias")
             dl.append(DecoderLayer(
-                saW: try f32(l + "self_attn.in_proj_weight"), saB: try f32(l + "self_attn.in_proj_bias"),
-                saOW: try f32(l + "self_attn.out_proj.weight"), saOB: try f32(l + "self_attn.out_proj.bias"),
-                caWq: Array(caW[0..<(D * D)]), caBq: Array(caB[0..<D]), caWkv: Array(caW[(D * D)...]), caBkv: Array(caB[D...]),
-                caOW: try f32(l + "multihead_attn.out_proj.weight"), caOB: try f32(l + "multihead_attn.out_proj.bias"),
-                l1W: try f32(l + "linear1.weight"), l1B: try f32(l + "linear1.bias"), l2W: try f32(l + "linear2.weight"), l2B: try f32(l + "linear2.bias"),
-                n1W: try f32(l + "norm1.weight"), n1B: try f32(l + "norm1.bias"), n2W: try f32(l + "norm2.weight"), n2B: try f32(l + "norm2.bias"),
-                n3W: try f32(l + "norm3.weight"), n3B: try f32(l + "norm3.bias")))
+                norm1: try norm(l + "norm1", channels: D, eps: dec.eps),
+                selfAttention: try packedAttention(l + "self_attn", width: D, heads: dec.heads),
+                norm2: try norm(l + "norm2", channels: D, eps: dec.eps),
+                crossAttention: try packedAttention(l + "multihead_attn", width: D, heads: dec.heads),
+                norm3: try norm(l + "norm3", channels: D, eps: dec.eps),
+                linear1: try linear(l + "linear1", out: F, in: D), linear2: try linear(l + "linear2", out: D, in: F)))
         }
         decoderLayers = dl
-        decoderNorm = (try f32("decoder.norm.weight"), try f32("decoder.norm.bias"))
-        var hs: [(w: [Float], b: [Float])] = []
-        for i in 0..<cfg.layers.count { hs.append((try f32("heads.\(i).weight"), try f32("heads.\(i).bias"))) }
+        decoderNorm = try norm("decoder.norm", channels: D, eps: dec.eps)
+        var hs: [Linear] = []
+        for i in 0..<L {
+            let (_, _, nd, nu) = cfg.layerDims[i]
+            hs.append(try linear("heads.\(i)", out: nd + nu, in: D))
+        }
         heads = hs
     }
 
@@ -145,39 +178,24 @@ public final class Hypernetwork {
                 patches[row + (c * p + ky) * p + kx] = pixels[c * n * n + (py * p + ky) * n + px * p + kx]
             } } }
         } }
-        var x = [Float](repeating: 0, count: S * W)
-        x.withUnsafeMutableBufferPointer { xp in
-            let b = xp.baseAddress!
-            patches.withUnsafeBufferPointer { pp in Kernels.linear(pp.baseAddress!, rows: S - 1, in: K, weight: patchW, bias: patchB, out: W, into: b + W) }
-            for j in 0..<W { b[j] = classToken[j] }
-            for i in 0..<(S * W) { b[i] += positions[i] }
-        }
-        var h = [Float](repeating: 0, count: S * W)
-        if let pre = preNorm {
-            let copy = x
-            copy.withUnsafeBufferPointer { cp in x.withUnsafeMutableBufferPointer { Kernels.layerNorm(cp.baseAddress!, rows: S, channels: W, weight: pre.w, bias: pre.b, eps: e.eps, into: $0.baseAddress!) } }
-        }
-        var qkv = [Float](repeating: 0, count: S * 3 * W), att = [Float](repeating: 0, count: S * W), mlp = [Float](repeating: 0, count: S * e.intermediateSize)
-        let heads = e.heads, d = W / heads, I = e.intermediateSize
-        x.withUnsafeMutableBufferPointer { xb in h.withUnsafeMutableBufferPointer { hb in qkv.withUnsafeMutableBufferPointer { qb in
-        att.withUnsafeMutableBufferPointer { ab in mlp.withUnsafeMutableBufferPointer { mb in
-            let x = xb.baseAddress!, h = hb.baseAddress!, q = qb.baseAddress!, a = ab.baseAddress!, m = mb.baseAddress!
-            for L in encoderLayers {
-                Kernels.layerNorm(x, rows: S, channels: W, weight: L.ln1w, bias: L.ln1b, eps: e.eps, into: h)
-                Kernels.linear(h, rows: S, in: W, weight: L.wqkv, bias: L.bqkv, out: 3 * W, into: q)
-                Kernels.attention(q: q, qStride: 3 * W, k: q + W, kStride: 3 * W, v: q + 2 * W, vStride: 3 * W, queries: S, keys: S, heads: heads, headDim: d, into: a)
-                Kernels.linear(a, rows: S, in: W, weight: L.wo, bias: L.bo, out: W, into: x, accumulate: true)
-                Kernels.layerNorm(x, rows: S, channels: W, weight: L.ln2w, bias: L.ln2b, eps: e.eps, into: h)
-                Kernels.linear(h, rows: S, in: W, weight: L.w1, bias: L.b1, out: I, into: m)
-                Kernels.activate(m, count: S * I, e.activation)
-                Kernels.linear(m, rows: S, in: I, weight: L.w2, bias: L.b2, out: W, into: x, accumulate: true)
+        let h: Matrix
+        do throws(ComputeError) {
+            let embedded = try patchEmbedding.forward(try Matrix(rows: S - 1, cols: K, data: patches))
+            var x = try Matrix(rows: S, cols: W, data: classToken + embedded.data)
+            try x.add(positions)
+            if let preNorm { x = try preNorm.forward(x) }
+            for layer in encoderLayers {
+                try x.add(try layer.attention.forward(try layer.norm1.forward(x)))
+                var m = try layer.fc1.forward(try layer.norm2.forward(x))
+                activation.apply(&m.data)
+                try x.add(try layer.fc2.forward(m))
             }
-            Kernels.layerNorm(x, rows: S, channels: W, weight: finalNorm.w, bias: finalNorm.b, eps: e.eps, into: h)
-        } } } } }
+            h = try finalNorm.forward(x)
+        } catch { throw HypernetworkError(file: path, .compute(error.message)) }
         switch e.tokens {
-        case .all: return h
-        case .class: return Array(h[0..<W])
-        case .patch: return Array(h[W...])
+        case .all: return h.data
+        case .class: return Array(h.data[0..<W])
+        case .patch: return Array(h.data[W...])
         }
     }
 
@@ -185,62 +203,49 @@ public final class Hypernetwork {
     /// in table order.
     public func predict(pixels: [Float]) throws(HypernetworkError) -> [LayerPrediction] {
         let feats = try features(pixels: pixels)
-        return decode(features: feats)
+        do throws(ComputeError) { return try decode(features: feats) } catch { throw HypernetworkError(file: path, .compute(error.message)) }
     }
 
     /// The weight decoder on given image tokens.
-    func decode(features: [Float]) -> [LayerPrediction] {
-        let c = config, dec = c.decoder, D = dec.hiddenSize, T = c.encoder.outputTokens, W = c.encoder.hiddenSize
-        let L = c.layers.count, F = dec.intermediateSize, nHeads = dec.heads, hd = D / nHeads, r = c.subject.rank
+    func decode(features: [Float]) throws(ComputeError) -> [LayerPrediction] {
+        let c = config, dec = c.decoder, T = c.encoder.outputTokens, W = c.encoder.hiddenSize
+        let L = c.layers.count, r = c.subject.rank
         let dims = c.layerDims, padded = c.paddedSize, A = c.subject.a
-        var memory = [Float](repeating: 0, count: T * D)
-        features.withUnsafeBufferPointer { fp in memory.withUnsafeMutableBufferPointer { Kernels.linear(fp.baseAddress!, rows: T, in: W, weight: imageProjW, bias: imageProjB, out: D, into: $0.baseAddress!) } }
+        let memory = try imageProj.forward(try Matrix(rows: T, cols: W, data: features))
         // Cross-attention keys and values depend only on the image: once per decoder layer.
-        let kvs: [[Float]] = decoderLayers.map { layer in
-            var kv = [Float](repeating: 0, count: T * 2 * D)
-            memory.withUnsafeBufferPointer { mp in kv.withUnsafeMutableBufferPointer { Kernels.linear(mp.baseAddress!, rows: T, in: D, weight: layer.caWkv, bias: layer.caBkv, out: 2 * D, into: $0.baseAddress!) } }
-            return kv
+        var keys: [Matrix] = [], values: [Matrix] = []
+        for layer in decoderLayers {
+            keys.append(try layer.crossAttention.toK.forward(memory))
+            values.append(try layer.crossAttention.toV.forward(memory))
         }
         var downs = dims.map { [Float](repeating: 0, count: $0.down) }, ups = dims.map { [Float](repeating: 0, count: $0.up) }
-        var pad = [Float](repeating: 0, count: L * padded), x = [Float](repeating: 0, count: L * D), h = x, a = x
-        var qkv = [Float](repeating: 0, count: L * 3 * D), mlp = [Float](repeating: 0, count: L * F), delta = [Float]()
+        var pad = try Matrix(zeros: L, cols: padded)
         for _ in 0..<dec.iterations {
             // Current estimates, padded: down_train [r, a'] → [r, a], up_train [b', r] → [b, r].
             for i in 0..<L {
                 let base = i * padded, (ai, bi, _, _) = dims[i]
-                for k in 0..<padded { pad[base + k] = 0 }
-                for row in 0..<r { for col in 0..<ai { pad[base + row * A + col] = downs[i][row * ai + col] } }
-                for row in 0..<bi { for col in 0..<r { pad[base + r * A + row * r + col] = ups[i][row * r + col] } }
+                for k in 0..<padded { pad.data[base + k] = 0 }
+                for row in 0..<r { for col in 0..<ai { pad.data[base + row * A + col] = downs[i][row * ai + col] } }
+                for row in 0..<bi { for col in 0..<r { pad.data[base + r * A + row * r + col] = ups[i][row * r + col] } }
             }
-            pad.withUnsafeBufferPointer { pp in x.withUnsafeMutableBufferPointer { Kernels.linear(pp.baseAddress!, rows: L, in: padded, weight: weightInW, bias: weightInB, out: D, into: $0.baseAddress!) } }
-            for k in 0..<(L * D) { x[k] += weightPos[k] }
-            x.withUnsafeMutableBufferPointer { xb in h.withUnsafeMutableBufferPointer { hb in a.withUnsafeMutableBufferPointer { ab in
-            qkv.withUnsafeMutableBufferPointer { qb in mlp.withUnsafeMutableBufferPointer { mb in
-                let x = xb.baseAddress!, h = hb.baseAddress!, a = ab.baseAddress!, q = qb.baseAddress!, m = mb.baseAddress!
-                for (j, Ly) in decoderLayers.enumerated() {
-                    Kernels.layerNorm(x, rows: L, channels: D, weight: Ly.n1W, bias: Ly.n1B, eps: dec.eps, into: h)
-                    Kernels.linear(h, rows: L, in: D, weight: Ly.saW, bias: Ly.saB, out: 3 * D, into: q)
-                    Kernels.attention(q: q, qStride: 3 * D, k: q + D, kStride: 3 * D, v: q + 2 * D, vStride: 3 * D, queries: L, keys: L, heads: nHeads, headDim: hd, into: a)
-                    Kernels.linear(a, rows: L, in: D, weight: Ly.saOW, bias: Ly.saOB, out: D, into: x, accumulate: true)
-                    Kernels.layerNorm(x, rows: L, channels: D, weight: Ly.n2W, bias: Ly.n2B, eps: dec.eps, into: h)
-                    Kernels.linear(h, rows: L, in: D, weight: Ly.caWq, bias: Ly.caBq, out: D, into: q)
-                    kvs[j].withUnsafeBufferPointer { kv in
-                        Kernels.attention(q: q, qStride: D, k: kv.baseAddress!, kStride: 2 * D, v: kv.baseAddress! + D, vStride: 2 * D, queries: L, keys: T, heads: nHeads, headDim: hd, into: a)
-                    }
-                    Kernels.linear(a, rows: L, in: D, weight: Ly.caOW, bias: Ly.caOB, out: D, into: x, accumulate: true)
-                    Kernels.layerNorm(x, rows: L, channels: D, weight: Ly.n3W, bias: Ly.n3B, eps: dec.eps, into: h)
-                    Kernels.linear(h, rows: L, in: D, weight: Ly.l1W, bias: Ly.l1B, out: F, into: m)
-                    Kernels.activate(m, count: L * F, "gelu")
-                    Kernels.linear(m, rows: L, in: F, weight: Ly.l2W, bias: Ly.l2B, out: D, into: x, accumulate: true)
-                }
-                Kernels.layerNorm(x, rows: L, channels: D, weight: decoderNorm.w, bias: decoderNorm.b, eps: dec.eps, into: h)
-            } } } } }
+            var x = try weightIn.forward(pad)
+            try x.add(weightPos)
+            for (j, layer) in decoderLayers.enumerated() {
+                try x.add(try layer.selfAttention.forward(try layer.norm1.forward(x)))
+                let ca = layer.crossAttention
+                let q = try ca.toQ.forward(try layer.norm2.forward(x))
+                try x.add(try ca.toOut.forward(try ScaledDotProductAttention.forward(q: q, k: keys[j], v: values[j], heads: ca.heads)))
+                var m = try layer.linear1.forward(try layer.norm3.forward(x))
+                Activation.gelu.apply(&m.data)
+                try x.add(try layer.linear2.forward(m))
+            }
+            let h = try decoderNorm.forward(x)
+            let D = h.cols
             for i in 0..<L {
                 let (_, _, nd, nu) = dims[i]
-                if delta.count != nd + nu { delta = [Float](repeating: 0, count: nd + nu) }
-                h.withUnsafeBufferPointer { hp in delta.withUnsafeMutableBufferPointer { Kernels.linear(hp.baseAddress! + i * D, rows: 1, in: D, weight: heads[i].w, bias: heads[i].b, out: nd + nu, into: $0.baseAddress!) } }
-                for k in 0..<nd { downs[i][k] += delta[k] }
-                for k in 0..<nu { ups[i][k] += delta[nd + k] }
+                let delta = try heads[i].forward(try Matrix(rows: 1, cols: D, data: Array(h.data[(i * D)..<((i + 1) * D)])))
+                for k in 0..<nd { downs[i][k] += delta.data[k] }
+                for k in 0..<nu { ups[i][k] += delta.data[nd + k] }
             }
         }
         return (0..<L).map { i in

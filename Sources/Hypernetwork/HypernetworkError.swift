@@ -28,6 +28,8 @@ public struct HypernetworkError: Error, Equatable, Sendable, CustomStringConvert
         case architectureMismatch(hypernetwork: String, base: String)
         /// The caller's input (pixel values, provenance) is unusable.
         case invalidInput(String)
+        /// A compute layer refused the sizes it was given (`ComputeError`'s message).
+        case compute(String)
 
         public var description: String {
             switch self {
@@ -43,6 +45,7 @@ public struct HypernetworkError: Error, Equatable, Sendable, CustomStringConvert
             case let .targetsMismatch(l, r): return "target layer table differs from the base's at '\(l)': \(r)"
             case let .architectureMismatch(h, b): return "made for \(h) bases, the base is \(b)"
             case let .invalidInput(r): return r
+            case let .compute(m): return "compute: \(m)"
             }
         }
     }

@@ -1,16 +1,17 @@
+import Compute
 import Foundation
 import Testing
 @testable import Hypernetwork
-import CLidbSupport
 
+/// The activations the hypernetwork runs (Compute's kernels) over the whole float range that
+/// matters, and the mapping from every `hidden_act` the config accepts to a kernel.
 @Suite struct KernelTests {
-    /// The vectorised erf against libm's (double precision) over the whole float range that matters.
+    /// The vectorised erf GELU against libm's (double precision).
     @Test func erfApproximationIsWithinItsBound() {
         var worst: Double = 0
         var xs = (0..<20001).map { Float(-6 + 12 * Double($0) / 20000) }
         xs += [0, -0, 1e-30, -1e-30, .greatestFiniteMagnitude, -.greatestFiniteMagnitude]
-        var y = xs
-        y.withUnsafeMutableBufferPointer { Kernels.geluErf($0.baseAddress!, count: $0.count) }
+        let y = Activation.gelu.forward(xs)
         for (x, g) in zip(xs, y) {
             let want = 0.5 * Double(x) * (1 + Foundation.erf(Double(x) / 2.0.squareRoot()))
             let err = abs(Double(g) - want) / max(1, abs(want))
@@ -23,8 +24,7 @@ import CLidbSupport
     @Test func quickGELUIsWithinItsBound() {
         var xs = (0..<20001).map { Float(-60 + 120 * Double($0) / 20000) }
         xs += [0, 1e-30, -1e-30, 200, -200, .greatestFiniteMagnitude, -.greatestFiniteMagnitude]
-        var y = xs
-        y.withUnsafeMutableBufferPointer { lidb_quick_gelu($0.baseAddress!, $0.count) }
+        let y = Activation.quickGELU.forward(xs)
         var worst: Double = 0
         for (x, g) in zip(xs, y) {
             let want = Double(x) / (1 + Foundation.exp(-1.702 * Double(x)))
@@ -32,5 +32,11 @@ import CLidbSupport
         }
         print("quick GELU: max |error| / max(1, |y|) = \(worst)")
         #expect(worst <= 1e-6)
+    }
+
+    /// Every `encoder.hidden_act` the config accepts names the kernel spec/hypernetwork.md gives it.
+    @Test func everyAcceptedActivationHasItsKernel() {
+        let expected: [(String, Activation)] = [("gelu", .gelu), ("quick_gelu", .quickGELU), ("gelu_new", .geluTanh), ("gelu_pytorch_tanh", .geluTanh)]
+        for (name, act) in expected { #expect(Activation(configName: name) == act, "\(name)") }
     }
 }
