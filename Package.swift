@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Layers (bottom to top): C shims → TensorFile (format) → Imaging, Checkpoint → Compute → SubjectDelta
-// → Diffusion → Hypernetwork, Training → CLI.
+// → Diffusion, Hypernetwork → Training → CLI.
 // Lower layers never import higher ones.
 let package = Package(
     name: "lidb",
@@ -67,7 +67,7 @@ let package = Package(
         ),
         .target(
             name: "LidbCLI",
-            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "Diffusion", "Hypernetwork", "Imaging", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["TensorFile", "Checkpoint", "Compute", "SubjectDelta", "Diffusion", "Hypernetwork", "Imaging", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Crypto", package: "swift-crypto")]
         ),
         .executableTarget(name: "lidb", dependencies: ["LidbCLI"]),
 

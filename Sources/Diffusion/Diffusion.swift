@@ -4,7 +4,3 @@ public enum DiffusionRuntime {
     public static let name = "lidb diffusion runtime"
 }
 
-// `Parallel` (threads and the batch-parallel region counter) lives in Compute; re-exported so
-// that modules still reaching it through Diffusion (Hypernetwork's kernels, the CLI's bench)
-// use the one shared instance until they import Compute themselves.
-@_exported import enum Compute.Parallel

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Checkpoint
 import SubjectDelta
+import enum Compute.Parallel
 import Diffusion
 import Dispatch
 import TensorFile
