@@ -72,6 +72,13 @@ extension Subject {
             let d: DType = dtype == .f16 ? .F16 : .BF16
             let out = OwnedBytes(count: all.count * 2)
             all.withUnsafeBytes { _ = DTypeConversion.convert($0, from: .F32, into: out.buffer, to: d, count: all.count) }
+            // A finite f32 factor can overflow the narrower type (|x| ≥ 65520 in f16): the file
+            // would hold infinities that no reader accepts, so refuse rather than write it.
+            let exponent: UInt16 = dtype == .f16 ? 0x7C00 : 0x7F80
+            let halves = out.buffer.bindMemory(to: UInt16.self)
+            for i in 0..<all.count where halves[i] & exponent == exponent {
+                throw TensorFileError(file: file, tensor: name, .invalidArgument("factor value \(all[i]) does not fit \(dtype.rawValue) (use --dtype f32)"))
+            }
             return [.bytes(TensorInfo(name: name, dtype: d, shape: shp), TensorBytes(owned: out))]
         case .q8:
             var q: [UInt8] = []

@@ -26,6 +26,29 @@ import Testing
         #expect(TargetSet.paper.layers(in: try layerTable("sd21")).count == 128 + 23 * 6)
     }
 
+    /// A finite f32 factor beyond the half type's range (found by the semantic fuzz target's
+    /// round-trip oracle): writing it as f16 is refused, nothing is written; f32 and bf16 keep it.
+    @Test func factorsBeyondTheHalfRangeAreRefused() throws {
+        let table = try layerTable("sd15")
+        var s = Subject.initialise(layers: Array(TargetSet.paper.layers(in: table).prefix(2)), rank: 1, a: 4, b: 4, basisSeed: 1, std: 0.02,
+                                   factorSeed: 2, targetSet: "custom", architecture: "sd1")
+        s.layers[1].lidb!.downTrain[2] = 70_000
+        let tmp = TempDir()
+        do {
+            try s.write(to: tmp.file("f16.lidb"), dtype: .f16)
+            Issue.record("an f16 write of 70000 must fail")
+        } catch {
+            #expect(error.description.contains("lidb.down_train") && error.description.contains("does not fit f16"), "\(error)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: tmp.file("f16.lidb")))
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: tmp.path)) ?? []).isEmpty)
+        for d in [SubjectDType.f32, .bf16] {
+            try s.write(to: tmp.file("\(d.rawValue).lidb"), dtype: d)
+            let back = try Subject(path: tmp.file("\(d.rawValue).lidb"))
+            #expect(abs(back.layers[1].lidb!.downTrain[2] - 70_000) <= 70_000 * 0x1p-8)
+        }
+    }
+
     @Test(arguments: SubjectDType.allCases)
     func factorsRoundTrip(dtype: SubjectDType) throws {
         let table = try layerTable("sd15")
