@@ -146,7 +146,11 @@ enum SubjectFuzz {
                 let (o, i) = (c.bool() ? big(&c) : Int64(t.out), big(&c))
                 out = .int(o); inDim = .int(i)
                 rank = .int(c.pick([Int64(1024), 1, 2, 4, 1025, Int64(Int32.max), o, i]))
-                a = .int(c.bool() ? i : min(big(&c), i)); b = .int(c.bool() ? o : min(big(&c), o))
+                // a and b: the layer's own (largest allowed), another large one, or the data's (small,
+                // so the factors match and only the shape is large).
+                let (da, db) = (Int64(l.lidb?.a ?? 1), Int64(l.lidb?.b ?? 1))
+                a = .int(c.pick([da, i, min(big(&c), i)])); b = .int(c.pick([db, o, min(big(&c), o)]))
+                if l.lidb != nil, c.bool() { rank = .int(Int64(l.lidb?.rank ?? 1)) }
             }
             var shape: [JSONValue] = [out, inDim]
             switch c.int(0...63) {
