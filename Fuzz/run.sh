@@ -80,17 +80,20 @@ if [[ " $targets " == *" lidb "* ]]; then
     if [[ -d spec/examples ]]; then cp spec/examples/*.lidb Fuzz/corpus-lidb/ 2>/dev/null || true; fi
 fi
 # The semantic target's input is a stream of choices, not a file: one seed per path through it
-# (first byte: 0 subject, 1 base, 2 hypernetwork; the next ones pick how far each goes).
+# (first byte: 0 subject, 1 base, 2 hypernetwork; the next ones pick how far each goes). They were
+# picked from a corpus by what LIDB_FUZZ_TRACE=1 shows them reaching.
 seed() { printf "$2" > "Fuzz/corpus-semantic/seed-$1"; }
-seed subject '\x00'
-seed subject-merge '\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x05'
-seed subject-q8-stored '\x00\x01\x03\x04'
+seed subject-live '\x00'
+seed subject-q8 '\x00\x07\x3f'
+seed subject-stored-basis '\x00\x41\xc3\x04'
+seed subject-lora '\x00\x5b\x19\x32\x41\x25\x5b\x19\x41\x25'
+seed subject-export-merge '\x00\x00\x10\x80\x00\x76\x61\x65\x2e\x65\x6e\x63\x6f\x64\x65\x72\x2e\x64\x6f\x77\x6e\x5f\x62\x6c\x6f\x63\x6b\x73\x2e\x33\x2e\x72\x65\x73\x6e\x65\x74\x73\x2e\x30\x2e\x6e\x6f\x72\x6d\x31\x2e\x77\x65\x69\x67\x68\x74\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x0f\xff\xfe\x7f\xfe'
 seed base-schedulers '\x01'
 seed base-open '\x01\x01'
 seed base-load '\x01\x02'
 seed base-generate '\x01\x03'
 seed hyper-fixture '\x02'
-seed hyper-synthesised '\x02\x01'
+seed hyper-synthesised '\x02\x41'
 
 run() {  # name
     local corpus="Fuzz/corpus-${1#fuzz-}" artifacts="$out/$1-" extra=()

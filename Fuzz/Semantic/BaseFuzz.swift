@@ -68,7 +68,7 @@ enum BaseFuzz {
                 return Hostile.json(&c)
             })
         }
-        if let cur = current, cur.isInteger, let v = cur.int64Value { return Hostile.integer(&c, Int(v) &+ c.int(-2...2)) }
+        if let cur = current, cur.isInteger, let v = cur.int64Value { return Hostile.integer(&c, Int(v) &+ c.pick([0, 1, -1, 2, -2])) }
         if let d = current?.doubleValue { return Hostile.double(&c, d) }
         if current?.boolValue != nil { return .bool(c.bool()) }
         return Hostile.json(&c)

@@ -146,7 +146,11 @@ enum SubjectFuzz {
                 let (o, i) = (c.bool() ? big(&c) : Int64(t.out), big(&c))
                 out = .int(o); inDim = .int(i)
                 rank = .int(c.pick([Int64(1024), 1, 2, 4, 1025, Int64(Int32.max), o, i]))
-                a = .int(c.bool() ? i : min(big(&c), i)); b = .int(c.bool() ? o : min(big(&c), o))
+                // a and b: the layer's own (largest allowed), another large one, or the data's (small,
+                // so the factors match and only the shape is large).
+                let (da, db) = (Int64(l.lidb?.a ?? 1), Int64(l.lidb?.b ?? 1))
+                a = .int(c.pick([da, i, min(big(&c), i)])); b = .int(c.pick([db, o, min(big(&c), o)]))
+                if l.lidb != nil, c.bool() { rank = .int(Int64(l.lidb?.rank ?? 1)) }
             }
             var shape: [JSONValue] = [out, inDim]
             switch c.int(0...63) {
@@ -333,10 +337,21 @@ enum SubjectFuzz {
             var y = [Float](repeating: 0, count: rows * t.out)
             x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { delta.apply(weight: t.weightName, x: xp.baseAddress!, rows: rows, into: $0.baseAddress!) } }
             if !y.allSatisfy({ $0.isFinite }) {
-                // Only a finding when ΔW itself is finite in f32 (a subject whose ΔW is not should have been refused).
-                let finiteDelta = (try? applied.subject.lowRankFactors(l, weight: applied.weight, cache: cache)).map { denseIsFinite($0, out: t.out, in: t.inDim) } ?? false
-                oracle("live-finite", false, finiteDelta ? "live ΔW·x is not finite for a finite ΔW on \(t.name)"
-                                                : "live activation accepted a subject whose ΔW is not finite on \(t.name) (weight \(applied.weight))")
+                // A finding when ΔW is not finite (activation should have refused the subject), or when
+                // it is and every factor is moderate (≤ 1e15), so no intermediate of the factored
+                // product can overflow for |x| ≤ 1. Factors near the f32 limit are finite and
+                // accepted; their intermediates may overflow, which generation reports as a
+                // non-finite latent.
+                guard let f = try? applied.subject.lowRankFactors(l, weight: applied.weight, cache: cache), denseIsFinite(f, out: t.out, in: t.inDim) else {
+                    oracle("live-finite", false, "live activation accepted a subject whose ΔW is not finite on \(t.name) (weight \(applied.weight))")
+                    return
+                }
+                var raw: [Float] = f.up + f.down
+                if let d = l.lidb { raw += d.downTrain + d.upTrain }
+                if let r = l.lora { raw += r.down + r.up }
+                if case let .stored(m) = applied.subject.basis, let b = m[t.name] { raw += b.down + b.up }
+                let moderate = raw.allSatisfy { abs($0) <= 1e15 }
+                oracle("live-finite", !moderate, "live ΔW·x is not finite on \(t.name) although ΔW and every factor are moderate")
                 return
             }
         }
