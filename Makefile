@@ -29,6 +29,7 @@ bench: deps
 	bash Benchmarks/unet/run.sh
 	bash Benchmarks/generate/run.sh
 	bash Benchmarks/hyper/run.sh
+	bash Benchmarks/finetune/run.sh
 
 # lidb's exports loaded by diffusers' own loaders (needs the pinned Python venv).
 check-exports: deps
@@ -36,6 +37,7 @@ check-exports: deps
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/checks/check_exports.py "$$(swift build -c release --show-bin-path)/lidb"
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/checks/check_lora_exports.py "$$(swift build -c release --show-bin-path)/lidb"
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/checks/check_python_diffusers.py "$$(swift build -c release --show-bin-path)/lidb"
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/checks/check_finetune.py "$$(swift build -c release --show-bin-path)/lidb"
 
 fuzz: deps
 	bash Fuzz/run.sh

@@ -63,11 +63,11 @@ let package = Package(
         // Training: the objective, optimisers, photo preprocessing and random draws of `lidb finetune`.
         .target(
             name: "Training",
-            dependencies: ["TensorFile", "Imaging", "Checkpoint", "SubjectDelta", "Diffusion", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["TensorFile", "Imaging", "Checkpoint", "Compute", "SubjectDelta", "Diffusion", .product(name: "Crypto", package: "swift-crypto")]
         ),
         .target(
             name: "LidbCLI",
-            dependencies: ["TensorFile", "Checkpoint", "Compute", "SubjectDelta", "Diffusion", "Hypernetwork", "Imaging", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["TensorFile", "Checkpoint", "Compute", "SubjectDelta", "Diffusion", "Hypernetwork", "Imaging", "Training", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Crypto", package: "swift-crypto")]
         ),
         .executableTarget(name: "lidb", dependencies: ["LidbCLI"]),
 
@@ -103,7 +103,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TrainingTests",
-            dependencies: ["Training", "Diffusion", "Imaging", "SubjectDelta", "TensorFile", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["Training", "Diffusion", "Checkpoint", "Compute", "Imaging", "SubjectDelta", "TensorFile", .product(name: "Crypto", package: "swift-crypto")],
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "CLITests", dependencies: ["TensorFile", "lidb", .product(name: "Crypto", package: "swift-crypto")], exclude: ["Fixtures"]),

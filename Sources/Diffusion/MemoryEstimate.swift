@@ -65,6 +65,25 @@ public struct MemoryEstimate: Sendable {
                               activations: concurrent * unetEvaluation(configs.unet, lh: latent, lw: latent, contextTokens: PipelineConfigs.promptTokens))
     }
 
+    /// One training step of `lidb finetune` at `resolution²` pixels: the UNet, text-encoder and
+    /// VAE-encoder weights as f32; the VAE encoder's activations on the photo; for the UNet's
+    /// backward with per-block recomputation, the block inputs kept by the forward (about twice
+    /// the skip connections) plus one block's forward intermediates and their gradients (counted as
+    /// four evaluations' working sets, with full score matrices for the attention backward).
+    public static func training(base: BaseModel, configs: PipelineConfigs, resolution: Int) -> MemoryEstimate {
+        let f = configs.vae.scaleFactor
+        let l = Swift.max(resolution / f, 1)
+        let n = ByteCount(l) * ByteCount(l)
+        let latent = ByteCount.floats(ByteCount(configs.unet.outChannels) * n)
+        let evaluation = unetEvaluation(configs.unet, lh: l, lw: l, contextTokens: PipelineConfigs.promptTokens)
+        let heads = ByteCount(Swift.max(configs.unet.heads.max() ?? 1, 1))
+        let scores = ByteCount.floats(3 * heads * n * n)
+        let encode = vaeDecoding(configs.vae, lh: l, lw: l) + ByteCount.floats(6 * ByteCount(resolution) * ByteCount(resolution))
+        let backward = evaluation * 4 + scores + textEncoding(configs.text) * 4
+        return MemoryEstimate(weights: weights(base, prefixes: ["unet.", "text_encoder.", "vae.encoder.", "vae.quant_conv."], residency: .f32),
+                              latents: latent * 16, activations: Swift.max(backward, encode))
+    }
+
     /// Weights under `prefixes` as the runtime keeps them, plus two tensors in conversion.
     static func weights(_ base: BaseModel, prefixes: [String], residency: WeightResidency) -> ByteCount {
         var sum = ByteCount.zero, largest = ByteCount.zero

@@ -235,3 +235,9 @@ public struct NoiseSchedule: Sendable {
         return alphasCumprod[t]
     }
 }
+
+extension SchedulerConfig {
+    /// The config's `prediction_type` (`epsilon` when absent); other values than `epsilon`,
+    /// `v_prediction` and `sample` throw.
+    public func predictionType() throws -> PredictionType { try prediction() }
+}

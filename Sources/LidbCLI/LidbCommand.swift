@@ -2,6 +2,8 @@ import ArgumentParser
 import Hypernetwork
 import Imaging
 import TensorFile
+import Training
+import Compute
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -17,7 +19,7 @@ public struct LidbCommand: ParsableCommand {
         Exit codes: 0 success, 1 a check found damage (verify), 2 bad input or usage.
         """,
         version: "0.1.0",
-        subcommands: [Inspect.self, Verify.self, Convert.self, Export.self, SubjectCommand.self, Personalize.self, Merge.self, Unmerge.self, Generate.self, Tokenize.self, Bench.self]
+        subcommands: [Inspect.self, Verify.self, Convert.self, Export.self, SubjectCommand.self, Personalize.self, Finetune.self, Merge.self, Unmerge.self, Generate.self, Tokenize.self, Bench.self]
     )
     public init() {}
 }
@@ -34,6 +36,12 @@ func reportingErrors(_ body: () throws -> Void) throws {
         printError("lidb: error: \(e.description)")
         throw ExitCode(2)
     } catch let e as ImageError {
+        printError("lidb: error: \(e.description)")
+        throw ExitCode(2)
+    } catch let e as TrainingError {
+        printError("lidb: error: \(e.description)")
+        throw ExitCode(2)
+    } catch let e as ComputeError {
         printError("lidb: error: \(e.description)")
         throw ExitCode(2)
     }

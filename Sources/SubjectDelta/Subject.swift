@@ -33,6 +33,13 @@ public struct LoRATerm: Sendable, Equatable {
     /// `[out, rank]`.
     public var up: [Float]
     public var scale: Float { alpha / Float(rank) }
+
+    public init(rank: Int, alpha: Float, down: [Float], up: [Float]) {
+        self.rank = rank
+        self.alpha = alpha
+        self.down = down
+        self.up = up
+    }
 }
 
 public struct SubjectLayer: Sendable, Equatable {

@@ -16,6 +16,8 @@ public enum TrainingError: Error, Equatable, Sendable, CustomStringConvertible {
     /// An optimiser update made a parameter infinite or NaN; the parameters are left as they
     /// were before the update.
     case nonFiniteParameter(step: Int, tensor: String)
+    /// The run was interrupted before step `step` (Ctrl-C); nothing is written.
+    case cancelled(step: Int)
     /// A size is zero, negative, or beyond a limit of `TrainingLimits`.
     case tooLarge(what: String, limit: Int)
     /// Inputs of a computation do not have matching sizes (a programming error of the caller,
@@ -36,6 +38,8 @@ public enum TrainingError: Error, Equatable, Sendable, CustomStringConvertible {
             return "step \(step): the gradient of \(tensor) is not finite; the run stops without output"
         case let .nonFiniteParameter(step, tensor):
             return "step \(step): the update made \(tensor) not finite (learning rate too large?); the run stops without output"
+        case let .cancelled(step):
+            return "interrupted before step \(step); nothing was written"
         case let .tooLarge(what, limit):
             return "\(what): zero, negative or more than the limit of \(limit)"
         case let .shapeMismatch(what, expected, got):

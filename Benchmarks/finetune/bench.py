@@ -1,0 +1,47 @@
+"""Training-step benchmark: one `lidb finetune` step against PyTorch + PEFT, SD 1.5-size random
+weights, batch 1, the `paper` layers (200 on SD 1.5) with rank-1 terms, AdamW, float32, 2 threads,
+same photo, same run. Reports the median step time and each process's peak RSS as ratios, and the
+paper's 40-step fast finetune wall time (load + 40 × the median step).
+
+    python bench.py LIDB WORKDIR [--steps 3] [--resolutions 256,512]
+WORKDIR: the base benchmark's folder (sd15-diffusers, made by Benchmarks/base/make_sd15.py).
+"""
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(HERE))
+from benchlib import measure  # noqa: E402
+
+
+def main():
+    lidb, work = sys.argv[1], sys.argv[2]
+    steps = sys.argv[sys.argv.index("--steps") + 1] if "--steps" in sys.argv else "3"
+    resolutions = [int(x) for x in (sys.argv[sys.argv.index("--resolutions") + 1] if "--resolutions" in sys.argv else "256,512").split(",")]
+    folder = os.path.join(work, "sd15-diffusers")
+    if not os.path.isdir(folder):
+        subprocess.run([sys.executable, os.path.join(HERE, "..", "base", "make_sd15.py"), folder], check=True)
+    base = os.path.join(work, "sd15-f32.lidb")
+    if not os.path.exists(base):
+        subprocess.run([lidb, "convert", folder, "-o", base], check=True, capture_output=True)
+    photo = os.path.join(REPO, "samples", "face.jpg")
+    out = os.path.join(work, "finetune-bench.lidb")
+    for r in resolutions:
+        _, torch_rss, o = measure([sys.executable, os.path.join(HERE, "torch_finetune.py"), folder, photo,
+                                   "--resolution", str(r), "--steps", steps])
+        t = json.loads(o)
+        _, lidb_rss, o = measure([lidb, "finetune", "--base", base, "--image", photo, "--resolution", str(r), "--steps", steps,
+                                  "--lr", "1e-4", "-o", out, "--timings"])
+        l = json.loads(o.strip().splitlines()[-1])
+        ratio = l["step_median_s"] / t["step_median_s"]
+        print(f"{r}×{r}, batch 1, {t['layers']} layers rank 1, AdamW: PyTorch+PEFT {t['step_median_s']:.2f} s/step, "
+              f"lidb {l['step_median_s']:.2f} s/step (ratio {ratio:.2f}); peak RSS PyTorch {torch_rss:.0f} MiB, lidb {lidb_rss:.0f} MiB "
+              f"(ratio {lidb_rss / torch_rss:.2f}); 40-step fast finetune ≈ {l['load_s'] + 40 * l['step_median_s']:.0f} s lidb, "
+              f"{t['load_s'] + 40 * t['step_median_s']:.0f} s PyTorch", flush=True)
+
+
+if __name__ == "__main__":
+    main()
