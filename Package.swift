@@ -103,7 +103,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TrainingTests",
-            dependencies: ["Training", "Diffusion", "Imaging", "SubjectDelta", "TensorFile", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["Training", "Diffusion", "Compute", "Checkpoint", "Imaging", "SubjectDelta", "TensorFile", .product(name: "Crypto", package: "swift-crypto")],
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "CLITests", dependencies: ["TensorFile", "lidb", .product(name: "Crypto", package: "swift-crypto")], exclude: ["Fixtures"]),
