@@ -72,6 +72,7 @@ public struct CLIPTextNetwork: Sendable {
     /// it), and whatever `weights` throws.
     public init(architecture arch: CLIPTextArchitecture, weights: (String) throws -> [Float]) throws {
         let expected = try arch.expectedWeights()
+        _ = Parallel.allocatorConfigured  // activations are freed and reallocated every step
         var sizes: [String: Int] = [:]
         for (n, c) in expected { sizes[n] = c }
         func load(_ name: String) throws -> [Float] {

@@ -45,6 +45,7 @@ public struct UNetNetwork: Sendable {
     /// and whatever `weights` throws (a missing weight).
     public init(architecture arch: UNetArchitecture, weights: (String) throws -> [Float]) throws {
         let expected = try arch.expectedWeights()
+        _ = Parallel.allocatorConfigured  // activations are freed and reallocated every step
         var sizes: [String: Int] = [:]
         for (n, c) in expected { sizes[n] = c }
         func load(_ name: String) throws -> [Float] {
