@@ -46,8 +46,12 @@ public struct UNetArchitecture: Sendable, Equatable {
     /// Upper bounds that keep every derived size far from overflow and within BLAS's 32 bits.
     public static let maxLevels = 8, maxChannels = 1 << 14, maxLayers = 64, maxDepth = 64, maxMultiplier = 64
 
-    /// Time-embedding channels (`4 · block_out_channels[0]`).
-    public var timeEmbeddingChannels: Int { 4 * (blockChannels.first ?? 0) }
+    /// Time-embedding channels (`4 · block_out_channels[0]`; 0 for an architecture without
+    /// levels or whose first level is too wide, which `validate()` refuses).
+    public var timeEmbeddingChannels: Int {
+        let (v, overflow) = (blockChannels.first ?? 0).multipliedReportingOverflow(by: 4)
+        return overflow ? 0 : v
+    }
 
     /// Throws a `ComputeError` naming the field unless every number is in range and the sizes
     /// chain (channels divisible by the groups and by the heads, an even number of timestep

@@ -29,6 +29,7 @@ import Testing
             ("blockChannels", { $0.blockChannels = Array(repeating: 8, count: 9) }),
             ("blockChannels[3]", { $0.blockChannels[3] = 0 }),
             ("blockChannels[2]", { $0.blockChannels[2] = 1 << 20 }),
+            ("blockChannels[0]", { $0.blockChannels[0] = .max }),
             ("layersPerBlock", { $0.layersPerBlock = 0 }),
             ("downAttention", { $0.downAttention = [true] }),
             ("upAttention", { $0.upAttention = [] }),
@@ -54,6 +55,7 @@ import Testing
             edit(&a)
             let e = error(ComputeError.self) { try a.validate() }
             #expect(e?.message.contains("UNet architecture: \(field) ") == true, "\(field): \(String(describing: e))")
+            _ = a.timeEmbeddingChannels  // defined (never a trap) for any architecture
             // The network refuses it before asking for a single weight.
             var asked = 0
             #expect(throws: ComputeError.self) { _ = try UNetNetwork(architecture: a) { _ in asked += 1; return [] } }
