@@ -24,8 +24,9 @@ public struct Transformer2D: Sendable {
     }
 
     /// `∂loss/∂x` and, when `contextGradient`, `∂loss/∂context` (summed over the blocks).
-    /// Recomputes the forward, keeping each block's input, then runs the blocks' backward passes
-    /// (each recomputes its own intermediates).
+    /// Recomputes the forward, keeping each block's input (the last block's output only when
+    /// `proj_out` has trained terms), then runs the blocks' backward passes (each recomputes its
+    /// own intermediates).
     public func backward(gradOutput gy: FeatureMap, input x: FeatureMap, context: Matrix,
                          contextGradient: Bool = true) throws(ComputeError) -> (input: FeatureMap, context: Matrix?) {
         try gy.validate("transformer gradient", channels: norm.channels)
@@ -33,8 +34,15 @@ public struct Transformer2D: Sendable {
         let normed = try norm.forward(x).tokens()
         var inputs: [Matrix] = []
         var t = try projIn.forward(normed)
-        for b in blocks { inputs.append(t); t = try b.forward(t, context: context) }
-        var g = try projOut.backward(gradOutput: try gy.tokens(), input: t)
+        for b in blocks.dropLast() { inputs.append(t); t = try b.forward(t, context: context) }
+        inputs.append(t)
+        // The last block's output is proj_out's input: needed only for proj_out's factor gradients.
+        var g: Matrix
+        if projOut.hasTrainableTerms, let last = blocks.last {
+            g = try projOut.backward(gradOutput: try gy.tokens(), input: try last.forward(t, context: context))
+        } else {
+            g = try projOut.inputGradient(gradOutput: try gy.tokens())
+        }
         var gc: Matrix?
         for (b, input) in zip(blocks, inputs).reversed() {
             let r = try b.backward(gradOutput: g, input: input, context: context, contextGradient: contextGradient)
