@@ -124,9 +124,11 @@ struct Finetune: ParsableCommand {
             let s = try h.subject(from: predictions, for: b, provenance: SubjectProvenance(name: name, trigger: trigger, className: className, imageSHA256: digest))
             start = .prediction(s, hypernetwork: h.fingerprint, iterations: h.config.decoder.iterations)
         } else if let initSubject {
-            let s = try Subject(path: initSubject)
-            let bytes = try MappedFile(path: initSubject).bytes
-            start = .subject(s, sha256: SHA256.hash(data: bytes).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined())
+            // The digest of the very bytes the subject is read from.
+            let file = try LidbFile(path: initSubject, checksums: .always)
+            let s = try Subject(file: file)
+            let digest = withExtendedLifetime(file) { SHA256.hash(data: file.map.bytes) }
+            start = .subject(s, sha256: digest.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined())
         } else {
             start = .scratch(targets: targets)
         }

@@ -69,7 +69,7 @@ import Glibc
                               "--init", s.file("me.lidb"), "--relax-rank", "2", "--dtype", "f32", "-o", s.file("fast.lidb")])
         #expect(r3.status == 0, "\(r3.stderr)")
         let fast = try LidbFile(path: s.file("fast.lidb"))
-        #expect(fast.entry("lora.down") != nil && fast.entry("lidb.down_train") != nil, "\(fast.tensors.map(\.name))")
+        #expect(fast.tensors.contains { $0.name.hasPrefix("lora.") } && fast.entry("lidb.down_train") != nil, "\(fast.tensors.map(\.name))")
         let fp = try #require(fast.metadata["info"]?["provenance"])
         #expect(fp["init"]?["kind"]?.stringValue == "subject" && fp["train"]?.stringValue == "lora" && fp["relax_rank"]?.int64Value == 2)
         #expect(fp["init"]?["provenance"]?["made_by"]?.stringValue == "lidb finetune")
@@ -116,11 +116,11 @@ import Glibc
     @Test func divergenceStopsNamingTheStepAndWritesNothing() throws {
         let s = Scratch()
         let base = try Self.base(s)
-        // SGD with an absurd learning rate: the first update overflows the factors.
+        // SGD with an absurd learning rate: the factors or the loss overflow within a few steps.
         let r = try CLI.run(["finetune", "--base", base, "--image", Self.photo, "--resolution", "64", "--steps", "3",
                              "--optimizer", "sgd", "--lr", "1e38", "--max-grad-norm", "1e30", "-o", s.file("out.lidb")])
         #expect(r.status == 2)
-        #expect(r.stderr.contains("step 1") && r.stderr.contains("not finite"), "\(r.stderr)")
+        #expect(r.stderr.hasPrefix("lidb: error: step ") && r.stderr.contains("not finite") && r.stderr.split(separator: "\n").count == 1, "\(r.stderr)")
         #expect(!FileManager.default.fileExists(atPath: s.file("out.lidb")))
     }
 
