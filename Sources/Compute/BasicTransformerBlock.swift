@@ -25,8 +25,11 @@ public struct BasicTransformerBlock: Sendable {
 
     /// `x` `[tokens × channels]`, `context` `[text tokens × context channels]`.
     public func forward(_ x: Matrix, context: Matrix) throws(ComputeError) -> Matrix {
-        var h = try attentions(x, context: context).h2
-        try h.add(try ffOut.forward(try ff.forward(try norm3.forward(h))))
+        // One residual stream updated in place (the backward keeps both intermediate states).
+        var h = x
+        try h.add(try attn1.forward(try norm1.forward(x)))
+        try h.add(try attn2.forward(try norm2.forward(h), context: context))
+        try ff.forward(try norm3.forward(h), through: ffOut, addingTo: &h)
         return h
     }
 

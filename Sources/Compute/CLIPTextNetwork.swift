@@ -131,6 +131,14 @@ public struct CLIPTextNetwork: Sendable {
         for p in index.paths.values { self[keyPath: p].detachTerms() }
     }
 
+    /// Merges `terms` into the weight of the layer named `name` (`Linear.addWeightDeltas`).
+    /// Throws for an unknown name or a term of another shape; returns the number of non-finite weights.
+    @discardableResult
+    public mutating func addWeightDeltas(_ terms: [any DeltaTerm], to name: String, sign: Float = 1) throws(ComputeError) -> Int {
+        guard let path = index.paths[name] else { throw ComputeError("text encoder: no linear layer named '\(name)'") }
+        do { return try self[keyPath: path].addWeightDeltas(terms, sign: sign) } catch { throw ComputeError("text encoder layer \(name): \(error.message)") }
+    }
+
     /// `token_embedding[id] + position_embedding[position]` per token.
     func embed(_ ids: [Int]) throws(ComputeError) -> Matrix {
         let a = architecture
@@ -153,6 +161,17 @@ public struct CLIPTextNetwork: Sendable {
         var x = try embed(ids)
         for layer in layers { x = try layer.forward(x) }
         return try finalNorm.forward(x)
+    }
+
+    /// transformers' `hidden_states[k]`: the input of layer `k` (the embeddings for 0, the last
+    /// layer's output for `layers`), without the final layer norm. `k` is 0…`layers`.
+    public func hiddenState(ids: [Int], layer k: Int) throws(ComputeError) -> Matrix {
+        guard (0...architecture.layers).contains(k) else {
+            throw ComputeError("text encoder: hidden state \(k), expected 0…\(architecture.layers)")
+        }
+        var x = try embed(ids)
+        for layer in layers.prefix(k) { x = try layer.forward(x) }
+        return x
     }
 
     /// Accumulates the factor gradients of every trainable delta term for `∂loss/∂output` =

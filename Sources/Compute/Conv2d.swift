@@ -15,19 +15,29 @@ public enum ConvAlgorithm: Sendable {
 /// returns the input gradient only.
 public struct Conv2d: Sendable {
     public let inChannels: Int, outChannels: Int, kernel: Int, stride: Int, padding: Int
-    public let weight: [Float]
+    /// The frozen weight `[out × in × k × k]` as held: binary32, or F16 converted at each call.
+    public let values: WeightValues
+    /// The weight as binary32 values (a conversion when it is held as F16).
+    public var weight: [Float] { values.floats }
     public let bias: [Float]?
+    /// The algorithm a call uses when it names none (`.automatic`; tests force one for a whole model).
+    public var algorithm: ConvAlgorithm = .automatic
 
     public init(weight: [Float], bias: [Float]?, out: Int, in inDim: Int, kernel k: Int, stride: Int = 1, padding: Int) throws(ComputeError) {
+        try self.init(values: .f32(weight), bias: bias, out: out, in: inDim, kernel: k, stride: stride, padding: padding)
+    }
+
+    /// A convolution whose weight may be held as F16 (`WeightValues.f16`), converted when it is used.
+    public init(values: WeightValues, bias: [Float]?, out: Int, in inDim: Int, kernel k: Int, stride: Int = 1, padding: Int) throws(ComputeError) {
         let what = "conv2d \(inDim) → \(out), \(k)×\(k) stride \(stride) padding \(padding)"
         guard out > 0, inDim > 0, k > 0, stride > 0, padding >= 0, padding < k else { throw ComputeError("\(what): impossible configuration") }
         let n = try Size.product(out, inDim, k, k, what: what)
-        guard weight.count == n else { throw ComputeError("\(what): weight has \(weight.count) values, expected \(n)") }
+        guard values.count == n else { throw ComputeError("\(what): weight has \(values.count) values, expected \(n)") }
         if let bias, bias.count != out { throw ComputeError("\(what): bias has \(bias.count) values, expected \(out)") }
         _ = try Size.blas(try Size.product(inDim, k, k, what: what), what: what)
         _ = try Size.blas(out, what: what)
         outChannels = out; inChannels = inDim; kernel = k; self.stride = stride; self.padding = padding
-        self.weight = weight; self.bias = bias
+        self.values = values; self.bias = bias
     }
 
     var what: String { "conv2d \(inChannels) → \(outChannels), \(kernel)×\(kernel) stride \(stride)" }
@@ -41,8 +51,8 @@ public struct Conv2d: Sendable {
 
     var isWinogradShape: Bool { kernel == 3 && stride == 1 && padding == 1 }
 
-    public func forward(_ x: FeatureMap, algorithm: ConvAlgorithm = .automatic) throws(ComputeError) -> FeatureMap {
-        try forward(x, algorithm: algorithm, band: nil)
+    public func forward(_ x: FeatureMap, algorithm: ConvAlgorithm? = nil) throws(ComputeError) -> FeatureMap {
+        try forward(x, algorithm: algorithm ?? self.algorithm, band: nil)
     }
 
     /// `band`: output positions per im2col band (tests), else from `budget`.
@@ -51,6 +61,7 @@ public struct Conv2d: Sendable {
         let (ho, wo) = try outputSize(h: x.h, w: x.w)
         _ = try Size.product(outChannels, ho, wo, what: what)
         _ = try Size.blas(ho * wo, what: what)
+        let weight = values.floats
         if isWinogradShape && Conv2d.useWinograd(algorithm, in: inChannels, out: outChannels, h: x.h, w: x.w) {
             return Conv2d.winograd3x3(x, weight: weight, bias: bias, out: outChannels)
         }
@@ -61,7 +72,8 @@ public struct Conv2d: Sendable {
     /// `forward(norm.forward(x))`; for a 3×3 stride-1 padding-1 kernel computed with Winograd,
     /// the group norm (and its SiLU) is applied as the input transform reads `x`, so the
     /// normalised map is never stored. The input gradient is `norm.backward(backward(g), x)`.
-    public func forward(normalizing x: FeatureMap, with norm: GroupNorm, algorithm: ConvAlgorithm = .automatic) throws(ComputeError) -> FeatureMap {
+    public func forward(normalizing x: FeatureMap, with norm: GroupNorm, algorithm: ConvAlgorithm? = nil) throws(ComputeError) -> FeatureMap {
+        let algorithm = algorithm ?? self.algorithm
         try x.validate(what + " input", channels: inChannels)
         guard norm.channels == inChannels else { throw ComputeError("\(what): group norm over \(norm.channels) channels") }
         guard isWinogradShape, Conv2d.useWinograd(algorithm, in: inChannels, out: outChannels, h: x.h, w: x.w) else {
@@ -69,12 +81,13 @@ public struct Conv2d: Sendable {
         }
         _ = try Size.product(outChannels, x.h, x.w, what: what)
         let (scale, shift) = norm.coefficients(x)
-        return Conv2d.winograd3x3(x, weight: weight, bias: bias, out: outChannels, normalized: (scale, shift, norm.silu))
+        return Conv2d.winograd3x3(x, weight: values.floats, bias: bias, out: outChannels, normalized: (scale, shift, norm.silu))
     }
 
     /// `forward(UpsampleNearest2x.forward(x))`; with Winograd the input is read upsampled on the
     /// fly. The input gradient is `UpsampleNearest2x.backward(backward(g, 2h, 2w))`.
-    public func forward(upsampling x: FeatureMap, algorithm: ConvAlgorithm = .automatic) throws(ComputeError) -> FeatureMap {
+    public func forward(upsampling x: FeatureMap, algorithm: ConvAlgorithm? = nil) throws(ComputeError) -> FeatureMap {
+        let algorithm = algorithm ?? self.algorithm
         try x.validate(what + " input", channels: inChannels)
         let h2 = try Size.product(x.h, 2, what: what), w2 = try Size.product(x.w, 2, what: what)
         guard isWinogradShape, Conv2d.useWinograd(algorithm, in: inChannels, out: outChannels, h: h2, w: w2) else {
@@ -82,7 +95,7 @@ public struct Conv2d: Sendable {
         }
         _ = try Size.product(outChannels, h2, w2, what: what)
         _ = try Size.blas(h2 * w2, what: what)
-        return Conv2d.winograd3x3(x, weight: weight, bias: bias, out: outChannels, upsample: true)
+        return Conv2d.winograd3x3(x, weight: values.floats, bias: bias, out: outChannels, upsample: true)
     }
 
     /// `∂loss/∂x` for an input of `inputHeight × inputWidth` (the output size alone does not
@@ -90,8 +103,8 @@ public struct Conv2d: Sendable {
     /// with the flipped, transposed kernel (Winograd where it pays); 1×1 stride 1: one GEMM
     /// `Wᵀ · gy`; otherwise the GEMM `Wᵀ · gy` per band of output positions scattered back by col2im.
     public func backward(gradOutput gy: FeatureMap, inputHeight h: Int, inputWidth w: Int,
-                         algorithm: ConvAlgorithm = .automatic) throws(ComputeError) -> FeatureMap {
-        try backward(gradOutput: gy, inputHeight: h, inputWidth: w, algorithm: algorithm, band: nil)
+                         algorithm: ConvAlgorithm? = nil) throws(ComputeError) -> FeatureMap {
+        try backward(gradOutput: gy, inputHeight: h, inputWidth: w, algorithm: algorithm ?? self.algorithm, band: nil)
     }
 
     func backward(gradOutput gy: FeatureMap, inputHeight h: Int, inputWidth w: Int, algorithm: ConvAlgorithm,
@@ -111,6 +124,7 @@ public struct Conv2d: Sendable {
         }
         var gx = FeatureMap(uninitializedC: c, h: h, w: w)
         let cols = ho * wo
+        let weight = values.floats
         if kernel == 1 && stride == 1 && padding == 0 {
             weight.withBase { wb in gy.data.withBase { gb in gx.data.withMutableBase { xb in
                 sgemm(true, false, m: c, n: cols, k: out, wb, lda: c, gb, ldb: cols, xb, ldc: cols)
@@ -144,7 +158,7 @@ public struct Conv2d: Sendable {
     /// `W'[i, o, ky, kx] = W[o, i, 2 − ky, 2 − kx]`: the kernel whose stride-1 padding-1
     /// convolution is the input gradient of a 3×3 stride-1 padding-1 convolution.
     func flippedTransposedWeight() -> [Float] {
-        let c = inChannels, out = outChannels
+        let c = inChannels, out = outChannels, weight = values.floats
         var f = [Float](unsafeUninitializedCapacity: weight.count) { _, n in n = weight.count }
         weight.withBase { wb in f.withMutableBase { fb in
             for o in 0..<out {
@@ -160,7 +174,7 @@ public struct Conv2d: Sendable {
     // MARK: - Kernels
 
     /// The most floats an im2col band (or a Winograd buffer) holds (16 MiB).
-    static let budget = 4 << 20
+    public static let budget = 4 << 20
 
     static func useWinograd(_ algorithm: ConvAlgorithm, in c: Int, out: Int, h: Int, w: Int) -> Bool {
         switch algorithm {
@@ -215,7 +229,8 @@ public struct Conv2d: Sendable {
     /// per-channel scale and shift (and SiLU) to the input as it is read; `upsample` reads the
     /// input upsampled 2× by nearest neighbour. Shapes checked by the caller.
     static func winograd3x3(_ x: FeatureMap, weight: [Float], bias: [Float]?, out: Int,
-                            normalized: (scale: [Float], shift: [Float], silu: Bool)? = nil, upsample: Bool = false) -> FeatureMap {
+                            normalized: (scale: [Float], shift: [Float], silu: Bool)? = nil, upsample: Bool = false,
+                            budget: Int = Conv2d.budget) -> FeatureMap {
         let c = x.c, h = upsample ? 2 * x.h : x.h, w = upsample ? 2 * x.w : x.w
         let scale = normalized?.scale ?? [], shift = normalized?.shift ?? [], silu: Int32 = normalized?.silu == true ? 1 : 0
         let upFlag: Int32 = upsample ? 1 : 0

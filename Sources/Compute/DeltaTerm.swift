@@ -1,6 +1,8 @@
 /// The adapter slot of a `Linear` layer: a term that adds `Δ(x) = ΔW x` to the layer's output
 /// `y = W x + bias`, and that can be trained. LiDB and LoRA terms are `LowRankTerm`s; other
-/// parameterisations (LoHa, LoKr, …) conform the same way.
+/// parameterisations (LoHa, LoKr, …) conform the same way. The same term serves the three uses
+/// of a delta: attached to a layer it is applied live (and trained); `addWeightDeltas` merges it
+/// into a weight (through `lowRankFactors()` when it has them, else `weightDelta()`).
 ///
 /// `x` has `inFeatures` columns, `y` and `gradOutput` `outFeatures`, and all have the same rows;
 /// a term throws `ComputeError` for other shapes. A term is a reference type
@@ -23,9 +25,15 @@ public protocol DeltaTerm: AnyObject, Sendable {
     func backward(gradOutput: Matrix, input x: Matrix, gradInput: inout Matrix) throws(ComputeError)
     /// `ΔW` as a dense `[outFeatures × inFeatures]` matrix (what a merge adds to the weight).
     func weightDelta() -> [Float]
+    /// `ΔW = U · D` in binary32 factors when the term is low-rank: `up` `[out × rank]` with every
+    /// scale folded in, `down` `[rank × in]`; a merge then forms `ΔW` a block of rows at a time.
+    /// nil (the default) for terms that are not, whose merge uses `weightDelta()`.
+    func lowRankFactors() -> (up: [Float], down: [Float], rank: Int)?
 }
 
 extension DeltaTerm {
+    public func lowRankFactors() -> (up: [Float], down: [Float], rank: Int)? { nil }
+
     public func backward(gradOutput: Matrix, input x: Matrix, gradInput: inout Matrix) throws(ComputeError) {
         try addInputGradient(gradOutput: gradOutput, into: &gradInput)
         if trainable { try accumulateGradients(gradOutput: gradOutput, input: x) }

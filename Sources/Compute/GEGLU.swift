@@ -35,6 +35,34 @@ public struct GEGLU: Sendable {
         return y
     }
 
+    /// `y += out.forward(forward(x))`, a band of rows at a time (`out` `[c × inner]`, any delta
+    /// terms included): the gated band is projected while it is in cache, and the whole
+    /// `[rows × inner]` activation is never stored (the feed-forward of an inference step). The
+    /// same values as the two steps.
+    public func forward(_ x: Matrix, through out: Linear, addingTo y: inout Matrix) throws(ComputeError) {
+        try x.validate("GEGLU input", cols: proj.inFeatures)
+        guard out.inFeatures == inner else { throw ComputeError("GEGLU: an output projection from \(out.inFeatures) features, expected \(inner)") }
+        try y.validate("GEGLU output", cols: out.outFeatures)
+        guard y.rows == x.rows else { throw ComputeError("GEGLU: \(y.rows) output rows for \(x.rows) input rows") }
+        let n = x.rows, c = proj.inFeatures, inner = inner, width = out.outFeatures
+        var start = 0
+        while start < n {
+            let rows = min(band, n - start)
+            let xb = Matrix(checkedRows: rows, cols: c, data: Array(x.data[(start * c)..<((start + rows) * c)]))
+            let p = try proj.forward(xb)
+            var gated = Matrix(uninitializedRows: rows, cols: inner)
+            p.data.withBase { pb in gated.data.withMutableBase { gb in
+                let (ps, gs) = (UnsafeSendable(pb), UnsafeSendable(gb))
+                Parallel.ranges(rows, work: 8 * rows * inner) { r in
+                    lidb_geglu(ps.p + r.lowerBound * 2 * inner, gs.p + r.lowerBound * inner, r.count, inner)
+                }
+            } }
+            let o = try out.forward(gated)
+            y.data.withMutableBase { yb in o.data.withBase { lidb_add(yb + start * width, $0, rows * width) } }
+            start += rows
+        }
+    }
+
     public func backward(gradOutput gy: Matrix, input x: Matrix) throws(ComputeError) -> Matrix {
         try x.validate("GEGLU input", cols: proj.inFeatures)
         try gy.validate("GEGLU gradient", cols: inner)

@@ -3,20 +3,28 @@
 /// and accumulates gradients only in the attached delta terms.
 public struct Linear: Sendable {
     public let inFeatures: Int, outFeatures: Int
-    public let weight: [Float]
+    /// The frozen weight `[out × in]` as held: binary32, or F16 converted each time it is used.
+    public private(set) var values: WeightValues
+    /// The weight as binary32 values (a conversion when it is held as F16).
+    public var weight: [Float] { values.floats }
     public let bias: [Float]?
     /// The adapter slot: terms added to the output (LiDB, LoRA, …), in order.
     public private(set) var terms: [any DeltaTerm]
 
     public init(weight: [Float], bias: [Float]?, out: Int, in inDim: Int, terms: [any DeltaTerm] = []) throws(ComputeError) {
+        try self.init(values: .f32(weight), bias: bias, out: out, in: inDim, terms: terms)
+    }
+
+    /// A layer whose weight may be held as F16 (`WeightValues.f16`), converted when it is used.
+    public init(values: WeightValues, bias: [Float]?, out: Int, in inDim: Int, terms: [any DeltaTerm] = []) throws(ComputeError) {
         let what = "linear [\(out) × \(inDim)]"
         guard out > 0, inDim > 0 else { throw ComputeError("\(what): sizes must be positive") }
         let n = try Size.product(out, inDim, what: what)
-        guard weight.count == n else { throw ComputeError("\(what): weight has \(weight.count) values, expected \(n)") }
+        guard values.count == n else { throw ComputeError("\(what): weight has \(values.count) values, expected \(n)") }
         if let bias, bias.count != out { throw ComputeError("\(what): bias has \(bias.count) values, expected \(out)") }
         _ = try Size.blas(out, what: what)
         _ = try Size.blas(inDim, what: what)
-        outFeatures = out; inFeatures = inDim; self.weight = weight; self.bias = bias; self.terms = []
+        outFeatures = out; inFeatures = inDim; self.values = values; self.bias = bias; self.terms = []
         for t in terms { try attach(t) }
     }
 
@@ -30,6 +38,24 @@ public struct Linear: Sendable {
 
     public mutating func detachTerms() { terms = [] }
 
+    /// Merges `terms` into the weight: `W ← round(W + sign · Σ ΔW)`, the terms' `ΔW` summed in
+    /// binary64 and added with one rounding per weight (`addWeightDeltas`). A weight held as F16
+    /// becomes binary32 first (exactly). Throws for a term of another shape (and changes
+    /// nothing); returns the number of weights that are not finite afterwards.
+    @discardableResult
+    public mutating func addWeightDeltas(_ terms: [any DeltaTerm], sign: Float = 1) throws(ComputeError) -> Int {
+        for t in terms where t.outFeatures != outFeatures || t.inFeatures != inFeatures {
+            throw ComputeError("linear [\(outFeatures) × \(inFeatures)]: a delta term of shape [\(t.outFeatures) × \(t.inFeatures)]")
+        }
+        guard !terms.isEmpty else { return 0 }
+        var w = values.floats
+        values = .f32([])  // `w` is now the only reference: updated in place
+        let (out, inDim) = (outFeatures, inFeatures)
+        let bad = w.withMutableBase { Compute.addWeightDeltas(terms, out: out, in: inDim, into: $0, sign: sign) }
+        values = .f32(w)
+        return bad
+    }
+
     public func forward(_ x: Matrix) throws(ComputeError) -> Matrix {
         try x.validate("linear [\(outFeatures) × \(inFeatures)] input", cols: inFeatures)
         let n = x.rows, out = outFeatures
@@ -39,7 +65,7 @@ public struct Linear: Sendable {
             if let bias {
                 bias.withBase { bb in for r in 0..<n { (yb + r * out).update(from: bb, count: out) } }
             }
-            x.data.withBase { xb in weight.withBase { wb in
+            x.data.withBase { xb in values.withFloats { wb in
                 sgemm(false, true, m: n, n: out, k: inFeatures, xb, lda: inFeatures, wb, ldb: inFeatures, beta: bias == nil ? 0 : 1, yb, ldc: out)
             } }
         }
@@ -78,7 +104,7 @@ public struct Linear: Sendable {
         let n = gy.rows
         var gx = Matrix(uninitializedRows: n, cols: inFeatures)
         guard n > 0 else { return gx }
-        gy.data.withBase { gb in weight.withBase { wb in gx.data.withMutableBase { xb in
+        gy.data.withBase { gb in values.withFloats { wb in gx.data.withMutableBase { xb in
             sgemm(false, false, m: n, n: inFeatures, k: outFeatures, gb, lda: outFeatures, wb, ldb: inFeatures, xb, ldc: inFeatures)
         } } }
         return gx

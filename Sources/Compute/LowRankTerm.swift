@@ -226,14 +226,18 @@ public final class LowRankTerm: DeltaTerm, @unchecked Sendable {
         }
     }
 
-    public func weightDelta() -> [Float] {
-        // U_full = U_aux · U  [out × rank], D_full = D · D_aux  [rank × in], ΔW = scale · U_full · D_full.
-        var uf = up
+    /// `U = scale · U_aux · U` `[out × rank]` (`scale · U` without aux) and
+    /// `D = D · D_aux` `[rank × in]` (`D` without aux), so that `ΔW = U · D`.
+    public func lowRankFactors() -> (up: [Float], down: [Float], rank: Int)? {
+        var uf: [Float]
         if let upAux {
             uf = [Float](repeating: 0, count: outFeatures * rank)
             upAux.withBase { ab in up.withBase { ub in uf.withMutableBase { fb in
-                sgemm(false, false, m: outFeatures, n: rank, k: b, ab, lda: b, ub, ldb: rank, fb, ldc: rank)
+                sgemm(false, false, m: outFeatures, n: rank, k: b, alpha: scale, ab, lda: b, ub, ldb: rank, fb, ldc: rank)
             } } }
+        } else {
+            let s = scale
+            uf = up.map { $0 * s }
         }
         var df = down
         if let downAux {
@@ -242,9 +246,15 @@ public final class LowRankTerm: DeltaTerm, @unchecked Sendable {
                 sgemm(false, false, m: rank, n: inFeatures, k: a, db, lda: a, ab, ldb: inFeatures, fb, ldc: inFeatures)
             } } }
         }
+        return (uf, df, rank)
+    }
+
+    /// `ΔW = U · D` from `lowRankFactors()` (the binary32 values a merge of this term alone adds).
+    public func weightDelta() -> [Float] {
         var w = [Float](repeating: 0, count: outFeatures * inFeatures)
+        guard let (uf, df, r) = lowRankFactors() else { return w }
         uf.withBase { ub in df.withBase { db in w.withMutableBase { wb in
-            sgemm(false, false, m: outFeatures, n: inFeatures, k: rank, alpha: scale, ub, lda: rank, db, ldb: inFeatures, wb, ldc: inFeatures)
+            sgemm(false, false, m: outFeatures, n: inFeatures, k: r, ub, lda: r, db, ldb: inFeatures, wb, ldc: inFeatures)
         } } }
         return w
     }

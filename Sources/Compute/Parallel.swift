@@ -17,8 +17,10 @@ public enum Parallel {
     /// How many `forEach` regions with more than one job are running.
     static let regions = Atomic<Int>(0)
 
+    /// Inside another region (e.g. an attention's heads within one of two concurrent UNet
+    /// evaluations) the jobs run in turn on the calling thread: the cores are taken already.
     public static func forEach(_ jobs: Int, _ body: @Sendable (Int) -> Void) {
-        if jobs <= 1 {
+        if jobs <= 1 || regions.load(ordering: .sequentiallyConsistent) > 0 {
             for j in 0..<max(jobs, 0) { body(j) }
             return
         }

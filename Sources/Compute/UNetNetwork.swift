@@ -44,21 +44,29 @@ public struct UNetNetwork: Sendable {
     /// invalid architecture or a weight of another size than the architecture needs (naming it),
     /// and whatever `weights` throws (a missing weight).
     public init(architecture arch: UNetArchitecture, weights: (String) throws -> [Float]) throws {
+        try self.init(architecture: arch, values: { .f32(try weights($0)) })
+    }
+
+    /// The same, with weights as held (`WeightValues`): the `Linear` and `Conv2d` weights keep
+    /// F16 values as given (converted each time they are used); every other tensor (norms,
+    /// biases) is converted to binary32 once.
+    public init(architecture arch: UNetArchitecture, values: (String) throws -> WeightValues) throws {
         let expected = try arch.expectedWeights()
         _ = Parallel.allocatorConfigured  // activations are freed and reallocated every step
         var sizes: [String: Int] = [:]
         for (n, c) in expected { sizes[n] = c }
-        func load(_ name: String) throws -> [Float] {
-            let v = try weights(name)
+        func held(_ name: String) throws -> WeightValues {
+            let v = try values(name)
             let want = sizes[name] ?? 0
             guard v.count == want else { throw ComputeError("UNet weight \(name): \(v.count) values, expected \(want)") }
             return v
         }
+        func load(_ name: String) throws -> [Float] { try held(name).floats }
         func linear(_ n: String, out: Int, in inDim: Int, bias: Bool = true) throws -> Linear {
-            try Linear(weight: try load(n + ".weight"), bias: bias ? try load(n + ".bias") : nil, out: out, in: inDim)
+            try Linear(values: try held(n + ".weight"), bias: bias ? try load(n + ".bias") : nil, out: out, in: inDim)
         }
         func conv(_ n: String, out: Int, in inDim: Int, kernel k: Int, stride: Int = 1) throws -> Conv2d {
-            try Conv2d(weight: try load(n + ".weight"), bias: try load(n + ".bias"), out: out, in: inDim, kernel: k, stride: stride, padding: k / 2)
+            try Conv2d(values: try held(n + ".weight"), bias: try load(n + ".bias"), out: out, in: inDim, kernel: k, stride: stride, padding: k / 2)
         }
         func groupNorm(_ n: String, _ c: Int, eps: Float, silu: Bool) throws -> GroupNorm {
             try GroupNorm(groups: arch.groups, channels: c, eps: eps, weight: try load(n + ".weight"), bias: try load(n + ".bias"), silu: silu)
@@ -160,6 +168,49 @@ public struct UNetNetwork: Sendable {
     /// Removes every delta term.
     public mutating func detachAllTerms() {
         for p in index.paths.values { self[keyPath: p].detachTerms() }
+    }
+
+    /// Merges `terms` into the weight of the layer named `name` (`Linear.addWeightDeltas`: one
+    /// rounding per weight; an F16-held weight becomes binary32). Throws for an unknown name or a
+    /// term of another shape (changing nothing); returns the number of non-finite weights.
+    @discardableResult
+    public mutating func addWeightDeltas(_ terms: [any DeltaTerm], to name: String, sign: Float = 1) throws(ComputeError) -> Int {
+        guard let path = index.paths[name] else { throw ComputeError("UNet: no linear layer named '\(name)'") }
+        do { return try self[keyPath: path].addWeightDeltas(terms, sign: sign) } catch { throw ComputeError("UNet layer \(name): \(error.message)") }
+    }
+
+    /// The algorithm every convolution uses (`.automatic` unless set; tests force `.winograd`
+    /// or `.direct` for a whole model).
+    public var convolutionAlgorithm: ConvAlgorithm {
+        get { convIn.algorithm }
+        set {
+            func resnet(_ r: inout ResnetBlock2D) {
+                r.conv1.algorithm = newValue; r.conv2.algorithm = newValue; r.shortcut?.algorithm = newValue
+            }
+            convIn.algorithm = newValue; convOut.algorithm = newValue
+            for b in down.indices {
+                for r in down[b].resnets.indices { resnet(&down[b].resnets[r]) }
+                down[b].downsampler?.algorithm = newValue
+            }
+            resnet(&mid.resnet0); resnet(&mid.resnet1)
+            for b in up.indices {
+                for r in up[b].resnets.indices { resnet(&up[b].resnets[r]) }
+                up[b].upsampler?.algorithm = newValue
+            }
+        }
+    }
+
+    /// How many values of `Linear` and `Conv2d` weights are held as F16 (converted per use).
+    public var halfWeightCount: Int {
+        var n = 0
+        func conv(_ c: Conv2d?) { if let c, c.values.isHalf { n += c.values.count } }
+        func resnet(_ r: ResnetBlock2D) { conv(r.conv1); conv(r.conv2); conv(r.shortcut) }
+        conv(convIn); conv(convOut)
+        for l in down { l.resnets.forEach(resnet); conv(l.downsampler) }
+        resnet(mid.resnet0); resnet(mid.resnet1)
+        for l in up { l.resnets.forEach(resnet); conv(l.upsampler) }
+        for p in index.paths.values where self[keyPath: p].values.isHalf { n += self[keyPath: p].values.count }
+        return n
     }
 
     static func linearIndex(down: [DownLevel], up: [UpLevel], depth: Int) -> LinearIndex<UNetNetwork> {

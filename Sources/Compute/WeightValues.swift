@@ -1,0 +1,65 @@
+import CLidbSupport
+
+/// The values of a layer's frozen weight as held in memory: binary32, or binary16 bit patterns
+/// that are converted to binary32 each time the layer uses them. The conversion is exact, so a
+/// layer computes the same values either way; F16 halves the resident memory of an F16 base's
+/// weights at the cost of a conversion per use (spec/compute.md §8).
+public enum WeightValues: Sendable, Equatable {
+    case f32([Float])
+    /// IEEE binary16 bit patterns.
+    case f16([UInt16])
+
+    public var count: Int {
+        switch self {
+        case let .f32(v): return v.count
+        case let .f16(v): return v.count
+        }
+    }
+
+    public var isHalf: Bool { if case .f16 = self { return true } else { return false } }
+
+    /// The values as binary32 (a conversion for F16).
+    public var floats: [Float] {
+        switch self {
+        case let .f32(v): return v
+        case let .f16(v): return halfToFloat(v)
+        }
+    }
+
+    /// Calls `body` with the binary32 values: in place for F32, a converted temporary for F16.
+    @inline(__always)
+    func withFloats<R>(_ body: (UnsafePointer<Float>) throws -> R) rethrows -> R {
+        switch self {
+        case let .f32(v): return try v.withBase(body)
+        case let .f16(v): return try halfToFloat(v).withBase(body)
+        }
+    }
+}
+
+/// F16 bit patterns → binary32 (exact; F16C when the CPU has it, else bit manipulation).
+public func halfToFloat(_ h: [UInt16]) -> [Float] {
+    let n = h.count
+    return [Float](unsafeUninitializedCapacity: n) { out, count in
+        count = n
+        guard n > 0, let o = out.baseAddress else { return }
+        let done = h.withUnsafeBufferPointer { p -> Int32 in
+            guard let b = p.baseAddress else { return 1 }
+            return lidb_f16_to_f32(b, o, n)
+        }
+        if done == 0 { for i in 0..<n { o[i] = halfBitsToFloat(h[i]) } }
+    }
+}
+
+/// One binary16 bit pattern as binary32 (exact, subnormals, infinities and NaN included).
+@inline(__always)
+func halfBitsToFloat(_ b: UInt16) -> Float {
+    let sign = UInt32(b & 0x8000) << 16
+    let exponent = Int((b >> 10) & 0x1F), mantissa = UInt32(b & 0x3FF)
+    if exponent == 0x1F { return Float(bitPattern: sign | 0x7F80_0000 | (mantissa << 13)) }
+    if exponent == 0 {
+        // Zero or subnormal: mantissa · 2^-24, exact in binary32.
+        let v = Float(mantissa) * 0x1p-24
+        return sign == 0 ? v : -v
+    }
+    return Float(bitPattern: sign | (UInt32(exponent - 15 + 127) << 23) | (mantissa << 13))
+}
