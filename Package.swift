@@ -45,15 +45,17 @@ let package = Package(
         ),
         // Kernels and typed layers, forward and backward (input gradients, delta-term gradients).
         .target(name: "Compute", dependencies: ["CBLAS", "CLidbSupport"]),
-        // Subject deltas: LiDB parameterisation, portable bases, subject files, merge/unmerge/live.
+        // Subject deltas: LiDB parameterisation, portable bases, subject files, subjects as Compute
+        // delta terms (for live application, merge/unmerge and training).
         .target(
             name: "SubjectDelta",
-            dependencies: ["TensorFile", "Checkpoint", "CBLAS", "CLidbSupport", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["TensorFile", "Checkpoint", "Compute", "CLidbSupport", .product(name: "Crypto", package: "swift-crypto")]
         ),
-        // The inference runtime: tokenizer, text encoder, UNet, VAE, schedulers, RNG.
+        // The inference runtime: tokenizer, schedulers, RNG, the pipeline (text encoder and UNet
+        // are Compute's networks, the VAE is built from Compute's layers), PNG out.
         .target(
             name: "Diffusion",
-            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "Compute", "CBLAS", "CPNG", "CLidbSupport"]
+            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "Compute", "CPNG"]
         ),
         // The HyperDreamBooth hypernetwork: ViT image encoder, weight decoder, subject from a photo.
         .target(
@@ -83,12 +85,12 @@ let package = Package(
         ),
         .testTarget(
             name: "SubjectTests",
-            dependencies: ["SubjectDelta", "Checkpoint", "TensorFile", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["SubjectDelta", "Compute", "Checkpoint", "TensorFile", .product(name: "Crypto", package: "swift-crypto")],
             exclude: ["Fixtures"]
         ),
         .testTarget(
             name: "DiffusionTests",
-            dependencies: ["Diffusion", "TensorFile", "Checkpoint", "CPNG"],
+            dependencies: ["Diffusion", "Compute", "SubjectDelta", "TensorFile", "Checkpoint", "CPNG"],
             exclude: ["Fixtures"]
         ),
         .testTarget(
@@ -130,7 +132,7 @@ if Context.environment["LIDB_FUZZ"] != nil {
     }
     package.targets.append(.executableTarget(
         name: "FuzzSemantic",
-        dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "Diffusion", "Hypernetwork", "Imaging"],
+        dependencies: ["TensorFile", "Checkpoint", "Compute", "SubjectDelta", "Diffusion", "Hypernetwork", "Imaging"],
         path: "Fuzz/Semantic",
         swiftSettings: [.enableExperimentalFeature("Extern"), .unsafeFlags(["-sanitize=fuzzer,address"])],
         linkerSettings: [.unsafeFlags(["-sanitize=fuzzer,address"])]

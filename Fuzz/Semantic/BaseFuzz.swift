@@ -1,4 +1,5 @@
 import Checkpoint
+import Compute
 import Diffusion
 import Foundation
 import TensorFile

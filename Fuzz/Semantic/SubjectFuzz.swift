@@ -1,4 +1,5 @@
 import Checkpoint
+import Compute
 import Foundation
 import SubjectDelta
 import TensorFile
@@ -325,25 +326,35 @@ enum SubjectFuzz {
         _ = try? LoRAInterop.project(imported, seed: c.u64(), a: a, b: b)
     }
 
-    /// A live delta that activates gives a finite ΔW·x for bounded x: activation refuses what it cannot apply.
+    /// Terms that build (what the runtime attaches to apply a subject live) give a finite ΔW·x
+    /// for bounded x: building refuses what cannot be applied.
     static func live(_ applied: AppliedSubject, _ fx: FuzzFixtures) {
-        let delta = LiveDelta(base: fx.base)
-        do { try delta.activate([applied]) } catch { trace("live: \(error)"); return }
-        trace("live: activated")
         let cache = BasisCache()
+        let terms: [(layer: TargetLayer, term: LowRankTerm)]
+        do {
+            try applied.validate()
+            try applied.subject.check(against: fx.base, subjectPath: applied.path)
+            terms = try applied.subject.deltaTerms(weight: applied.weight, cache: cache)
+        } catch { trace("live: \(error)"); return }
+        trace("live: \(terms.count) terms")
         for l in applied.subject.layers {
             let t = l.target, rows = 2
             let x = (0..<(rows * t.inDim)).map { Float(($0 % 7) - 3) / 4 }
-            var y = [Float](repeating: 0, count: rows * t.out)
-            x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { delta.apply(weight: t.weightName, x: xp.baseAddress!, rows: rows, into: $0.baseAddress!) } }
-            if !y.allSatisfy({ $0.isFinite }) {
-                // A finding when ΔW is not finite (activation should have refused the subject), or when
+            guard let xm = try? Matrix(rows: rows, cols: t.inDim, data: x), var y = try? Matrix(zeros: rows, cols: t.out) else { continue }
+            for term in terms where term.layer.name == t.name {
+                do { try term.term.forward(xm, into: &y) } catch {
+                    oracle("live-finite", false, "a delta term of \(t.name) refused an input of its own shape: \(error)")
+                    return
+                }
+            }
+            if !y.data.allSatisfy({ $0.isFinite }) {
+                // A finding when ΔW is not finite (building should have refused the subject), or when
                 // it is and every factor is moderate (≤ 1e15), so no intermediate of the factored
                 // product can overflow for |x| ≤ 1. Factors near the f32 limit are finite and
                 // accepted; their intermediates may overflow, which generation reports as a
                 // non-finite latent.
                 guard let f = try? applied.subject.lowRankFactors(l, weight: applied.weight, cache: cache), denseIsFinite(f, out: t.out, in: t.inDim) else {
-                    oracle("live-finite", false, "live activation accepted a subject whose ΔW is not finite on \(t.name) (weight \(applied.weight))")
+                    oracle("live-finite", false, "live terms were built for a subject whose ΔW is not finite on \(t.name) (weight \(applied.weight))")
                     return
                 }
                 var raw: [Float] = f.up + f.down

@@ -89,7 +89,7 @@ public struct MemoryEstimate: Sendable {
         var sum = ByteCount.zero, largest = ByteCount.zero
         for t in base.file.tensors where prefixes.contains(where: { t.name.hasPrefix($0) }) {
             let n = t.shape.reduce(ByteCount(1)) { $0 * ByteCount($1) }
-            let keptHalf = residency == .f16PerLayer && t.dtype == .F16 && t.name.hasPrefix("unet.") && n.value >= 4096
+            let keptHalf = residency == .f16PerLayer && n.value >= 4096 && WeightLoader.keptHalf(t, prefix: "unet.", minimumCount: 4096)
             sum = sum + n * (keptHalf ? 2 : 4)
             largest = Swift.max(largest, n * 4)
         }
@@ -97,9 +97,9 @@ public struct MemoryEstimate: Sendable {
     }
 
     /// Scratch of one convolution over `n` positions with `c` channels: an im2col band or the
-    /// three Winograd buffers, each at most `Ops.im2colBudget` floats.
+    /// three Winograd buffers, each at most `Conv2d`'s budget (4 Mi) floats.
     static func convScratch(_ c: Int, _ n: ByteCount) -> ByteCount {
-        let budget = ByteCount(Ops.im2colBudget)
+        let budget = ByteCount(Conv2d.budget)
         return ByteCount.floats(Swift.min(budget, 9 * ByteCount(c) * n) + 3 * Swift.min(budget, 4 * ByteCount(c) * n))
     }
 
@@ -123,7 +123,7 @@ public struct MemoryEstimate: Sendable {
             let next = b + 1 < c.channels.count ? c.channels[b + 1] : ch
             var level = ByteCount.floats((3 * ByteCount(next) + 5 * ByteCount(ch)) * n) + convScratch(next + ch, n)
             if c.downAttention[b] || c.upAttention[b] || b + 1 == c.channels.count {
-                let queries = Swift.min(n, ByteCount(UNet.attentionChunk))
+                let queries = Swift.min(n, ByteCount(ScaledDotProductAttention.chunk))
                 level = level + ByteCount.floats(9 * ByteCount(ch) * n + queries * n + Swift.min(n, ByteCount(1024)) * ByteCount(contextTokens) + ByteCount(4 << 20))
             }
             peak = Swift.max(peak, level)

@@ -30,13 +30,9 @@ extension CLIPTextArchitecture {
 
 /// Builds a network from weights already checked against its expectations, turning its errors
 /// into `TensorFileError`s about `file`.
-private func build<N>(file: String, component: String, weights: [String: [Float]], prefix: String,
-                      _ make: ((String) throws -> [Float]) throws -> N) throws(TensorFileError) -> N {
+private func build<N>(file: String, component: String, prefix: String, _ make: () throws -> N) throws(TensorFileError) -> N {
     do {
-        return try make { name in
-            guard let v = weights[name] else { throw TensorFileError(file: file, tensor: prefix + name, .tensorNotFound) }
-            return v
-        }
+        return try make()
     } catch let e as TensorFileError {
         throw e
     } catch let e as ComputeError {
@@ -47,8 +43,12 @@ private func build<N>(file: String, component: String, weights: [String: [Float]
 }
 
 extension UNetNetwork {
-    /// The base's UNet as a training network (weights converted to f32 once).
-    public init(base: BaseModel) throws(TensorFileError) {
+    /// The base's UNet. With `.f32` every weight is converted to binary32 once; with
+    /// `.f16PerLayer` an F16 base's `Linear` and `Conv2d` weights of at least `halfMinimum`
+    /// values stay F16 in memory and are converted each time their layer runs (the results are
+    /// the same: the conversion is exact). A missing or mis-sized weight, or a config outside
+    /// spec/base.md §2.1, is a `TensorFileError` naming the base file and the tensor or field.
+    public init(base: BaseModel, residency: WeightResidency = .f32, halfMinimum: Int = 4096) throws(TensorFileError) {
         let file = base.file.path
         let cfg = try UNetConfig(base: base)
         _ = Parallel.allocatorConfigured
@@ -66,9 +66,18 @@ extension UNetNetwork {
         do { expected = try arch.expectedWeights() } catch {
             throw TensorFileError(file: file, .invalidArgument("UNet: \(error.message)"))
         }
-        let w = try loader.all(prefix: "unet.")
-        try checkWeights(w, expected: expected.map { ($0.name, $0.count) }, prefix: "unet.", file: file)
-        self = try build(file: file, component: "UNet", weights: w, prefix: "unet.") { try UNetNetwork(architecture: arch, weights: $0) }
+        // Large F16 weights stay F16 (copied out of the mapped file, whose pages are released);
+        // norms, biases and anything not F16 are converted once.
+        let half = residency == .f16PerLayer ? try loader.halfWeights(prefix: "unet.", minimumCount: halfMinimum) : [:]
+        let w = try loader.all(prefix: "unet.", excluding: Set(half.keys))
+        try checkWeights({ w[$0]?.count ?? half[$0]?.count }, expected: expected.map { ($0.name, $0.count) }, prefix: "unet.", file: file)
+        self = try build(file: file, component: "UNet", prefix: "unet.") { () throws -> UNetNetwork in
+            try UNetNetwork(architecture: arch, values: { name in
+                if let h = half[name] { return .f16(h) }
+                guard let v = w[name] else { throw TensorFileError(file: file, tensor: "unet." + name, .tensorNotFound) }
+                return .f32(v)
+            })
+        }
     }
 }
 
@@ -88,8 +97,11 @@ extension CLIPTextNetwork {
         _ = Parallel.allocatorConfigured
         let w = try WeightLoader(base: base).all(prefix: "text_encoder.")
         try checkWeights(w, expected: expected.map { ($0.name, $0.count) }, prefix: "text_encoder.", file: file)
-        self = try build(file: file, component: "text encoder", weights: w, prefix: "text_encoder.") {
-            try CLIPTextNetwork(architecture: arch, weights: $0)
+        self = try build(file: file, component: "text encoder", prefix: "text_encoder.") { () throws -> CLIPTextNetwork in
+            try CLIPTextNetwork(architecture: arch, weights: { name in
+                guard let v = w[name] else { throw TensorFileError(file: file, tensor: "text_encoder." + name, .tensorNotFound) }
+                return v
+            })
         }
     }
 }

@@ -1,4 +1,5 @@
 import CPNG
+import Compute
 import TensorFile
 
 /// PNG output through libpng's simplified API (no setjmp), with `tEXt` chunks added after the

@@ -96,12 +96,14 @@ public struct Timings: Sendable {
 }
 
 /// Text-to-image with a base and optional subjects: diffusers' StableDiffusionPipeline on the CPU.
+/// The text encoder and the UNet are `Compute`'s networks; subjects become `Compute` delta terms
+/// (`Subject.deltaTerms`), merged into the networks' weights or attached to their layers.
 public final class StableDiffusion {
     public let base: BaseModel
     public let tokenizer: CLIPTokenizer
     public let textEncoder: CLIPTextEncoder
-    public let unet: UNet
-    public let vae: VAEDecoder
+    public var unet: UNetNetwork
+    public var vae: VAEDecoder
     /// The base's configs, validated before any weight was loaded.
     public let configs: PipelineConfigs
     public let residency: WeightResidency
@@ -109,7 +111,8 @@ public final class StableDiffusion {
     /// by default: `LIDB_MEMORY_LIMIT`, else the machine's memory).
     public var memoryLimit: ByteCount
     public private(set) var timings = Timings()
-    var live: LiveDelta?
+    /// Bases generated from subjects' seeds, kept for switching subjects.
+    public let basisCache = BasisCache()
 
     public init(base: BaseModel, residency: WeightResidency = .f32) throws(TensorFileError) {
         let t0 = Date()
@@ -119,37 +122,59 @@ public final class StableDiffusion {
         memoryLimit = try MemoryLimit.resolve()
         tokenizer = try CLIPTokenizer(base: base)
         textEncoder = try CLIPTextEncoder(base: base)
-        unet = try UNet(base: base, residency: residency)
+        unet = try UNetNetwork(base: base, residency: residency)
         vae = try VAEDecoder(base: base)
         timings.load = Date().timeIntervalSince(t0)
     }
 
-    /// Applies subjects: `merge` adds ΔW to the in-memory weights; `live` adds ΔW·x during the
-    /// forward passes (the weights stay untouched, so subjects can be switched for free).
+    /// Applies subjects, each at its weight, as the same delta terms either way (spec/runtime.md):
+    /// `merge` adds their ΔW to the in-memory weights — all subjects' ΔW of a weight summed and
+    /// added with one rounding, as `lidb merge` does — and accumulates over calls; `live` attaches
+    /// the terms to the layers (the weights stay untouched), replacing the subjects attached
+    /// before (switching is detaching and attaching terms).
     public func apply(_ subjects: [AppliedSubject], mode: ApplyMode) throws(TensorFileError) {
-        guard !subjects.isEmpty else { return }
-        switch mode {
-        case .merge:
-            let cache = BasisCache()
-            for s in subjects {
-                try s.subject.check(against: base, subjectPath: s.path)
-                for l in s.subject.layers {
-                    let f = try s.subject.lowRankFactors(l, weight: s.weight, cache: cache)
-                    guard f.up.allSatisfy({ $0.isFinite }), f.down.allSatisfy({ $0.isFinite }) else {
-                        throw TensorFileError(file: s.path, tensor: l.target.name, .invalidArgument("the weighted ΔW factors are not finite (NaN or infinity)"))
-                    }
-                    let done = unet.addLowRank(weight: l.target.weightName, up: f.up, down: f.down, rank: f.rank)
-                        || textEncoder.addLowRank(weight: l.target.weightName, up: f.up, down: f.down, rank: f.rank)
-                    guard done else { throw TensorFileError(file: s.path, tensor: l.target.name, .invalidArgument("the runtime has no such weight")) }
-                }
+        var perLayer: [String: [any DeltaTerm]] = [:]
+        var order: [(layer: TargetLayer, path: String)] = []
+        for s in subjects {
+            try s.validate()
+            try s.subject.check(against: base, subjectPath: s.path)
+            var subject = s.subject
+            if subject.source.isEmpty { subject.source = s.path }
+            for (layer, term) in try subject.deltaTerms(weight: s.weight, cache: basisCache) {
+                if perLayer[layer.name] == nil { order.append((layer, s.path)) }
+                perLayer[layer.name, default: []].append(term)
             }
-        case .live:
-            let d = LiveDelta(base: base)
-            try d.activate(subjects)
-            live = d
-            let hook: (String, UnsafePointer<Float>, Int, UnsafeMutablePointer<Float>) -> Void = { name, x, rows, y in d.apply(weight: name, x: x, rows: rows, into: y) }
-            unet.live = hook
-            textEncoder.live = hook
+        }
+        if mode == .live {
+            unet.detachAllTerms()
+            textEncoder.detachAllTerms()
+        }
+        for (layer, path) in order {
+            let terms = perLayer[layer.name] ?? []
+            func fail(_ m: String) -> TensorFileError { TensorFileError(file: path, tensor: layer.name, .invalidArgument(m)) }
+            if layer.name.hasPrefix("unet.") {
+                let name = String(layer.name.dropFirst("unet.".count))
+                do {
+                    switch mode {
+                    case .merge:
+                        let bad = try unet.addWeightDeltas(terms, to: name)
+                        guard bad == 0 else { throw fail("W + w·ΔW is not finite in \(bad) weight(s); lower the weight") }
+                    case .live:
+                        for t in terms { try unet.attach(t, to: name) }
+                    }
+                } catch let e as TensorFileError { throw e } catch { throw fail("the runtime's UNet cannot take this layer: \(error)") }
+            } else if layer.name.hasPrefix("text_encoder.") {
+                let name = String(layer.name.dropFirst("text_encoder.".count))
+                switch mode {
+                case .merge:
+                    let bad = try textEncoder.addWeightDeltas(terms, to: name)
+                    guard bad == 0 else { throw fail("W + w·ΔW is not finite in \(bad) weight(s); lower the weight") }
+                case .live:
+                    for t in terms { try textEncoder.attach(t, to: name) }
+                }
+            } else {
+                throw fail("the runtime has no such weight")
+            }
         }
     }
 
@@ -162,7 +187,7 @@ public final class StableDiffusion {
         var images: [FeatureMap] = []
         for item in 0..<options.batch {
             let z = latents[(item * per)..<((item + 1) * per)].map { $0 / vae.scalingFactor }
-            let image = vae(FeatureMap(c: 4, h: lh, w: lw, data: z))
+            let image = try vae(try FeatureMap(c: 4, h: lh, w: lw, data: z))
             guard image.data.allSatisfy({ $0.isFinite }) else {
                 throw TensorFileError(file: base.file.path, .invalidArgument(
                     "the VAE decoder produced non-finite pixels (NaN or infinity) for image \(item + 1) of \(options.batch); nothing was written"))
@@ -197,9 +222,11 @@ public final class StableDiffusion {
         try check(options)
         var t0 = Date()
         // Prompt embeddings: unconditional first, as diffusers concatenates them.
-        let cond = try textEncoder.encode(tokenizer.encodePadded(options.prompt, length: 77))
+        let tokens = PipelineConfigs.promptTokens
+        let cond = try Matrix(rows: tokens, cols: textEncoder.hidden, data: try textEncoder.encode(tokenizer.encodePadded(options.prompt, length: tokens)))
         let doCFG = options.cfg > 1
-        let uncond = doCFG ? try textEncoder.encode(tokenizer.encodePadded(options.negativePrompt, length: 77)) : []
+        let uncond = doCFG ? try Matrix(rows: tokens, cols: textEncoder.hidden,
+                                        data: try textEncoder.encode(tokenizer.encodePadded(options.negativePrompt, length: tokens))) : cond
         textEncoder.releaseWeights()
         timings.textEncoding = Date().timeIntervalSince(t0)
 
@@ -223,7 +250,8 @@ public final class StableDiffusion {
             // The batch's items (and the two CFG halves) are independent: two at a time.
             let jobs = options.batch * (doCFG ? 2 : 1)
             final class Results: @unchecked Sendable {
-                var items: [FeatureMap?]
+                var items: [[Float]?]
+                var error: (any Error)?
                 let lock = DispatchSemaphore(value: 1)
                 init(_ n: Int) { items = Array(repeating: nil, count: n) }
             }
@@ -232,18 +260,28 @@ public final class StableDiffusion {
             Parallel.forEach(jobs) { j in
                 let item = doCFG ? j / 2 : j
                 let useCond = !doCFG || j % 2 == 1
-                let x = FeatureMap(c: 4, h: lh, w: lw, data: Array(input[(item * per)..<((item + 1) * per)]))
-                let y = unet(x, timestep: Float(t), context: useCond ? cond : uncond, contextTokens: 77)
+                let r: Result<[Float], any Error>
+                do {
+                    let x = try FeatureMap(c: 4, h: lh, w: lw, data: Array(input[(item * per)..<((item + 1) * per)]))
+                    r = .success(try unet.forward(x, timestep: Float(t), context: useCond ? cond : uncond).data)
+                } catch { r = .failure(error) }
                 results.lock.wait()
-                results.items[j] = y
+                switch r {
+                case let .success(y): results.items[j] = y
+                case let .failure(e): results.error = results.error ?? e
+                }
                 results.lock.signal()
+            }
+            if let e = results.error {
+                throw TensorFileError(file: base.file.path, .invalidArgument("sampler step \(i + 1) of \(steps.count): the UNet refused its inputs: \(e)"))
             }
             for item in 0..<options.batch {
                 if doCFG {
-                    let u = results.items[2 * item]!.data, c = results.items[2 * item + 1]!.data
+                    guard let u = results.items[2 * item], let c = results.items[2 * item + 1] else { continue }
                     for k in 0..<per { noise[item * per + k] = u[k] + options.cfg * (c[k] - u[k]) }
                 } else {
-                    noise.replaceSubrange((item * per)..<((item + 1) * per), with: results.items[item]!.data)
+                    guard let y = results.items[item] else { continue }
+                    noise.replaceSubrange((item * per)..<((item + 1) * per), with: y)
                 }
             }
             latents = scheduler.step(modelOutput: noise, timestep: t, sample: latents, noise: &generator)

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Checkpoint
 import SubjectDelta
-import enum Compute.Parallel
+import Compute
 import Diffusion
 import Dispatch
 import TensorFile
@@ -91,7 +91,8 @@ struct BenchSubject: ParsableCommand {
         discussion: """
         Loads the subject's target weights of BASE as f32, then, --repeat times: merge in place \
         (factors from the cached bases, ΔW added with sgemm), unmerge by restore (copy back) and by \
-        subtraction, and a live switch (activating the subject in a LiveDelta). The first basis \
+        subtraction, and a live switch (building the subject's delta terms, what the runtime attaches \
+        to its layers). The first basis \
         generation (cold) is reported separately. Medians in milliseconds.
         """
     )
@@ -110,7 +111,6 @@ struct BenchSubject: ParsableCommand {
             for l in s.layers { _ = try s.lowRankFactors(l, cache: cache) }
             let basesCold = now() - t0
             let weights = try MergedWeights(base: b, names: s.layers.map(\.target.weightName))
-            let live = LiveDelta(base: b, cache: cache)
             var merge: [Double] = [], restore: [Double] = [], subtract: [Double] = [], switching: [Double] = []
             for _ in 0..<max(repeatCount, 1) {
                 t0 = now(); try weights.apply(applied, cache: cache); merge.append(now() - t0)
@@ -118,8 +118,7 @@ struct BenchSubject: ParsableCommand {
                 try weights.apply(applied, cache: cache)
                 t0 = now(); try weights.apply(applied, sign: -1, cache: cache); subtract.append(now() - t0)
                 weights.restore()
-                t0 = now(); try live.activate(applied); switching.append(now() - t0)
-                try live.activate([])
+                t0 = now(); _ = try s.deltaTerms(weight: 1, cache: cache); switching.append(now() - t0)
             }
             func med(_ v: [Double]) -> JSONValue { .double(v.sorted()[v.count / 2] * 1000) }
             let params = s.layers.reduce(0) { $0 + $1.target.out * $1.target.inDim }
@@ -177,24 +176,39 @@ struct BenchUNet: ParsableCommand {
             let configs = try PipelineConfigs(base: base)
             let estimate = MemoryEstimate.unetEvaluations(base: base, configs: configs, latent: latent, batch: batch, residency: weights)
             try estimate.check(limit: limit, what: "\(batch) UNet evaluations at \(latent)×\(latent)", file: model)
-            let unet = try UNet(base: base, residency: weights)
+            let unet = try UNetNetwork(base: base, residency: weights)
             let load = now() - t0
             var g = TorchGenerator(seed: seed)
-            let inCh = unet.inChannels, per = inCh * latent * latent, ctxPer = 77 * unet.contextDim
+            let inCh = unet.architecture.inChannels, ctxDim = unet.architecture.contextDim
+            let per = inCh * latent * latent, ctxPer = 77 * ctxDim
             let sample = g.randn(count: batch * per), context = g.randn(count: batch * ctxPer)
             var times: [Double] = []
             var output = [Float](repeating: 0, count: batch * per)
             for _ in 0..<max(repeatCount, 1) {
                 t0 = now()
-                final class Box: @unchecked Sendable { var out: [[Float]]; init(_ n: Int) { out = Array(repeating: [], count: n) } }
+                final class Box: @unchecked Sendable {
+                    var out: [[Float]]
+                    var error: (any Error)?
+                    init(_ n: Int) { out = Array(repeating: [], count: n) }
+                }
                 let box = Box(batch)
                 let lock = DispatchSemaphore(value: 1)
                 let (b, l, ts) = (batch, latent, timestep)
                 Parallel.forEach(b) { i in
-                    let x = FeatureMap(c: inCh, h: l, w: l, data: Array(sample[(i * per)..<((i + 1) * per)]))
-                    let y = unet(x, timestep: ts, context: Array(context[(i * ctxPer)..<((i + 1) * ctxPer)]), contextTokens: 77)
-                    lock.wait(); box.out[i] = y.data; lock.signal()
+                    let r: Result<[Float], any Error>
+                    do {
+                        let x = try FeatureMap(c: inCh, h: l, w: l, data: Array(sample[(i * per)..<((i + 1) * per)]))
+                        let c = try Matrix(rows: 77, cols: ctxDim, data: Array(context[(i * ctxPer)..<((i + 1) * ctxPer)]))
+                        r = .success(try unet.forward(x, timestep: ts, context: c).data)
+                    } catch { r = .failure(error) }
+                    lock.wait()
+                    switch r {
+                    case let .success(y): box.out[i] = y
+                    case let .failure(e): box.error = box.error ?? e
+                    }
+                    lock.signal()
                 }
+                if let e = box.error { throw TensorFileError(file: model, .invalidArgument("UNet: \(e)")) }
                 times.append(now() - t0)
                 output = box.out.flatMap { $0 }
             }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Checkpoint
+import Compute
 import Diffusion
 import Foundation
 import SubjectDelta

@@ -1,5 +1,5 @@
-import CBLAS
 import Checkpoint
+import Compute
 import Crypto
 import Dispatch
 import TensorFile
@@ -26,88 +26,8 @@ public final class BasisCache: @unchecked Sendable {
     }
 }
 
-/// `C[m×n] (+)= A[m×k] · B[k×n]`, row-major, f32.
-func gemm(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, m: Int, n: Int, k: Int, into c: UnsafeMutablePointer<Float>, accumulate: Bool, alpha: Float = 1) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), alpha, a, Int32(k), b, Int32(n), accumulate ? 1 : 0, c, Int32(n))
-}
-
-func gemm(_ a: [Float], _ b: [Float], m: Int, n: Int, k: Int, into c: UnsafeMutablePointer<Float>, accumulate: Bool, alpha: Float = 1) {
-    a.withUnsafeBufferPointer { ap in
-        b.withUnsafeBufferPointer { bp in gemm(ap.baseAddress!, bp.baseAddress!, m: m, n: n, k: k, into: c, accumulate: accumulate, alpha: alpha) }
-    }
-}
-
 /// One low-rank delta `U · D`: `up` is `[out, rank]`, `down` is `[rank, in]`, scales folded into `up`.
 public typealias LowRankDelta = (up: [Float], down: [Float], rank: Int)
-
-/// How the binary32 result of a merge is rounded.
-public enum MergeRounding: Sendable {
-    /// Round to nearest (ties to even): the result is stored as binary32.
-    case nearest
-    /// Round to odd: the binary32 result is rounded again, to nearest, into F16 or BF16, which
-    /// then equals rounding the exact sum once into that type (binary32 has ≥ 2 more bits).
-    case odd
-}
-
-/// `x` rounded to binary32 with round-to-odd: exact values stay, others become the neighbour
-/// whose last significand bit is 1.
-@inline(__always) func roundToOdd(_ x: Double) -> Float {
-    let f = Float(x)
-    if !f.isFinite || Double(f) == x { return f }
-    var t = f
-    if abs(Double(f)) > abs(x) { t = x > 0 ? f.nextDown : f.nextUp }   // toward zero
-    return Float(bitPattern: t.bitPattern | 1)
-}
-
-/// Rows per block of a merge, so the temporaries stay near 2^18 elements whatever the layer.
-func mergeBlockRows(out: Int, in inDim: Int) -> Int { max(1, min(out, (1 << 18) / max(inDim, 1))) }
-
-/// `W ← round(W + sign · Σ U·D)` over `terms`, for `W[out × in]` (binary32, row-major), one block
-/// of rows at a time: each term's `U·D` is a binary32 matrix product (BLAS, any summation order),
-/// the terms are summed in binary64 and added to `W` in binary64 (exact for two binary32 values
-/// unless their exponents differ by more than 29, where the result rounds the same), then rounded
-/// once. Returns the number of results that are not finite.
-@discardableResult
-public func addLowRankTerms(_ terms: [LowRankDelta], out: Int, in inDim: Int, into w: UnsafeMutablePointer<Float>, sign: Float,
-                            rounding: MergeRounding = .nearest) -> Int {
-    guard !terms.isEmpty, out > 0, inDim > 0 else { return 0 }
-    let blockRows = mergeBlockRows(out: out, in: inDim)
-    let tmp = UnsafeMutablePointer<Float>.allocate(capacity: blockRows * inDim)
-    defer { tmp.deallocate() }
-    let acc = UnsafeMutablePointer<Double>.allocate(capacity: terms.count > 1 ? blockRows * inDim : 1)
-    defer { acc.deallocate() }
-    let s = Double(sign)
-    var nonFinite = 0
-    var o0 = 0
-    while o0 < out {
-        let rows = min(blockRows, out - o0), n = rows * inDim
-        for (k, t) in terms.enumerated() {
-            t.up.withUnsafeBufferPointer { u in
-                t.down.withUnsafeBufferPointer { d in
-                    gemm(u.baseAddress! + o0 * t.rank, d.baseAddress!, m: rows, n: inDim, k: t.rank, into: tmp, accumulate: false)
-                }
-            }
-            if terms.count > 1 {
-                if k == 0 { for i in 0..<n { acc[i] = Double(tmp[i]) } } else { for i in 0..<n { acc[i] += Double(tmp[i]) } }
-            }
-        }
-        let row = w + o0 * inDim
-        switch (rounding, terms.count > 1) {
-        case (.nearest, false): for i in 0..<n { row[i] = Float(Double(row[i]) + s * Double(tmp[i])) }
-        case (.nearest, true): for i in 0..<n { row[i] = Float(Double(row[i]) + s * acc[i]) }
-        case (.odd, false): for i in 0..<n { row[i] = roundToOdd(Double(row[i]) + s * Double(tmp[i])) }
-        case (.odd, true): for i in 0..<n { row[i] = roundToOdd(Double(row[i]) + s * acc[i]) }
-        }
-        for i in 0..<n where !row[i].isFinite { nonFinite += 1 }
-        o0 += rows
-    }
-    return nonFinite
-}
-
-/// `W[out×in] += sign · U[out×R] · D[R×in]`, rounded once per weight (see `addLowRankTerms`).
-public func addLowRankUpdate(_ up: [Float], _ down: [Float], out: Int, in inDim: Int, rank: Int, into w: UnsafeMutablePointer<Float>, sign: Float) {
-    addLowRankTerms([(up, down, rank)], out: out, in: inDim, into: w, sign: sign)
-}
 
 extension Subject {
     /// A bound on |w · ΔW| for a layer from the magnitudes of its factors, before any product is
@@ -144,43 +64,16 @@ extension Subject {
     }
 
     /// A layer's delta as `U · D` (`U`: `[out, R]`, `D`: `[R, in]`, R = sum of the terms' ranks),
-    /// with each term's `alpha/rank` (times `weight`) folded into `U`.
+    /// with each term's `alpha/rank` (times `weight`) folded into `U`: the terms of `layerTerms`
+    /// and their `lowRankFactors()`, concatenated (what a LoRA export writes).
     public func lowRankFactors(_ layer: SubjectLayer, weight: Float = 1, cache: BasisCache) throws(TensorFileError) -> LowRankDelta {
-        _ = try SubjectWeight.validated(Double(weight), file: label)
-        let out = layer.target.out, inDim = layer.target.inDim
-        let bound = deltaBound(layer, weight: weight)
-        guard bound.isFinite, bound <= Double(Float.greatestFiniteMagnitude) else {
-            throw TensorFileError(file: label, tensor: layer.target.name, .invalidArgument(
-                "ΔW at weight \(weight) could reach \(bound), beyond the range of 32-bit floats (factors, alpha or q8 scales too large)"))
-        }
-        try Self.checkShape(out: out, in: inDim, layer: layer.target.name, file: label)
+        let terms = try layerTerms(layer, weight: weight, cache: cache).terms
+        let out = layer.target.out
         var ups: [[Float]] = [], downs: [[Float]] = [], ranks: [Int] = []
-        if let t = layer.lidb {
-            try Self.checkLiDB(rank: t.rank, a: t.a, b: t.b, alpha: Double(t.alpha), out: out, in: inDim, layer: layer.target.name, file: label)
-            let (downAux, upAux): ([Float], [Float])
-            switch basis {
-            case let .seed(s): (downAux, upAux) = try cache.bases(seed: s, layer: layer.target, a: t.a, b: t.b, file: label)
-            case let .stored(m):
-                guard let sb = m[layer.target.name] else { throw TensorFileError(file: label, tensor: layer.target.name, .invalidArgument("no stored basis for this layer")) }
-                (downAux, upAux) = (sb.down, sb.up)
-            }
-            guard downAux.count == t.a * inDim, upAux.count == out * t.b, t.downTrain.count == t.rank * t.a, t.upTrain.count == t.b * t.rank else {
-                throw TensorFileError(file: label, tensor: layer.target.name, .invalidArgument("factor or basis sizes do not match the layer"))
-            }
-            var d = [Float](repeating: 0, count: t.rank * inDim)
-            d.withUnsafeMutableBufferPointer { gemm(t.downTrain, downAux, m: t.rank, n: inDim, k: t.a, into: $0.baseAddress!, accumulate: false) }
-            var u = [Float](repeating: 0, count: out * t.rank)
-            u.withUnsafeMutableBufferPointer { gemm(upAux, t.upTrain, m: out, n: t.rank, k: t.b, into: $0.baseAddress!, accumulate: false, alpha: t.scale * weight) }
-            ups.append(u); downs.append(d); ranks.append(t.rank)
+        for t in terms {
+            guard let f = t.lowRankFactors() else { continue }
+            ups.append(f.up); downs.append(f.down); ranks.append(f.rank)
         }
-        if let t = layer.lora {
-            try Self.checkLoRA(rank: t.rank, alpha: Double(t.alpha), out: out, in: inDim, layer: layer.target.name, file: label)
-            guard t.down.count == t.rank * inDim, t.up.count == out * t.rank else {
-                throw TensorFileError(file: label, tensor: layer.target.name, .invalidArgument("lora factor sizes do not match the layer"))
-            }
-            ups.append(t.up.map { $0 * t.scale * weight }); downs.append(t.down); ranks.append(t.rank)
-        }
-        guard !ranks.isEmpty else { throw TensorFileError(file: label, tensor: layer.target.name, .invalidArgument("layer has no term")) }
         for v in ups + downs where !v.allSatisfy(\.isFinite) {
             throw TensorFileError(file: label, tensor: layer.target.name, .invalidArgument("ΔW at weight \(weight) is not finite in 32-bit floats"))
         }
@@ -292,10 +185,10 @@ public enum Merger {
         var subject: AppliedSubject
         var layer: SubjectLayer
         var cache: BasisCache
-        func factors() throws(TensorFileError) -> LowRankDelta {
+        func terms() throws(TensorFileError) -> [any DeltaTerm] {
             var s = subject.subject
             if s.source.isEmpty { s.source = subject.path }
-            return try s.lowRankFactors(layer, weight: subject.weight, cache: cache)
+            return try s.layerTerms(layer, weight: subject.weight, cache: cache).terms
         }
     }
 
@@ -306,6 +199,13 @@ public enum Merger {
             let cache = BasisCache()
             for l in s.subject.layers { out[l.target.weightName, default: []].append(Contribution(subject: s, layer: l, cache: cache)) }
         }
+        return out
+    }
+
+    /// Every contribution's terms, subjects in order.
+    static func terms(_ c: [Contribution]) throws(TensorFileError) -> [any DeltaTerm] {
+        var out: [any DeltaTerm] = []
+        for x in c { out += try x.terms() }
         return out
     }
 
@@ -337,8 +237,7 @@ public enum Merger {
         md = md.removing("fingerprints")
         try rewrite(base, metadata: md, to: path) { (name, info, bytes) throws(TensorFileError) -> OwnedBytes? in
             guard let c = deltas[name] else { return nil }
-            return try apply([try c.map { (x) throws(TensorFileError) in try x.factors() }], to: bytes, info: info, sign: 1, bound: nil,
-                             file: base.file.path, subjects: names(c))
+            return try apply([try terms(c)], to: bytes, info: info, sign: 1, bound: nil, file: base.file.path, subjects: names(c))
         }
         return summary
     }
@@ -433,17 +332,16 @@ public enum Merger {
             guard let c = deltas[name] else { return nil }
             if let original {
                 let restored = try original.file.tensorBytes(name)
-                var steps: [[LowRankDelta]] = []
+                var steps: [[any DeltaTerm]] = []
                 for g in groupDeltas {
                     guard let cs = g[name] else { continue }
-                    steps.append(try cs.map { (x) throws(TensorFileError) in try x.factors() })
+                    steps.append(try terms(cs))
                 }
                 if steps.isEmpty { return OwnedBytes(copying: restored.bytes) }
                 return try apply(steps, to: restored, info: info, sign: 1, bound: nil, file: original.file.path,
                                  subjects: groupDeltas.compactMap { $0[name].map(names) }.joined(separator: ", "))
             }
-            return try apply([try c.map { (x) throws(TensorFileError) in try x.factors() }], to: bytes, info: info, sign: -1, bound: boundBox,
-                             file: merged.file.path, subjects: names(c))
+            return try apply([try terms(c)], to: bytes, info: info, sign: -1, bound: boundBox, file: merged.file.path, subjects: names(c))
         }
         if original == nil { summary.deviationBound = boundBox.value }
         return summary
@@ -451,10 +349,10 @@ public enum Merger {
 
     final class BoundBox: @unchecked Sendable { var value: Double = 0 }
 
-    /// For each step, in order: `W ← round(W + sign · Σ U·D)` over the step's terms, with one
-    /// rounding to W's element type (see `addLowRankTerms`). With `bound`, accumulates the largest
+    /// For each step, in order: `W ← round(W + sign · Σ ΔW)` over the step's terms, with one
+    /// rounding to W's element type (see `addWeightDeltas`). With `bound`, accumulates the largest
     /// possible deviation of a subtract-unmerge from the weights without the subtracted subjects.
-    static func apply(_ steps: [[LowRankDelta]], to bytes: TensorBytes, info: TensorInfo, sign: Float,
+    static func apply(_ steps: [[any DeltaTerm]], to bytes: TensorBytes, info: TensorInfo, sign: Float,
                       bound: BoundBox?, file: String, subjects: String) throws(TensorFileError) -> OwnedBytes {
         guard info.shape.count == 2, DTypeConversion.canConvert(from: info.dtype, to: .F32), DTypeConversion.canConvert(from: .F32, to: info.dtype),
               info.dtype == .F32 || info.dtype == .F16 || info.dtype == .BF16 else {
@@ -475,7 +373,7 @@ public enum Merger {
         var report = ConversionReport()
         w.withUnsafeMutableBufferPointer { wp in
             for (k, terms) in steps.enumerated() where nonFinite == 0 && report.isClean {
-                nonFinite += addLowRankTerms(terms, out: out, in: inDim, into: wp.baseAddress!, sign: sign, rounding: rounding)
+                nonFinite += addWeightDeltas(terms, out: out, in: inDim, into: wp.baseAddress!, sign: sign, rounding: rounding)
                 if info.dtype != .F32 && k < steps.count - 1 {
                     // Round this step's result into the stored type before the next step adds to it.
                     let tmp = OwnedBytes(count: n * info.dtype.byteSize)

@@ -187,7 +187,7 @@ public final class Finetuner {
         // The posteriors, once (§4).
         let encoder = try VAEEncoder(base: base)
         func posterior(_ pixels: [Float]) throws(TensorFileError) -> (mean: [Float], std: [Float]) {
-            let r = try encoder.encode(Diffusion.FeatureMap(c: 3, h: resolution, w: resolution, data: pixels))
+            let r = try encoder.encode(pixels: pixels, height: resolution, width: resolution)
             return (r.mean.data, r.logvar.data.map { Foundation.exp(0.5 * $0) })
         }
         var post: [(image: (mean: [Float], std: [Float]), mirror: (mean: [Float], std: [Float])?)] = []
@@ -211,8 +211,11 @@ public final class Finetuner {
         var lidbAlphas: [Float] = [], loraAlphas: [Float] = []
         var trainedList: [TrainedTensor] = []
         var textTrains = false
+        let cache = BasisCache()
         for (i, t) in table.enumerated() {
             let existing = initSubject?.layers[i]
+            // The init's terms as the runtime applies them (frozen unless trained below).
+            let initial = try existing.flatMap { l in try initSubject?.layerTerms(l, weight: 1, cache: cache) }
             var lidb: LowRankTerm?
             var lidbAlpha = Float(o.lidb.alpha), loraAlpha = Float(o.effectiveRelaxAlpha)
             if let d = drawn[i].lidbDownTrain {
@@ -220,20 +223,19 @@ public final class Finetuner {
                 let (downAux, upAux) = try Self.basis(basis, layer: t, a: a, b: b)
                 lidb = try LowRankTerm.lidb(downAux: downAux, downTrain: d, upTrain: [Float](repeating: 0, count: b * o.lidb.rank),
                                             upAux: upAux, out: t.out, in: t.inDim, rank: o.lidb.rank, alpha: Float(o.lidb.alpha), trainable: true)
-            } else if let e = existing?.lidb {
-                let (downAux, upAux) = try Self.basis(basis, layer: t, a: e.a, b: e.b)
+            } else if let e = existing?.lidb, let term = initial?.lidb {
                 lidbAlpha = e.alpha
-                lidb = try LowRankTerm.lidb(downAux: downAux, downTrain: e.downTrain, upTrain: e.upTrain, upAux: upAux, out: t.out, in: t.inDim,
-                                            rank: e.rank, alpha: e.alpha, trainable: mode == .lidb || mode == .both)
+                term.trainable = mode == .lidb || mode == .both
+                lidb = term
             }
             var lora: LowRankTerm?
             if let d = drawn[i].loraDown {
                 lora = try LowRankTerm.lora(down: d, up: [Float](repeating: 0, count: t.out * o.relaxRank), out: t.out, in: t.inDim,
                                             rank: o.relaxRank, alpha: Float(o.effectiveRelaxAlpha), trainable: true)
-            } else if let e = existing?.lora {
+            } else if let e = existing?.lora, let term = initial?.lora {
                 loraAlpha = e.alpha
-                lora = try LowRankTerm.lora(down: e.down, up: e.up, out: t.out, in: t.inDim, rank: e.rank, alpha: e.alpha,
-                                            trainable: mode == .lora || mode == .both)
+                term.trainable = mode == .lora || mode == .both
+                lora = term
             }
             for term in [lidb, lora].compactMap({ $0 }) { try Self.attach(term, layer: t.name, unet: &unet, text: &text) }
             if let l = lidb, l.trainable {

@@ -1,37 +1,93 @@
 import Foundation
 import Testing
 @testable import Checkpoint
+import Compute
 @testable import Diffusion
 @testable import SubjectDelta
 @testable import TensorFile
 
-/// A subject applied live (ΔW·x added in the forward pass) gives the UNet output of the merged base.
+/// Subjects as `Compute` delta terms: attached to the UNet's layers (live) they give the UNet
+/// output of the merged base; detaching them gives the base's output back exactly.
 @Suite(.serialized) struct LiveUNetTests {
+    static func subject(_ base: BaseModel, _ targets: TargetSet = .unetAttn, seed: UInt64 = 2) -> Subject {
+        let layers = targets.layers(in: base.file.tensors)
+        return Subject.initialise(layers: layers, rank: 1, a: 3, b: 3, basisSeed: 8, std: 3.0, factorSeed: seed, targetSet: targets.rawValue, architecture: "sd1")
+    }
+
+    static func inputs(seed: UInt64) throws -> (FeatureMap, Matrix) {
+        var g = TorchGenerator(seed: seed)
+        let sample = try FeatureMap(c: 4, h: 8, w: 8, data: g.randn(count: 256))
+        return (sample, try Matrix(rows: 77, cols: 32, data: g.randn(count: 77 * 32)))
+    }
+
     @Test func liveEqualsMerged() throws {
         let (base, dir) = try TextEncoderTests.base("sd1")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let layers = TargetSet.unetAttn.layers(in: base.file.tensors)
-        let subject = Subject.initialise(layers: layers, rank: 1, a: 3, b: 3, basisSeed: 8, std: 3.0, factorSeed: 2, targetSet: "unet-attn", architecture: "sd1")
+        let subject = Self.subject(base)
         let applied = [AppliedSubject(subject: subject, weight: 0.8, path: "s")]
         _ = try Merger.merge(base: base, subjects: applied, to: dir + "/merged.lidb")
-        let merged = try UNet(base: BaseModel(path: dir + "/merged.lidb"))
-        let plain = try UNet(base: base)
-        let live = LiveDelta(base: base)
-        try live.activate(applied)
-        plain.live = { name, x, rows, y in live.apply(weight: name, x: x, rows: rows, into: y) }
-        var g = TorchGenerator(seed: 3)
-        let sample = FeatureMap(c: 4, h: 8, w: 8, data: g.randn(count: 256))
-        let ctx = g.randn(count: 77 * 32)
-        let a = merged(sample, timestep: 500, context: ctx, contextTokens: 77)
-        let b = plain(sample, timestep: 500, context: ctx, contextTokens: 77)
-        plain.live = nil
-        let c = plain(sample, timestep: 500, context: ctx, contextTokens: 77)
+        let merged = try UNetNetwork(base: BaseModel(path: dir + "/merged.lidb"))
+        let plain = try UNetNetwork(base: base)
+        var live = plain
+        for (layer, term) in try subject.deltaTerms(weight: 0.8, cache: BasisCache()) {
+            try live.attach(term, to: String(layer.name.dropFirst("unet.".count)))
+        }
+        let (sample, ctx) = try Self.inputs(seed: 3)
+        let a = try merged.forward(sample, timestep: 500, context: ctx)
+        let b = try live.forward(sample, timestep: 500, context: ctx)
+        let c = try plain.forward(sample, timestep: 500, context: ctx)
         let scale = a.data.map(abs).max()!
         let diff = zip(a.data, b.data).map { abs($0 - $1) }.max()! / scale
         let effect = zip(a.data, c.data).map { abs($0 - $1) }.max()! / scale
         print("live vs merged UNet output: max relative difference \(diff) (the subject itself changes the output by \(effect))")
         #expect(diff < 1e-5)
         #expect(effect > 100 * diff)
+        // Switching is detaching and attaching: without terms the output is the base's, exactly.
+        live.detachAllTerms()
+        #expect(try live.forward(sample, timestep: 500, context: ctx).data == c.data)
+    }
+
+    /// The pipeline's in-memory merge of several subjects (UNet and text-encoder layers) rounds
+    /// once per weight, as `lidb merge` does: its weights equal the merged file's bit for bit.
+    /// Live application of the same subjects gives the merged pipeline's latents; switching
+    /// back to no subject gives the base's latents exactly.
+    @Test func pipelineMergeEqualsLidbMergeAndLiveMatches() throws {
+        let (base, dir) = try TextEncoderTests.base("sd1")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let applied = [AppliedSubject(subject: Self.subject(base, .paper, seed: 2), weight: 0.8, path: "a"),
+                       AppliedSubject(subject: Self.subject(base, .unetAttn, seed: 5), weight: -0.6, path: "b")]
+        _ = try Merger.merge(base: base, subjects: applied, to: dir + "/merged.lidb")
+        let file = try LidbFile(path: dir + "/merged.lidb")
+        let merged = try StableDiffusion(base: base)
+        try merged.apply(applied, mode: .merge)
+        var compared = 0
+        for l in applied[0].subject.layers {
+            let want = try file.tensorBytes(l.target.weightName).bytes.withMemoryRebound(to: Float.self) { Array($0) }
+            let got: [Float]?
+            if l.target.name.hasPrefix("unet.") {
+                got = merged.unet.linear(named: String(l.target.name.dropFirst("unet.".count)))?.weight
+            } else {
+                got = merged.textEncoder.network?.linear(named: String(l.target.name.dropFirst("text_encoder.".count)))?.weight
+            }
+            #expect(got == want, "\(l.target.name)")
+            compared += 1
+        }
+        #expect(compared == applied[0].subject.layers.count && applied[0].subject.layers.contains { $0.target.name.hasPrefix("text_encoder.") })
+
+        var o = GenerateOptions(prompt: "a photo")
+        (o.steps, o.width, o.height, o.cfg) = (2, 64, 64, 3)
+        let mergedLatents = try merged.denoise(o)
+        let live = try StableDiffusion(base: base)
+        let plainLatents = try live.denoise(o)
+        try live.apply(applied, mode: .live)
+        let liveLatents = try live.denoise(o)
+        let scale = mergedLatents.map(abs).max()!
+        let diff = zip(mergedLatents, liveLatents).map { abs($0 - $1) }.max()! / scale
+        let effect = zip(mergedLatents, plainLatents).map { abs($0 - $1) }.max()! / scale
+        print("pipeline live vs merged latents: max relative difference \(diff) (the subjects change them by \(effect))")
+        #expect(diff < 1e-5 && effect > 100 * diff)
+        try live.apply([], mode: .live)
+        #expect(try live.denoise(o) == plainLatents)
     }
 }
 
@@ -41,26 +97,24 @@ import Testing
     @Test func f16PerLayerEqualsF32() throws {
         let (base, dir) = try TextEncoderTests.base("sd1", dtype: .F16)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let cached = try UNet(base: base, residency: .f32)
-        let perLayer = try UNet(base: base, residency: .f16PerLayer, halfMinimum: 1)
-        #expect(!perLayer.half.isEmpty && perLayer.w.keys.allSatisfy { perLayer.half[$0] == nil })
-        #expect(cached.half.isEmpty)
-        var g = TorchGenerator(seed: 5)
-        let sample = FeatureMap(c: 4, h: 8, w: 8, data: g.randn(count: 256))
-        let ctx = g.randn(count: 77 * 32)
-        #expect(cached(sample, timestep: 300, context: ctx, contextTokens: 77).data == perLayer(sample, timestep: 300, context: ctx, contextTokens: 77).data)
+        var cached = try UNetNetwork(base: base, residency: .f32)
+        var perLayer = try UNetNetwork(base: base, residency: .f16PerLayer, halfMinimum: 1)
+        // Every Linear and Conv2d weight is held as F16; nothing is in the f32 network.
+        let matrices = base.file.tensors.filter { $0.name.hasPrefix("unet.") && $0.name.hasSuffix(".weight") && $0.shape.count >= 2 }
+        #expect(perLayer.halfWeightCount == matrices.reduce(0) { $0 + $1.elementCount })
+        #expect(cached.halfWeightCount == 0)
+        let (sample, ctx) = try LiveUNetTests.inputs(seed: 5)
+        #expect(try cached.forward(sample, timestep: 300, context: ctx).data == perLayer.forward(sample, timestep: 300, context: ctx).data)
         // A merged subject turns its layers into f32 in both, with the same values.
-        let layers = TargetSet.unetAttn.layers(in: base.file.tensors)
-        let subject = Subject.initialise(layers: layers, rank: 1, a: 3, b: 3, basisSeed: 8, std: 3.0, factorSeed: 2, targetSet: "unet-attn", architecture: "sd1")
-        let cache = BasisCache()
-        for unet in [cached, perLayer] {
-            for l in subject.layers {
-                let f = try subject.lowRankFactors(l, weight: 0.7, cache: cache)
-                #expect(unet.addLowRank(weight: l.target.weightName, up: f.up, down: f.down, rank: f.rank))
-            }
+        let subject = LiveUNetTests.subject(base)
+        let terms = try subject.deltaTerms(weight: 0.7, cache: BasisCache())
+        for (layer, term) in terms {
+            let name = String(layer.name.dropFirst("unet.".count))
+            #expect(try cached.addWeightDeltas([term], to: name) == 0)
+            #expect(try perLayer.addWeightDeltas([term], to: name) == 0)
         }
-        #expect(perLayer.half[String(layers[0].weightName.dropFirst(5))] == nil)
-        let a = cached(sample, timestep: 300, context: ctx, contextTokens: 77).data
-        #expect(a == perLayer(sample, timestep: 300, context: ctx, contextTokens: 77).data)
+        let first = String(terms[0].layer.name.dropFirst("unet.".count))
+        #expect(perLayer.linear(named: first)?.values.isHalf == false)
+        #expect(try cached.forward(sample, timestep: 300, context: ctx).data == perLayer.forward(sample, timestep: 300, context: ctx).data)
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import Checkpoint
+import Compute
 @testable import Diffusion
 @testable import TensorFile
 
@@ -51,8 +52,8 @@ import Testing
     }
 }
 
-/// The pipeline frees the text encoder's weights after encoding; the next encode converts them
-/// again and gives the same result, and weights changed by a merge are kept.
+/// The pipeline frees the text encoder's weights after encoding; the next encode loads them
+/// again, re-applies the merges (and attached terms) and gives the same result.
 @Suite(.serialized) struct TextEncoderReleaseTests {
     @Test func releasedWeightsAreReloaded() throws {
         let (base, dir) = try TextEncoderTests.base("sd1")
@@ -60,18 +61,32 @@ import Testing
         let enc = try CLIPTextEncoder(base: base)
         let ids = [1, 5, 7, 9, 2]
         let before = try enc.encode(ids)
-        let name = CLIPTextEncoder.prefix + "encoder.layers.0.mlp.fc1.weight"
+        let name = "text_model.encoder.layers.0.mlp.fc1"
         let h = enc.hidden, inter = enc.intermediate
-        #expect(enc.addLowRank(weight: name, up: [Float](repeating: 0.01, count: inter), down: [Float](repeating: 0.02, count: h), rank: 1))
+        let term = try LowRankTerm.lora(down: [Float](repeating: 0.02, count: h), up: [Float](repeating: 0.01, count: inter),
+                                        out: inter, in: h, rank: 1, alpha: 1, trainable: false)
+        #expect(try enc.addWeightDeltas([term], to: name) == 0)
         let merged = try enc.encode(ids)
         #expect(merged != before)
         enc.releaseWeights()
-        #expect(enc.released && enc.w.count == 1)
+        #expect(enc.released)
         #expect(try enc.encode(ids) == merged)
         #expect(!enc.released)
-        #expect(enc.addLowRank(weight: name, up: [Float](repeating: 0.01, count: inter), down: [Float](repeating: 0.02, count: h), rank: 1, sign: -1))
+        // An attached term is re-attached too; detaching leaves the merge.
+        let live = try LowRankTerm.lora(down: [Float](repeating: 0.03, count: h), up: [Float](repeating: -0.02, count: h),
+                                        out: h, in: h, rank: 1, alpha: 1, trainable: false)
+        try enc.attach(live, to: "text_model.encoder.layers.1.self_attn.v_proj")
+        let attached = try enc.encode(ids)
+        #expect(attached != merged)
+        enc.releaseWeights()
+        #expect(try enc.encode(ids) == attached)
+        enc.detachAllTerms()
+        #expect(try enc.encode(ids) == merged)
+        #expect(try enc.addWeightDeltas([term], to: name, sign: -1) == 0)
         enc.releaseWeights()
         let again = try enc.encode(ids)
         #expect(zip(again, before).map { abs($0 - $1) }.max()! < 1e-5)
+        // Unknown layers are refused, naming them.
+        #expect(throws: TensorFileError.self) { try enc.attach(live, to: "text_model.encoder.layers.99.mlp.fc1") }
     }
 }

@@ -1,49 +1,59 @@
 import Foundation
 import Testing
 @testable import Checkpoint
+import Compute
 @testable import Diffusion
 @testable import TensorFile
 
 /// diffusers' UNet2DConditionModel and AutoencoderKL decoder outputs for the tiny pipelines
-/// (converters/fixtures/make_unet_fixtures.py).
+/// (converters/fixtures/make_unet_fixtures.py), computed by the runtime's models: `Compute`'s
+/// `UNetNetwork` and the VAE built from `Compute`'s layers.
 @Suite(.serialized) struct UNetTests {
     func tensor(_ f: SafetensorsFile, _ n: String) throws -> [Float] {
         try f.tensorBytes(n).bytes.withMemoryRebound(to: Float.self) { Array($0) }
     }
 
     @Test(arguments: ["sd1", "sd2", "sd1-inpaint"])
-    func unetMatchesDiffusers(name: String) throws {
+    func unetMatchesDiffusers(name: String) throws { try unetMatchesDiffusers(name: name, algorithm: .automatic) }
+
+    func unetMatchesDiffusers(name: String, algorithm: ConvAlgorithm) throws {
         let (base, dir) = try TextEncoderTests.base(name)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let unet = try UNet(base: base)
+        var unet = try UNetNetwork(base: base)
+        unet.convolutionAlgorithm = algorithm
         let f = try SafetensorsFile(path: DiffusionFixtures.path("unet/\(name).safetensors"))
         let sample = try tensor(f, "sample"), context = try tensor(f, "context"), want = try tensor(f, "out")
         let ts = try f.tensorBytes("timesteps").bytes.withMemoryRebound(to: Int64.self) { Array($0) }
-        let cin = unet.inChannels, per = cin * 64, outPer = 4 * 64, ctxPer = 77 * unet.contextDim
+        let cin = unet.architecture.inChannels, ctxDim = unet.architecture.contextDim
+        let per = cin * 64, outPer = 4 * 64, ctxPer = 77 * ctxDim
         var worst: Float = 0
         for b in 0..<2 {
-            let x = FeatureMap(c: cin, h: 8, w: 8, data: Array(sample[(b * per)..<((b + 1) * per)]))
-            let y = unet(x, timestep: Float(ts[b]), context: Array(context[(b * ctxPer)..<((b + 1) * ctxPer)]), contextTokens: 77)
+            let x = try FeatureMap(c: cin, h: 8, w: 8, data: Array(sample[(b * per)..<((b + 1) * per)]))
+            let ctx = try Matrix(rows: 77, cols: ctxDim, data: Array(context[(b * ctxPer)..<((b + 1) * ctxPer)]))
+            let y = try unet.forward(x, timestep: Float(ts[b]), context: ctx)
             let ref = want[(b * outPer)..<((b + 1) * outPer)]
             let scale = ref.map(abs).max()!
             for (g, r) in zip(y.data, ref) { worst = max(worst, abs(g - r) / scale) }
         }
-        print("\(name) UNet vs diffusers: max |error| / max |output| = \(worst)")
+        print("\(name) UNet vs diffusers (\(algorithm) convolutions): max |error| / max |output| = \(worst)")
         #expect(worst < 1e-4)
     }
 
     @Test(arguments: ["sd1", "sd2"])
-    func vaeDecoderMatchesDiffusers(name: String) throws {
+    func vaeDecoderMatchesDiffusers(name: String) throws { try vaeDecoderMatchesDiffusers(name: name, algorithm: .automatic) }
+
+    func vaeDecoderMatchesDiffusers(name: String, algorithm: ConvAlgorithm) throws {
         let (base, dir) = try TextEncoderTests.base(name)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let vae = try VAEDecoder(base: base)
+        var vae = try VAEDecoder(base: base)
+        vae.convolutionAlgorithm = algorithm
         let f = try SafetensorsFile(path: DiffusionFixtures.path("unet/\(name).safetensors"))
-        let y = vae(FeatureMap(c: 4, h: 8, w: 8, data: try tensor(f, "latents")))
+        let y = try vae(try FeatureMap(c: 4, h: 8, w: 8, data: try tensor(f, "latents")))
         let want = try tensor(f, "decoded")
         #expect(y.c == 3 && y.h == 64 && y.w == 64)
         let scale = want.map(abs).max()!
         let worst = zip(y.data, want).map { abs($0 - $1) / scale }.max()!
-        print("\(name) VAE decoder vs diffusers: max |error| / max |output| = \(worst)")
+        print("\(name) VAE decoder vs diffusers (\(algorithm) convolutions): max |error| / max |output| = \(worst)")
         #expect(worst < 1e-4)
     }
 }
@@ -54,10 +64,8 @@ import Testing
 @Suite(.serialized) struct WinogradModelTests {
     @Test(arguments: ["sd1", "sd2"])
     func modelsMatchDiffusersThroughWinograd(name: String) throws {
-        Ops.winogradAlways = true
-        defer { Ops.winogradAlways = false }
-        try UNetTests().unetMatchesDiffusers(name: name)
-        try UNetTests().vaeDecoderMatchesDiffusers(name: name)
+        try UNetTests().unetMatchesDiffusers(name: name, algorithm: .winograd)
+        try UNetTests().vaeDecoderMatchesDiffusers(name: name, algorithm: .winograd)
     }
 }
 
@@ -69,7 +77,7 @@ import Testing
         let enc = try VAEEncoder(base: base)
         let f = try SafetensorsFile(path: DiffusionFixtures.path("unet/\(name).safetensors"))
         func t(_ n: String) throws -> [Float] { try f.tensorBytes(n).bytes.withMemoryRebound(to: Float.self) { Array($0) } }
-        let (mean, logvar) = enc(FeatureMap(c: 3, h: 64, w: 64, data: try t("image")))
+        let (mean, logvar) = try enc(try FeatureMap(c: 3, h: 64, w: 64, data: try t("image")))
         let wm = try t("enc_mean"), wl = try t("enc_logvar")
         #expect(mean.c == 4 && mean.h == 8 && mean.w == 8)
         let em = zip(mean.data, wm).map { abs($0 - $1) }.max()! / wm.map(abs).max()!
@@ -90,7 +98,7 @@ import Testing
             try LidbWriter.write(to: dir + "/cut.lidb", kind: "base", metadata: base.metadata, tensors: sources)
             let cut = try BaseModel(path: dir + "/cut.lidb")
             let e = firstError {
-                if victim.hasPrefix("unet.") { _ = try UNet(base: cut) }
+                if victim.hasPrefix("unet.") { _ = try UNetNetwork(base: cut) }
                 else if victim.hasPrefix("vae.decoder") { _ = try VAEDecoder(base: cut) }
                 else if victim.hasPrefix("vae.encoder") { _ = try VAEEncoder(base: cut) }
                 else { _ = try CLIPTextEncoder(base: cut) }
@@ -123,9 +131,9 @@ func firstError(_ body: () throws -> Void) -> TensorFileError? {
             return try BaseModel(path: dir + "/bad.lidb")
         }
         let wide = try rewritten("unet", "cross_attention_dim", .int(48))
-        #expect(firstError { _ = try UNet(base: wide) }.map { "\($0)".contains("config needs") } == true)
+        #expect(firstError { _ = try UNetNetwork(base: wide) }.map { "\($0)".contains("config needs") } == true)
         let groups = try rewritten("unet", "norm_num_groups", .int(0))
-        #expect(firstError { _ = try UNet(base: groups) }.map { "\($0)".contains("norm_num_groups") } == true)
+        #expect(firstError { _ = try UNetNetwork(base: groups) }.map { "\($0)".contains("norm_num_groups") } == true)
         let vae = try rewritten("vae", "latent_channels", .int(8))
         #expect(firstError { _ = try VAEDecoder(base: vae) }.map { "\($0)".contains("config needs") } == true)
         let heads = try rewritten("text_encoder", "num_attention_heads", .int(0))

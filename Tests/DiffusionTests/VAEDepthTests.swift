@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import Compute
 @testable import Checkpoint
 @testable import Diffusion
 @testable import TensorFile
@@ -88,15 +89,15 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let enc = try VAEEncoder(base: two)
         let ref = try SafetensorsFile(path: DiffusionFixtures.path("vae_depth/reference.safetensors"))
-        let (mean, logvar) = try enc.encode(FeatureMap(c: 3, h: 40, w: 48, data: floats(ref, "encoder.image")))
+        let (mean, logvar) = try enc.encode(try FeatureMap(c: 3, h: 40, w: 48, data: floats(ref, "encoder.image")))
         #expect(mean.h == 20 && mean.w == 24 && mean.c == 4)
         let wm = try floats(ref, "encoder.mean"), wl = try floats(ref, "encoder.logvar")
         let em = zip(mean.data, wm).map { abs($0 - $1) }.max()! / wm.map(abs).max()!
         let el = zip(logvar.data, wl).map { abs($0 - $1) }.max()! / wl.map(abs).max()!
         #expect(em < 1e-4 && el < 1e-4, "mean \(em), logvar \(el)")
         // Sizes the VAE cannot encode to a whole latent are refused, naming the side.
-        let e = firstError { _ = try enc.encode(FeatureMap(c: 3, h: 40, w: 47)) }
+        let e = firstError { _ = try enc.encode(try FeatureMap(zerosC: 3, h: 40, w: 47)) }
         #expect(e.map { "\($0)".contains("width 47") } == true)
-        #expect(firstError { _ = try enc.encode(FeatureMap(c: 1, h: 40, w: 48)) } != nil)
+        #expect(firstError { _ = try enc.encode(try FeatureMap(zerosC: 1, h: 40, w: 48)) } != nil)
     }
 }

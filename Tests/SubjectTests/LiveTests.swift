@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import Checkpoint
+import Compute
 @testable import SubjectDelta
 @testable import TensorFile
 
@@ -27,33 +28,42 @@ import Testing
         }
     }
 
-    @Test func liveApplicationAddsTheSameDeltaWithoutTouchingW() throws {
+    /// The subject's delta terms (what the runtime attaches to apply it live) add ΔW·x with the
+    /// float64 reference's ΔW, weight and scale included, and merge to the merged file's weights.
+    @Test func deltaTermsApplyTheSameDelta() throws {
         let tmp = TempDir()
         let (subject, weight) = try MergeTests.fixtureSubject()
         let basePath = try MergeTests.base(tmp)
         let base = try BaseModel(path: basePath)
         let expected = try SafetensorsFile(path: Fixtures.path("merge/expected.safetensors"))
-        let live = LiveDelta(base: base)
-        try live.activate([AppliedSubject(subject: subject, weight: weight, path: "fixture")])
-        #expect(live.activeWeights.count == subject.layers.count)
+        let terms = try subject.deltaTerms(weight: weight, cache: BasisCache())
+        #expect(terms.count == subject.layers.count && zip(terms, subject.layers).allSatisfy { $0.0.layer == $0.1.target })
+        #expect(terms.allSatisfy { !$0.term.trainable })
         var rng = SystemRandomNumberGenerator()
         var worst: Float = 0
-        for l in subject.layers {
+        for (l, t) in zip(subject.layers, terms) {
             let (out, inDim, n) = (l.target.out, l.target.inDim, 3)
             let x = (0..<(n * inDim)).map { _ in Float.random(in: -1...1, using: &rng) }
-            var y = [Float](repeating: 0, count: n * out)
-            x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in live.apply(weight: l.target.weightName, x: xp.baseAddress!, rows: n, into: yp.baseAddress!) } }
+            var y = try Matrix(zeros: n, cols: out)
+            try t.term.forward(try Matrix(rows: n, cols: inDim, data: x), into: &y)
             let delta = try expected.tensorBytes(l.target.name + ".delta").bytes.withMemoryRebound(to: Float.self) { Array($0) }  // [out, in], weight and scale included
             for r in 0..<n { for o in 0..<out {
                 var ref: Double = 0, mag: Double = 0
                 for i in 0..<inDim { ref += Double(delta[o * inDim + i]) * Double(x[r * inDim + i]); mag += abs(Double(delta[o * inDim + i]) * Double(x[r * inDim + i])) }
-                worst = max(worst, Float(abs(Double(y[r * out + o]) - ref) / max(mag, 1e-12)))
+                worst = max(worst, Float(abs(Double(y.data[r * out + o]) - ref) / max(mag, 1e-12)))
             } }
         }
         print("live ΔW·x vs float64 reference: max relative error \(worst)")
         #expect(worst < 1e-5)
-        // Switching: a second activation replaces the first; an empty set removes every delta.
-        try live.activate([])
-        #expect(live.activeWeights.isEmpty)
+        // Merged into the base's f32 weights, the same terms give the merged file's values.
+        _ = try Merger.merge(base: base, subjects: [AppliedSubject(subject: subject, weight: weight, path: "fixture")], to: tmp.file("m.lidb"))
+        let merged = try LidbFile(path: tmp.file("m.lidb"))
+        for (l, t) in zip(subject.layers, terms).prefix(10) {
+            var w = try base.file.tensorBytes(l.target.weightName).bytes.withMemoryRebound(to: Float.self) { Array($0) }
+            w.withUnsafeMutableBufferPointer { _ = addWeightDeltas([t.term], out: l.target.out, in: l.target.inDim, into: $0.baseAddress!, sign: 1) }
+            #expect(try merged.tensorBytes(l.target.weightName).bytes.withMemoryRebound(to: Float.self) { Array($0) } == w)
+        }
+        // A weight out of range is refused, naming it.
+        #expect(throws: TensorFileError.self) { _ = try subject.deltaTerms(weight: .nan, cache: BasisCache()) }
     }
 }

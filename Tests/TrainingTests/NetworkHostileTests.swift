@@ -140,7 +140,7 @@ import Testing
         try Self.rewrite(base, to: path, configs: [("unet", "attention_head_dim", .int(0))])
         var bad = try BaseModel(path: path)
         let e1 = error(TensorFileError.self) { _ = try UNetNetwork(base: bad) }
-        let ref1 = error(TensorFileError.self) { _ = try UNet(base: bad) }
+        let ref1 = error(TensorFileError.self) { _ = try StableDiffusion(base: bad) }
         #expect(e1 != nil && e1 == ref1, "\(String(describing: e1))")
         #expect(e1?.file == path && e1?.description.contains("components.unet.config.attention_head_dim") == true)
         try Self.rewrite(base, to: path, configs: [("text_encoder", "hidden_act", .string("relu"))])

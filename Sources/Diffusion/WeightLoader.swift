@@ -1,0 +1,79 @@
+import Checkpoint
+import Compute
+import Dispatch
+import TensorFile
+
+/// Weights of a base, read as f32 on demand (each tensor converted once from the base's dtype).
+public final class WeightLoader {
+    public let base: BaseModel
+    public init(base: BaseModel) { self.base = base }
+
+    public func f32(_ name: String) throws(TensorFileError) -> [Float] {
+        guard let e = base.file.entry(name) else { throw TensorFileError(file: base.file.path, tensor: name, .tensorNotFound) }
+        guard DTypeConversion.canConvert(from: e.info.dtype, to: .F32) else {
+            throw TensorFileError(file: base.file.path, tensor: name, .unsupportedConversion(from: e.info.dtype.name, to: "F32"))
+        }
+        let b = try base.file.tensorBytes(name)
+        let n = e.info.elementCount
+        let out = [Float](unsafeUninitializedCapacity: n) { buf, count in
+            _ = DTypeConversion.convert(b.bytes, from: e.info.dtype, into: UnsafeMutableRawBufferPointer(buf), to: .F32, count: n)
+            count = n
+        }
+        b.releasePages()  // the f32 copy is what stays resident, not the mapped file too
+        return out
+    }
+
+    public func shape(_ name: String) -> [Int]? { base.file.entry(name)?.info.shape }
+
+    /// The F16 weight matrices and kernels under `prefix` (`….weight` tensors of two or more
+    /// dimensions: `Linear` and `Conv2d` weights) with at least `minimumCount` values, as F16 bit
+    /// patterns keyed without the prefix (copied out of the mapped file, whose pages are then released).
+    func halfWeights(prefix: String, minimumCount: Int) throws(TensorFileError) -> [String: [UInt16]] {
+        var out: [String: [UInt16]] = [:]
+        for e in base.file.tensors where Self.keptHalf(e, prefix: prefix, minimumCount: minimumCount) {
+            let b = try base.file.tensorBytes(e.name)
+            let n = e.elementCount
+            out[String(e.name.dropFirst(prefix.count))] = [UInt16](unsafeUninitializedCapacity: n) { buf, count in
+                UnsafeMutableRawBufferPointer(buf).copyMemory(from: UnsafeRawBufferPointer(rebasing: b.bytes[0..<(2 * n)]))
+                count = n
+            }
+            b.releasePages()
+        }
+        return out
+    }
+
+    /// Whether `halfWeights` keeps a tensor as F16 (`MemoryEstimate` counts the same ones).
+    static func keptHalf(_ e: TensorInfo, prefix: String, minimumCount: Int) -> Bool {
+        e.name.hasPrefix(prefix) && e.name.hasSuffix(".weight") && e.shape.count >= 2 && e.dtype == .F16 && e.elementCount >= minimumCount
+    }
+
+    /// The f32 weights of every tensor whose name starts with `prefix`, keyed without it;
+    /// converted on all cores (the conversion and the kernel's zeroing of fresh pages dominate a
+    /// model's load time). The first failure (in the base's tensor order) is thrown.
+    func all(prefix: String, excluding: Set<String> = []) throws(TensorFileError) -> [String: [Float]] {
+        let names = base.file.tensors.map(\.name).filter { $0.hasPrefix(prefix) && !excluding.contains(String($0.dropFirst(prefix.count))) }
+        let slots = UnsafeMutableBufferPointer<Result<[Float], TensorFileError>?>.allocate(capacity: names.count)
+        slots.initialize(repeating: nil)
+        defer { slots.deinitialize(); slots.deallocate() }
+        let shared = UnsafeSendable(slots)
+        let jobs = max(1, min(Parallel.cores, names.count))
+        let loader = UnsafeSendable(self)
+        DispatchQueue.concurrentPerform(iterations: jobs) { j in
+            // Interleaved, so both threads get large and small tensors.
+            for i in stride(from: j, to: names.count, by: jobs) {
+                let r: Result<[Float], TensorFileError>
+                do throws(TensorFileError) { r = .success(try loader.p.f32(names[i])) } catch { r = .failure(error) }
+                shared.p[i] = r  // each index written by one thread
+            }
+        }
+        var out: [String: [Float]] = [:]
+        for (i, n) in names.enumerated() {
+            switch slots[i]! {
+            case .success(let v): out[String(n.dropFirst(prefix.count))] = v
+            case .failure(let e): throw e
+            }
+        }
+        return out
+    }
+}
+
