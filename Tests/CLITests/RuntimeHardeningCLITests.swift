@@ -120,6 +120,27 @@ import Testing
         }
     }
 
+    /// A scheduler config whose DPM-Solver schedule repeats its first timestep (found by the
+    /// semantic fuzz target: lambda_min_clipped 16 clips every training timestep, and
+    /// `--sampler dpmpp_2m` trapped "step past the end of the schedule"): refused before the
+    /// model is loaded, one line naming the config field and the steps, no output. Other
+    /// samplers, which do not clip, still generate from the same base.
+    @Test func schedulesThatRepeatTheirFirstTimestepAreRefused() throws {
+        let s = Scratch()
+        try Self.setUp(s)
+        try Self.rewrite(s.file("base.lidb"), to: s.file("clipped.lidb"), metadata: Self.config("scheduler", "lambda_min_clipped", .int(16)))
+        let before = s.contents
+        for steps in ["3", "2"] {
+            let r = try Self.run(["generate", "--model", s.file("clipped.lidb"), "--prompt", "x", "--steps", steps, "--width", "64", "--height", "64",
+                                  "--sampler", "dpmpp_2m", "-o", s.file("out.png")])
+            print("lambda_min_clipped 16, \(steps) steps: \(r.stderr)", terminator: "")
+            Self.expectRefused(r, ["clipped.lidb", "components.scheduler.config", "dpmpp_2m", "\(steps) steps of DPMSolverMultistepScheduler",
+                                   "lambda_min_clipped 16"], in: s, before: before, "lambda_min_clipped 16, \(steps) steps")
+        }
+        let ok = try generate(s, model: "clipped.lidb", ["--sampler", "euler", "--cfg", "1"])
+        #expect(ok.status == 0 && FileManager.default.fileExists(atPath: s.file("out.png")), "\(ok.stderr)")
+    }
+
     @Test func nonFiniteGenerationsWriteNothing() throws {
         let s = Scratch()
         try Self.setUp(s)
