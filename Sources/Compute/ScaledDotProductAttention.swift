@@ -6,7 +6,7 @@ import CLidbSupport
 /// Heads run on separate cores; queries are processed in chunks so the scores stay small.
 public enum ScaledDotProductAttention {
     /// Queries per chunk of scores: 128 × 4,096 keys (64×64 latents) is 2 MiB.
-    static let chunk = 128
+    public static let chunk = 128
 
     static func check(q: Matrix, k: Matrix, v: Matrix, heads: Int) throws(ComputeError) -> Int {
         try q.validate("attention queries")
