@@ -60,7 +60,7 @@ let package = Package(
         // The HyperDreamBooth hypernetwork: ViT image encoder, weight decoder, subject from a photo.
         .target(
             name: "Hypernetwork",
-            dependencies: ["TensorFile", "Checkpoint", "SubjectDelta", "Compute", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["TensorFile", "Imaging", "Checkpoint", "SubjectDelta", "Compute", .product(name: "Crypto", package: "swift-crypto")]
         ),
         // Training: the objective, optimisers, photo preprocessing and random draws of `lidb finetune`.
         .target(

@@ -1,5 +1,6 @@
 """Shared by the benchmark drivers: run a command as its own process and measure it."""
 import os
+import sys
 import subprocess
 import time
 
@@ -16,3 +17,17 @@ def measure(cmd):
     if proc.returncode != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{err}")
     return elapsed, usage.ru_maxrss / 1024.0, out
+
+
+def sd15_base(lidb, work):
+    """The SD 1.5-size random-weight pipeline of the base benchmark in `work`: its diffusers
+    folder (made by Benchmarks/base/make_sd15.py when missing) and its f32 base (converted by
+    `lidb convert` when missing). Returns (folder, base)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    folder = os.path.join(work, "sd15-diffusers")
+    if not os.path.isdir(folder):
+        subprocess.run([sys.executable, os.path.join(here, "base", "make_sd15.py"), folder], check=True)
+    base = os.path.join(work, "sd15-f32.lidb")
+    if not os.path.exists(base):
+        subprocess.run([lidb, "convert", folder, "-o", base], check=True, capture_output=True)
+    return folder, base

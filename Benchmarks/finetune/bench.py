@@ -8,25 +8,19 @@ WORKDIR: the base benchmark's folder (sd15-diffusers, made by Benchmarks/base/ma
 """
 import json
 import os
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.dirname(HERE))
-from benchlib import measure  # noqa: E402
+from benchlib import measure, sd15_base  # noqa: E402
 
 
 def main():
     lidb, work = sys.argv[1], sys.argv[2]
     steps = sys.argv[sys.argv.index("--steps") + 1] if "--steps" in sys.argv else "3"
     resolutions = [int(x) for x in (sys.argv[sys.argv.index("--resolutions") + 1] if "--resolutions" in sys.argv else "256,512").split(",")]
-    folder = os.path.join(work, "sd15-diffusers")
-    if not os.path.isdir(folder):
-        subprocess.run([sys.executable, os.path.join(HERE, "..", "base", "make_sd15.py"), folder], check=True)
-    base = os.path.join(work, "sd15-f32.lidb")
-    if not os.path.exists(base):
-        subprocess.run([lidb, "convert", folder, "-o", base], check=True, capture_output=True)
+    folder, base = sd15_base(lidb, work)
     photo = os.path.join(REPO, "samples", "face.jpg")
     out = os.path.join(work, "finetune-bench.lidb")
     for r in resolutions:

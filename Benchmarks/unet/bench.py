@@ -7,12 +7,11 @@ WORKDIR: the base benchmark's folder (sd15-diffusers, made by Benchmarks/base/ma
 """
 import json
 import os
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from benchlib import measure  # noqa: E402
+from benchlib import measure, sd15_base  # noqa: E402
 
 # One SD 1.5 UNet evaluation at 64×64 latents, batch 2 (classifier-free guidance): 1,607 GFLOP;
 # the FLOPs scale with the number of latent pixels except attention, so 32×32 is given as measured time only.
@@ -23,12 +22,7 @@ def main():
     lidb, work = sys.argv[1], sys.argv[2]
     repeat = sys.argv[sys.argv.index("--repeat") + 1] if "--repeat" in sys.argv else "3"
     latents = [int(x) for x in (sys.argv[sys.argv.index("--latents") + 1] if "--latents" in sys.argv else "32,64").split(",")]
-    folder = os.path.join(work, "sd15-diffusers")
-    if not os.path.isdir(folder):
-        subprocess.run([sys.executable, os.path.join(HERE, "..", "base", "make_sd15.py"), folder], check=True)
-    base = os.path.join(work, "sd15-f32.lidb")
-    if not os.path.exists(base):
-        subprocess.run([lidb, "convert", folder, "-o", base], check=True, capture_output=True)
+    folder, base = sd15_base(lidb, work)
     for L in latents:
         ref = os.path.join(work, f"unet-ref-{L}.safetensors")
         _, torch_rss, out = measure([sys.executable, os.path.join(HERE, "torch_unet.py"), os.path.join(folder, "unet"),

@@ -144,7 +144,8 @@ enum HyperFuzz {
         var f = Filler(&c, count: 0)
         let img = RGBImage(width: w, height: hgt, pixels: (0..<(w * hgt * 3)).map { _ in UInt8(truncatingIfNeeded: Int((f.next() + 0.5) * 255)) })
         trace("preprocessing: \(w)×\(hgt) image to \(pre.outputWidth)×\(pre.outputHeight)")
-        let pixels = pre.apply(img)
+        let pixels: [Float]
+        do { pixels = try pre.apply(img) } catch { trace("preprocessing: \(error)"); return }
         oracle("preprocess-size", pixels.count == 3 * pre.outputHeight * pre.outputWidth, "preprocessing returned the wrong number of values")
         let predictions: [LayerPrediction]
         do { predictions = try h.predict(pixels: pixels) } catch { trace("predict: \(error)"); return }

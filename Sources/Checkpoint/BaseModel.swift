@@ -48,7 +48,9 @@ public final class BaseModel {
 /// Views of a base in other layouts.
 public enum BaseExporter {
     /// Writes a diffusers pipeline folder at `directory` (which must not exist or be empty). The
-    /// folder is assembled next to it and renamed into place when complete.
+    /// folder is assembled next to it (`DIRECTORY.tmp-PID`) and renamed into place when complete;
+    /// on an error, or when SIGINT, SIGTERM or SIGHUP ends the process (once
+    /// `InterruptCleanup.install` has run), the partial folder is removed.
     public static func exportDiffusers(_ base: BaseModel, to directory: String, progress: ((Int, Int) -> Void)? = nil) throws(TensorFileError) {
         var dir = directory
         while dir.hasSuffix("/") && dir.count > 1 { dir.removeLast() }
@@ -57,6 +59,9 @@ public enum BaseExporter {
         }
         let tmp = dir + ".tmp-\(getpid())"
         removeTree(tmp)
+        // Registered before it exists, so no signal finds it unregistered.
+        let cleanupSlot = InterruptCleanup.removeOnInterrupt(folder: tmp)
+        defer { InterruptCleanup.forget(folder: cleanupSlot) }
         func mk(_ p: String) throws(TensorFileError) {
             guard mkdir(p, 0o755) == 0 || errno == EEXIST else { throw TensorFileError(file: p, .io(operation: "create the folder", message: errnoMessageC())) }
         }

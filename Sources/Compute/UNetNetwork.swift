@@ -394,6 +394,27 @@ public struct UNetNetwork: Sendable {
             throw ComputeError("UNet output gradient: \(gradOutput.h) × \(gradOutput.w) for a sample of \(sample.h) × \(sample.w)")
         }
         var (_, cp) = try evaluate(sample, timestep: timestep, context: context, keep: true)
+        return try backward(gradOutput: gradOutput, checkpoints: &cp, context: context, contextGradient: contextGradient)
+    }
+
+    /// A training evaluation in one pass: the forward (keeping the checkpoints), `lossGradient`
+    /// turns its output into `∂loss/∂output`, then the backward of `backward(gradOutput:…)` —
+    /// without the second forward that calling `forward` and `backward` separately costs.
+    /// Returns the output and, when `contextGradient`, `∂loss/∂context`.
+    public func forwardBackward(_ sample: FeatureMap, timestep: Float, context: Matrix, contextGradient: Bool,
+                                lossGradient: (FeatureMap) throws -> FeatureMap) throws -> (output: FeatureMap, context: Matrix?) {
+        var (output, cp) = try evaluate(sample, timestep: timestep, context: context, keep: true)
+        let gradOutput = try lossGradient(output)
+        try gradOutput.validate("UNet output gradient", channels: architecture.outChannels)
+        guard gradOutput.h == output.h, gradOutput.w == output.w else {
+            throw ComputeError("UNet output gradient: \(gradOutput.h) × \(gradOutput.w) for an output of \(output.h) × \(output.w)")
+        }
+        let g = try backward(gradOutput: gradOutput, checkpoints: &cp, context: context, contextGradient: contextGradient)
+        return (output, g)
+    }
+
+    private func backward(gradOutput: FeatureMap, checkpoints cp: inout Checkpoints, context: Matrix,
+                          contextGradient: Bool) throws(ComputeError) -> Matrix? {
         guard let last = cp.outputInput, let midAttentionInput = cp.midAttentionInput, let midResnet1Input = cp.midResnet1Input else {
             throw ComputeError("UNet backward: the forward kept no checkpoints")
         }

@@ -69,15 +69,15 @@ public struct MemoryEstimate: Sendable {
     /// VAE-encoder weights as f32; the VAE encoder's activations on the photo; for the UNet's
     /// backward with per-block recomputation, the block inputs kept by the forward (about twice
     /// the skip connections) plus one block's forward intermediates and their gradients (counted as
-    /// four evaluations' working sets, with full score matrices for the attention backward).
+    /// four evaluations' working sets, plus the attention backward's blocks of scores).
     public static func training(base: BaseModel, configs: PipelineConfigs, resolution: Int) -> MemoryEstimate {
         let f = configs.vae.scaleFactor
         let l = Swift.max(resolution / f, 1)
         let n = ByteCount(l) * ByteCount(l)
         let latent = ByteCount.floats(ByteCount(configs.unet.outChannels) * n)
         let evaluation = unetEvaluation(configs.unet, lh: l, lw: l, contextTokens: PipelineConfigs.promptTokens)
-        let heads = ByteCount(Swift.max(configs.unet.heads.max() ?? 1, 1))
-        let scores = ByteCount.floats(3 * heads * n * n)
+        // The attention backward works on blocks of query rows: two score blocks per thread.
+        let scores = ByteCount.floats(2 * ByteCount(Swift.max(Parallel.cores, 1)) * Swift.min(n, ByteCount(ScaledDotProductAttention.chunk)) * n)
         let encode = vaeDecoding(configs.vae, lh: l, lw: l) + ByteCount.floats(6 * ByteCount(resolution) * ByteCount(resolution))
         let backward = evaluation * 4 + scores + textEncoding(configs.text) * 4
         return MemoryEstimate(weights: weights(base, prefixes: ["unet.", "text_encoder.", "vae.encoder.", "vae.quant_conv."], residency: .f32),

@@ -52,6 +52,22 @@ public struct GenerateOptions: Sendable {
         guard configs.unet.inChannels == 4 else {
             throw TensorFileError(file: file, .invalidArgument("inpainting bases need an image and a mask (not supported by generate yet)"))
         }
+        // The schedule itself (cheap: no weights): one whose stepping would go wrong is refused
+        // here, before anything is loaded (spec/runtime.md, "Schedules").
+        do {
+            var scheduler = try makeScheduler(sampler.kind, config: schedulerConfig(configs.scheduler))
+            try scheduler.setTimesteps(steps)
+        } catch {
+            throw TensorFileError(file: file, .invalidArgument("components.scheduler.config with --sampler \(sampler.rawValue)\(karras ? " --karras" : ""): \(error)"))
+        }
+    }
+
+    /// The base's scheduler config as this request uses it (`--karras`; PNDM as PLMS).
+    func schedulerConfig(_ config: SchedulerConfig) -> SchedulerConfig {
+        var c = config
+        if karras { c = c.setting("use_karras_sigmas", .bool(true)) }
+        if sampler == .pndm { c = c.setting("skip_prk_steps", .bool(true)) }
+        return c
     }
 }
 
@@ -230,10 +246,7 @@ public final class StableDiffusion {
         textEncoder.releaseWeights()
         timings.textEncoding = Date().timeIntervalSince(t0)
 
-        var config = configs.scheduler
-        if options.karras { config = config.setting("use_karras_sigmas", .bool(true)) }
-        if options.sampler == .pndm { config = config.setting("skip_prk_steps", .bool(true)) }
-        var scheduler = try makeScheduler(options.sampler.kind, config: config)
+        var scheduler = try makeScheduler(options.sampler.kind, config: options.schedulerConfig(configs.scheduler))
         try scheduler.setTimesteps(options.steps)
 
         let (lh, lw) = latentSize(options)

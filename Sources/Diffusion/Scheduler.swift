@@ -214,19 +214,30 @@ public struct NoiseSchedule: Sendable {
                 throw SchedulerError("unsupported beta_schedule '\(other)'")
             }
         }
+        let products = SchedulerMath.torchCumprod(betas.map { 1 - $0 })
+        // Each training timestep must carry some noise and some signal in float32: a beta that
+        // rounds away (1 − β = 1) or a product that underflows would make a sigma 0 or infinite,
+        // and every scheduler divides by one of them.
+        for (i, a) in products.enumerated() {
+            let sigma = ((1 - a) / a).squareRoot()
+            guard a > 0, a < 1, sigma.isFinite, sigma > 0 else {
+                let source = try config.doubles("trained_betas") != nil ? "trained_betas" : "beta_start, beta_end and beta_schedule"
+                throw SchedulerError("the training noise schedule is degenerate: alphas_cumprod[\(i)] is \(a) in float32 (sigma \(sigma)); check \(source)")
+            }
+        }
         numTrainTimesteps = t
         self.betas = betas
-        alphasCumprod = SchedulerMath.torchCumprod(betas.map { 1 - $0 })
+        alphasCumprod = products
     }
 
     /// `((1 - alphas_cumprod) / alphas_cumprod) ** 0.5` in float32, indexed by training timestep.
     var sigmas: [Float] { alphasCumprod.map { ((1 - $0) / $0).squareRoot() } }
 
-    /// Refuses a schedule that would index outside the training timesteps (e.g. a config whose
-    /// `steps_offset` pushes the last timestep past `num_train_timesteps`).
-    func checkInRange(_ timesteps: [Double]) throws {
-        if let bad = timesteps.first(where: { $0 < 0 || $0 >= Double(numTrainTimesteps) }) {
-            throw SchedulerError("timestep \(bad) is outside the training schedule 0…\(numTrainTimesteps - 1) (check steps_offset)")
+    /// Refuses a schedule that would index outside the training timesteps (DDIM and PNDM read
+    /// `alphas_cumprod[t]`; diffusers' numpy would wrap a −1 round to the noisiest timestep).
+    func checkInRange(_ timesteps: [Double], _ check: ScheduleCheck) throws {
+        if let (i, bad) = timesteps.enumerated().first(where: { !$0.element.isFinite || $0.element < 0 || $0.element >= Double(numTrainTimesteps) }) {
+            throw check.error("timestep \(ScheduleCheck.show(bad)) (position \(i + 1) of \(timesteps.count)) is outside the training schedule 0…\(numTrainTimesteps - 1)")
         }
     }
 
@@ -240,4 +251,73 @@ extension SchedulerConfig {
     /// The config's `prediction_type` (`epsilon` when absent); other values than `epsilon`,
     /// `v_prediction` and `sample` throw.
     public func predictionType() throws -> PredictionType { try prediction() }
+}
+
+/// The checks a schedule passes in `setTimesteps`, before any step runs, so that stepping it can
+/// neither trap nor divide by zero (spec/runtime.md, "Schedules"). diffusers 0.42.1 computes the
+/// same schedules without these checks: where one fails, diffusers stops with an IndexError
+/// partway through sampling or produces NaN latents.
+///
+/// Errors name the scheduler, the step count and the config fields that shaped the schedule.
+struct ScheduleCheck {
+    let scheduler: SchedulerKind
+    let steps: Int
+    /// `field value` pairs of the config that shaped the schedule, e.g. `num_train_timesteps 1000`.
+    let fields: [String]
+
+    func error(_ problem: String) -> SchedulerError {
+        SchedulerError("\(steps) step\(steps == 1 ? "" : "s") of \(scheduler.rawValue) (\(fields.joined(separator: ", "))): \(problem); "
+                       + "use fewer steps or fix the scheduler config")
+    }
+
+    /// At least one step, and no more than there are training timesteps (as diffusers' DDIM and
+    /// PNDM require; for the others more steps than training timesteps repeat timesteps).
+    static func stepCount(_ n: Int, train: Int) throws {
+        guard n >= 1, n <= train else {
+            throw SchedulerError("num_inference_steps \(n) must be between 1 and num_train_timesteps (\(train))")
+        }
+    }
+
+    /// The sigma-indexed schedulers (Euler, Euler ancestral, DPM-Solver): the position in the
+    /// schedule is found by looking the first timestep up, taking its second occurrence when it
+    /// occurs twice (diffusers' `index_for_timestep`), so a repeated first timestep would start
+    /// one step in and step past the end. `sigmas` has one entry per timestep, then the final one.
+    ///
+    /// - the schedule has at least one timestep; every timestep and sigma is finite; every sigma
+    ///   of the schedule (not the final one) is positive;
+    /// - the first timestep occurs once;
+    /// - with `logSNR` (DPM-Solver, whose multistep update divides by the change in log-SNR
+    ///   between steps): the log-SNR of every sigma of the schedule, computed as the step computes
+    ///   it, is above the one before it.
+    func sigmaSchedule(timesteps: [Double], sigmas: [Float], logSNR: ((Float) -> Float)? = nil) throws {
+        guard let first = timesteps.first else { throw error("the schedule has no timesteps") }
+        if let i = timesteps.firstIndex(where: { !$0.isFinite }) {
+            throw error("timestep \(i + 1) of the schedule is \(timesteps[i])")
+        }
+        if let i = sigmas.firstIndex(where: { !$0.isFinite }) {
+            throw error("sigma \(i + 1) of the schedule is \(sigmas[i]) (the training noise schedule overflows: check the betas)")
+        }
+        if let i = sigmas.prefix(timesteps.count).firstIndex(where: { !($0 > 0) }) {
+            throw error("sigma \(i + 1) of the schedule (timestep \(Self.show(timesteps[i]))) is \(sigmas[i]): no noise to remove there (check the betas)")
+        }
+        if let again = timesteps.dropFirst().firstIndex(of: first) {
+            throw error("the schedule repeats its first timestep \(Self.show(first)) (steps 1 and \(again + 1) of \(timesteps.count)), "
+                        + "so the sampler would start at step \(again + 1) and step past the end of the schedule")
+        }
+        if let logSNR, timesteps.count > 1 {
+            for i in 1..<timesteps.count where !(logSNR(sigmas[i]) > logSNR(sigmas[i - 1])) {
+                throw error("the noise level does not decrease from step \(i) to step \(i + 1) (timesteps \(Self.show(timesteps[i - 1])) and "
+                            + "\(Self.show(timesteps[i])), sigmas \(sigmas[i - 1]) and \(sigmas[i])): the solver's step would divide by zero")
+            }
+        }
+    }
+
+    static func show(_ t: Double) -> String { t == t.rounded() && abs(t) < 1e15 ? String(Int64(t)) : "\(t)" }
+
+    /// The fields every scheduler's timesteps depend on.
+    static func spacingFields(train: Int, spacing: TimestepSpacing, offset: Int) -> [String] {
+        var f = ["num_train_timesteps \(train)", "timestep_spacing \(spacing.rawValue)"]
+        if spacing == .leading && offset != 0 { f.append("steps_offset \(offset)") }
+        return f
+    }
 }

@@ -33,12 +33,11 @@ public struct DDIMScheduler: Scheduler {
 
     public mutating func setTimesteps(_ n: Int) throws {
         let train = schedule.numTrainTimesteps
-        guard n >= 1, n <= train else {
-            throw SchedulerError("num_inference_steps \(n) must be between 1 and num_train_timesteps (\(train))")
-        }
+        try ScheduleCheck.stepCount(n, train: train)
+        let ts = SchedulerMath.spacedTimesteps(timestepSpacing, train: train, count: n, offset: timestepSpacing == .leading ? stepsOffset : 0)
+        try schedule.checkInRange(ts, ScheduleCheck(scheduler: .ddim, steps: n, fields: ScheduleCheck.spacingFields(train: train, spacing: timestepSpacing, offset: stepsOffset)))
         numInferenceSteps = n
-        timesteps = SchedulerMath.spacedTimesteps(timestepSpacing, train: train, count: n, offset: timestepSpacing == .leading ? stepsOffset : 0)
-        try schedule.checkInRange(timesteps)
+        timesteps = ts
     }
 
     public mutating func scaleModelInput(_ sample: [Float], timestep: Double) -> [Float] { sample }

@@ -74,8 +74,8 @@ public struct DPMSolverMultistepScheduler: Scheduler {
     }
 
     public mutating func setTimesteps(_ n: Int) throws {
-        guard n >= 1 else { throw SchedulerError("num_inference_steps must be at least 1") }
         let train = schedule.numTrainTimesteps
+        try ScheduleCheck.stepCount(n, train: train)
         // lambda_t = log(alpha_t) - log(sigma_t), float32; clipped_idx = searchsorted(flip(lambda_t), lambda_min_clipped).
         var clippedIdx = 0
         if lambdaMinClipped > -Double.infinity {
@@ -109,8 +109,21 @@ public struct DPMSolverMultistepScheduler: Scheduler {
         }
         let a0 = schedule.alphasCumprod[0]
         let last: Float = finalSigmaIsMin ? ((1 - a0) / a0).squareRoot() : 0
-        sigmas = s.map { Float($0) } + [last]
-        timesteps = ts.map { $0.rounded(.towardZero) }  // .to(int64)
+        let newSigmas = s.map { Float($0) } + [last]
+        let newTimesteps = ts.map { $0.rounded(.towardZero) }  // .to(int64)
+        var fields = ScheduleCheck.spacingFields(train: train, spacing: timestepSpacing, offset: stepsOffset)
+        if lambdaMinClipped > -Double.infinity {
+            fields.append("lambda_min_clipped \(ScheduleCheck.show(lambdaMinClipped)), which leaves \(lastTimestep) of the \(train) training timesteps")
+        }
+        if useKarrasSigmas { fields.append("use_karras_sigmas true") }
+        // A schedule shorter than `n` (trailing spacing with lambda_min_clipped) is diffusers' too.
+        try ScheduleCheck(scheduler: .dpmSolverMultistep, steps: n, fields: fields)
+            .sigmaSchedule(timesteps: newTimesteps, sigmas: newSigmas) { sigma in
+                let (alpha, s) = Self.alphaSigma(sigma)
+                return Self.lambda(alpha, s)
+            }
+        sigmas = newSigmas
+        timesteps = newTimesteps
         numInferenceSteps = timesteps.count
         modelOutputs = Array(repeating: nil, count: solverOrder)
         lowerOrderNums = 0

@@ -61,8 +61,7 @@ public struct EulerDiscreteScheduler: Scheduler, SigmaIndexed {
 
     public mutating func setTimesteps(_ n: Int) throws {
         let train = schedule.numTrainTimesteps
-        guard n >= 1 else { throw SchedulerError("num_inference_steps must be at least 1") }
-        numInferenceSteps = n
+        try ScheduleCheck.stepCount(n, train: train)
         // float32 timesteps (linspace is not rounded here).
         var ts = SchedulerMath.spacedTimesteps(timestepSpacing, train: train, count: n, offset: timestepSpacing == .leading ? stepsOffset : 0, roundLinspace: false)
             .map { Double(Float($0)) }
@@ -75,7 +74,16 @@ public struct EulerDiscreteScheduler: Scheduler, SigmaIndexed {
         }
         let a0 = schedule.alphasCumprod[0]
         let last: Float = finalSigmaIsMin ? ((1 - a0) / a0).squareRoot() : 0
-        sigmas = s.map { Float($0) } + [last]
+        let newSigmas = s.map { Float($0) } + [last]
+        var fields = ScheduleCheck.spacingFields(train: train, spacing: timestepSpacing, offset: stepsOffset)
+        if useKarrasSigmas {
+            fields.append("use_karras_sigmas true")
+            if let sigmaMin { fields.append("sigma_min \(sigmaMin)") }
+            if let sigmaMax { fields.append("sigma_max \(sigmaMax)") }
+        }
+        try ScheduleCheck(scheduler: .euler, steps: n, fields: fields).sigmaSchedule(timesteps: ts, sigmas: newSigmas)
+        numInferenceSteps = n
+        sigmas = newSigmas
         timesteps = ts
         stepIndex = nil
         beginIndex = nil

@@ -36,12 +36,16 @@ public struct EulerAncestralDiscreteScheduler: Scheduler, SigmaIndexed {
     }
 
     public mutating func setTimesteps(_ n: Int) throws {
-        guard n >= 1 else { throw SchedulerError("num_inference_steps must be at least 1") }
-        numInferenceSteps = n
-        let ts = SchedulerMath.spacedTimesteps(timestepSpacing, train: schedule.numTrainTimesteps, count: n, offset: timestepSpacing == .leading ? stepsOffset : 0, roundLinspace: false)
+        let train = schedule.numTrainTimesteps
+        try ScheduleCheck.stepCount(n, train: train)
+        let ts = SchedulerMath.spacedTimesteps(timestepSpacing, train: train, count: n, offset: timestepSpacing == .leading ? stepsOffset : 0, roundLinspace: false)
             .map { Double(Float($0)) }
         let trainSigmas = schedule.sigmas
-        sigmas = ts.map { Float(SchedulerMath.npInterp($0, trainSigmas)) } + [0]
+        let newSigmas = ts.map { Float(SchedulerMath.npInterp($0, trainSigmas)) } + [0]
+        try ScheduleCheck(scheduler: .eulerAncestral, steps: n, fields: ScheduleCheck.spacingFields(train: train, spacing: timestepSpacing, offset: stepsOffset))
+            .sigmaSchedule(timesteps: ts, sigmas: newSigmas)
+        numInferenceSteps = n
+        sigmas = newSigmas
         timesteps = ts
         stepIndex = nil
         beginIndex = nil

@@ -99,6 +99,9 @@ enum SchedulerMath {
     /// linearly in log sigma between the two neighbouring training sigmas.
     /// `logSigmas` is `np.log(sigmas)` of the float32 training sigmas (float32).
     static func sigmaToT(_ sigma: Double, logSigmas: [Float]) -> Double {
+        // One training timestep: it is the only one (diffusers' numpy wraps index −1 onto it and
+        // computes 0/0; its int64 cast makes that 0).
+        guard logSigmas.count >= 2 else { return 0 }
         let logSigma = log(max(sigma, 1e-10))
         // argmax of cumsum(dists >= 0): the last index whose log sigma is <= logSigma, else 0.
         var low = 0

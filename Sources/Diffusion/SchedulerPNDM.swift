@@ -35,16 +35,14 @@ public struct PNDMScheduler: Scheduler {
 
     public mutating func setTimesteps(_ n: Int) throws {
         let train = schedule.numTrainTimesteps
-        guard n >= 1, n <= train else {
-            throw SchedulerError("num_inference_steps \(n) must be between 1 and num_train_timesteps (\(train))")
-        }
-        numInferenceSteps = n
+        try ScheduleCheck.stepCount(n, train: train)
         // Ascending, then plms = [t0 ... t(n-2), t(n-2), t(n-1)] reversed.
         let ascending = Array(SchedulerMath.spacedTimesteps(timestepSpacing, train: train, count: n, offset: timestepSpacing == .leading ? stepsOffset : 0).reversed())
         var plms = Array(ascending.dropLast())
         if ascending.count >= 2 { plms.append(ascending[ascending.count - 2]) }
         plms.append(ascending[ascending.count - 1])
-        try schedule.checkInRange(plms)
+        try schedule.checkInRange(plms, ScheduleCheck(scheduler: .pndm, steps: n, fields: ScheduleCheck.spacingFields(train: train, spacing: timestepSpacing, offset: stepsOffset)))
+        numInferenceSteps = n
         timesteps = plms.reversed()
         ets = []
         counter = 0

@@ -46,6 +46,9 @@ public struct HypernetworkConfig: Sendable {
     public static let maxLayerElements = 1 << 28
     /// Largest side of the preprocessing's `size` and `crop_size` (as the Imaging module's).
     public static let maxImageSide = 8192
+    /// Largest resized image before the crop, in pixels (as the Imaging module's
+    /// `ImagePreprocessing.maxResizedPixels`): an exact `size` beyond it is refused here.
+    public static let maxResizedPixels = 64_000_000
     /// `image_mean` entries lie in ±this; `image_std` entries in [`minImageStd`, this].
     public static let maxImageStatistic: Double = 10
     public static let minImageStd: Double = 0.001
@@ -180,7 +183,13 @@ public struct HypernetworkConfig: Sendable {
         if let o = size.objectValue, o.count == 1, o[0].0 == "shortest_edge" {
             guard let n = size["shortest_edge"]?.int64Value, (1...maxSide).contains(n) else { throw bad("'size.shortest_edge' must be an integer 1…\(maxSide)") }
         } else {
-            out = try hw(size, "size")
+            let (h, w) = try hw(size, "size")
+            // Sides are at most 8192: the product cannot overflow. (A shortest_edge resize depends
+            // on the photo: `ImagePreprocessing.apply` checks it.)
+            guard h * w <= Self.maxResizedPixels else {
+                throw bad("'size' \(h)×\(w) is \(h * w) pixels, more than the limit of \(Self.maxResizedPixels) for a resized image")
+            }
+            out = (h, w)
         }
         if let crop = p["crop_size"], crop != .null { out = try hw(crop, "crop_size") }
         guard let o = out else { throw bad("resizing to a shortest edge without a crop gives no fixed size") }

@@ -25,12 +25,17 @@ public enum ImageError: Error, Equatable, Sendable, CustomStringConvertible {
     case outOfMemory(file: String)
     /// A preprocessing description has a missing, unknown or invalid key.
     case invalidPreprocessing(file: String, key: String, problem: String)
+    /// Resizing `image` (`width × height`) as the preprocessing description in `file` says (its
+    /// `key`) would make more than `limit` pixels before the crop; refused before allocating.
+    /// A resized side that overflows is `Int.max`.
+    case resizeTooLarge(file: String, key: String, image: String, width: Int, height: Int, resizedWidth: Int, resizedHeight: Int, limit: Int)
 
     public var file: String {
         switch self {
         case let .notFound(f), let .notARegularFile(f), let .empty(f), let .notAnImage(f), let .outOfMemory(f): return f
         case let .unreadable(f, _), let .fileTooLarge(f, _, _), let .truncated(f, _, _), let .corrupt(f, _, _),
-             let .tooLarge(f, _, _, _, _), let .unsupported(f, _, _), let .invalidPreprocessing(f, _, _):
+             let .tooLarge(f, _, _, _, _), let .unsupported(f, _, _), let .invalidPreprocessing(f, _, _),
+             let .resizeTooLarge(f, _, _, _, _, _, _, _):
             return f
         }
     }
@@ -49,6 +54,11 @@ public enum ImageError: Error, Equatable, Sendable, CustomStringConvertible {
         case let .unsupported(f, fmt, what): return "\(f): unsupported \(fmt.uppercased()) image: \(what)"
         case let .outOfMemory(f): return "\(f): not enough memory for the decoded pixels"
         case let .invalidPreprocessing(f, k, p): return "\(f): image preprocessing key \"\(k)\": \(p)"
+        case let .resizeTooLarge(f, k, image, w, h, rw, rh, limit):
+            let (pixels, overflow) = rw.multipliedReportingOverflow(by: rh)
+            let size = rw == Int.max || rh == Int.max || overflow ? "a size beyond 64-bit arithmetic" : "\(rw)×\(rh) = \(pixels) pixels"
+            return "\(f): image preprocessing key \"\(k)\": resizing the \(w)×\(h) image '\(image)' gives \(size) before the crop, "
+                + "more than the limit of \(limit) pixels; use a less elongated image or a smaller \(k)"
         }
     }
 }

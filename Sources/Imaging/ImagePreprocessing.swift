@@ -59,6 +59,13 @@ public struct ImagePreprocessing: Sendable, Equatable {
     /// Largest size or crop side accepted.
     public static let maxSide = 8192
 
+    /// Largest image, in pixels, that resizing may produce before the crop (as training's
+    /// `TrainingLimits.maxResizedPixels`): 64,000,000 pixels, 183 MiB of 8-bit RGB. An exact
+    /// `size` beyond it is refused when the description is read; a `shortest_edge` size depends
+    /// on the image (1×48 pixels to a shortest edge of 8192 is 8192 × 393,216 pixels), so `apply`
+    /// refuses it before allocating.
+    public static let maxResizedPixels = 64_000_000
+
     public var outputHeight: Int {
         if let c = cropSize { return c.height }
         if case let .exact(h, _) = size { return h }
@@ -106,6 +113,10 @@ public struct ImagePreprocessing: Sendable, Equatable {
             size = .shortestEdge(try side(s, "size.shortest_edge"))
         } else if sizeJSON.objectValue != nil, sizeJSON["height"] != nil {
             let (h, w) = try heightWidth(sizeJSON, "size")
+            // Sides are at most 8192: the product cannot overflow.
+            guard h * w <= Self.maxResizedPixels else {
+                throw bad("size", "\(h)×\(w) is \(h * w) pixels, more than the limit of \(Self.maxResizedPixels) for a resized image")
+            }
             size = .exact(height: h, width: w)
         } else {
             throw bad("size", "must be {\"shortest_edge\": n} or {\"height\": h, \"width\": w}")
@@ -163,21 +174,47 @@ public struct ImagePreprocessing: Sendable, Equatable {
 
     // MARK: Math
 
-    /// The size the image is resized to before cropping, as (height, width).
-    public func resizedSize(height: Int, width: Int) -> (height: Int, width: Int) {
+    /// The size the image is resized to before cropping, as (height, width), or nil when a side
+    /// is not positive or the arithmetic overflows.
+    public func resizedSize(height: Int, width: Int) -> (height: Int, width: Int)? {
+        guard height > 0, width > 0 else { return nil }
         switch size {
         case let .exact(h, w): return (h, w)
         case let .shortestEdge(s):
             // The longer side is s · long / short, truncated (as transformers computes it in floating point).
             let short = min(height, width), long = max(height, width)
-            let newLong = Int(Double(s * long) / Double(short))
+            let (product, overflow) = s.multipliedReportingOverflow(by: long)
+            guard !overflow else { return nil }
+            let q = Double(product) / Double(short)
+            guard q < Double(Int.max) else { return nil }
+            let newLong = Int(q)
             return width <= height ? (newLong, s) : (s, newLong)
         }
     }
 
-    /// `pixel_values` for one image: CHW, `3 × outputHeight × outputWidth`.
-    public func apply(_ image: RGBImage) -> [Float] {
-        let (rh, rw) = resizedSize(height: image.height, width: image.width)
+    /// The resized size, checked against `maxResizedPixels` before anything is allocated.
+    /// `config` names the preprocessing description's file and `image` the photo, for errors.
+    public func checkedResizedSize(height: Int, width: Int, image: String, config: String) throws(ImageError) -> (height: Int, width: Int) {
+        let key: String
+        switch size {
+        case .exact: key = "size"
+        case .shortestEdge: key = "size.shortest_edge"
+        }
+        guard let r = resizedSize(height: height, width: width),
+              case let (pixels, overflow) = r.height.multipliedReportingOverflow(by: r.width), !overflow, pixels <= Self.maxResizedPixels
+        else {
+            let r = resizedSize(height: height, width: width)
+            throw .resizeTooLarge(file: config, key: key, image: image, width: width, height: height,
+                                  resizedWidth: r?.width ?? Int.max, resizedHeight: r?.height ?? Int.max, limit: Self.maxResizedPixels)
+        }
+        return r
+    }
+
+    /// `pixel_values` for one image: CHW, `3 × outputHeight × outputWidth`. An image that the
+    /// `size` would resize past `maxResizedPixels` is refused (`ImageError.resizeTooLarge`, naming
+    /// `config`, the key and `image`) before any pixel memory is allocated.
+    public func apply(_ image: RGBImage, image name: String = "image", config: String = "preprocessing") throws(ImageError) -> [Float] {
+        let (rh, rw) = try checkedResizedSize(height: image.height, width: image.width, image: name, config: config)
         let resized = Resampler.resize(image.pixels, width: image.width, height: image.height,
                                        toWidth: rw, toHeight: rh, filter: resample)
         let (ch, cw) = cropSize.map { ($0.height, $0.width) } ?? (rh, rw)

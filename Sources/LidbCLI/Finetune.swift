@@ -115,13 +115,7 @@ struct Finetune: ParsableCommand {
         let start: FinetuneStart
         if let hypernet {
             let h = try Hypernetwork(path: hypernet)
-            try h.checkTargets(against: b)
-            let bytes = try ImageDecoder.fileBytes(images[0])
-            let (img, _) = try ImageDecoder.decode(bytes: bytes, name: images[0])
-            let pre = try ImagePreprocessing(json: h.config.preprocessing, file: hypernet)
-            let predictions = try h.predict(pixels: pre.apply(img))
-            let digest = SHA256.hash(data: bytes).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
-            let s = try h.subject(from: predictions, for: b, provenance: SubjectProvenance(name: name, trigger: trigger, className: className, imageSHA256: digest))
+            let s = try h.personalize(photo: images[0], for: b, name: name, trigger: trigger, className: className).subject
             start = .prediction(s, hypernetwork: h.fingerprint, iterations: h.config.decoder.iterations)
         } else if let initSubject {
             // The digest of the very bytes the subject is read from.

@@ -22,7 +22,8 @@ struct Generate: ParsableCommand {
         draws the initial latents (and ancestral noise) exactly as torch.Generator().manual_seed(SEED) \
         on the CPU, so a seed gives diffusers' image. Subjects are applied merged into the weights \
         or live (ΔW·x added in the forward pass). PNG files carry an A1111-style 'parameters' text \
-        chunk. With --batch N, files are named OUT-1.png … OUT-N.png.
+        chunk. With --batch N, files are named OUT-1.png … OUT-N.png (OUT: the -o path without a \
+        final .png); every one of them is checked like -o before the model is loaded.
 
         Requests are checked before the model is loaded: --width and --height are multiples of \
         the base's VAE scale factor (2^(VAE blocks − 1): 8 for SD 1.x/2.x), at most 16384; \
@@ -54,8 +55,20 @@ struct Generate: ParsableCommand {
     @Option(help: "Refuse requests whose estimated peak memory exceeds this (e.g. 16G, 512M; default: LIDB_MEMORY_LIMIT, else the machine's memory).")
     var memoryLimit: String?
 
+    /// The file image `index` (from 0) of `count` is written to: `output` for a single image;
+    /// for a batch `OUT-1.png` … `OUT-N.png`, OUT being `output` without a final `.png`.
+    static func outputPath(_ output: String, index: Int, of count: Int) -> String {
+        guard count > 1 else { return output }
+        let stem = output.hasSuffix(".png") ? String(output.dropLast(4)) : output
+        return stem + "-\(index + 1).png"
+    }
+
     func run() throws {
-        try checkOutput(output, inputs: [model] + subjects.map(\.path))
+        let inputs = [model] + subjects.map(\.path)
+        // A single image: its output is checked before anything else. A batch's names are checked
+        // all together once the request is known to fit in memory (which bounds --batch), still
+        // before a weight is loaded.
+        if batch <= 1 { try checkOutput(output, inputs: inputs) }
         try reportingErrors {
             let t0 = Date()
             var o = GenerateOptions(prompt: prompt)
@@ -78,6 +91,9 @@ struct Generate: ParsableCommand {
             try o.validate(for: configs, file: model)
             let estimate = MemoryEstimate.generation(base: base, configs: configs, width: width, height: height, batch: batch, guidance: cfg > 1, residency: weights)
             try estimate.check(limit: limit, what: "generating \(batch) × \(width)×\(height)", file: model)
+            if batch > 1 {
+                for i in 0..<batch { try AtomicFileWriter.preflight(output: Self.outputPath(output, index: i, of: batch), inputs: inputs) }
+            }
             let applied = try subjects.map { (s) throws(TensorFileError) in try s.applied() }
             let sd = try StableDiffusion(base: base, residency: weights)
             sd.memoryLimit = limit
@@ -101,7 +117,7 @@ struct Generate: ParsableCommand {
             params += ", Version: lidb \(lidbVersion)"
             var written: [String] = []
             for (i, img) in images.enumerated() {
-                let path = images.count == 1 ? output : output.replacingOccurrences(of: ".png", with: "") + "-\(i + 1).png"
+                let path = Self.outputPath(output, index: i, of: images.count)
                 try PNGWriter.write(rgb: PNGWriter.rgb8(img), width: img.w, height: img.h, text: [("parameters", params)], to: path)
                 written.append(path)
             }

@@ -24,24 +24,21 @@ public struct LidbCommand: ParsableCommand {
     public init() {}
 }
 
-/// Runs `body`, turning library errors (files, hypernetworks, images) into one line on stderr and
-/// exit code 2.
+/// The library's typed errors: each describes itself in one line naming the file, option or
+/// step and the problem.
+protocol ReportedError: Error, CustomStringConvertible {}
+extension TensorFileError: ReportedError {}
+extension HypernetworkError: ReportedError {}
+extension ImageError: ReportedError {}
+extension TrainingError: ReportedError {}
+extension ComputeError: ReportedError {}
+
+/// Runs `body`, turning library errors (files, hypernetworks, images, training, layers) into one
+/// line on stderr and exit code 2.
 func reportingErrors(_ body: () throws -> Void) throws {
     do {
         try body()
-    } catch let e as TensorFileError {
-        printError("lidb: error: \(e.description)")
-        throw ExitCode(2)
-    } catch let e as HypernetworkError {
-        printError("lidb: error: \(e.description)")
-        throw ExitCode(2)
-    } catch let e as ImageError {
-        printError("lidb: error: \(e.description)")
-        throw ExitCode(2)
-    } catch let e as TrainingError {
-        printError("lidb: error: \(e.description)")
-        throw ExitCode(2)
-    } catch let e as ComputeError {
+    } catch let e as any ReportedError {
         printError("lidb: error: \(e.description)")
         throw ExitCode(2)
     }

@@ -53,7 +53,7 @@ struct Personalize: ParsableCommand {
         let (img, info) = try ImageDecoder.decode(bytes: bytes, name: image)
         lap("decode_s")
         let pre = try ImagePreprocessing(json: h.config.preprocessing, file: hypernet)
-        let pixels = pre.apply(img)
+        let pixels = try pre.apply(img, image: image, config: hypernet)
         lap("preprocess_s")
         let predictions = try h.predict(pixels: pixels)
         lap("hypernetwork_s")

@@ -9,8 +9,9 @@ extension Subject {
         var tensors: [TensorSource] = []
         let lidbLayers = layers.compactMap(\.lidb)
         if !lidbLayers.isEmpty {
-            tensors += try Self.packed("lidb.down_train", lidbLayers.map(\.downTrain), dtype: dtype, file: path)
-            tensors += try Self.packed("lidb.up_train", lidbLayers.map(\.upTrain), dtype: dtype, file: path)
+            let names = layers.filter { $0.lidb != nil }.map(\.target.name)
+            tensors += try Self.packed("lidb.down_train", lidbLayers.map(\.downTrain), dtype: dtype, file: path, blockNames: names)
+            tensors += try Self.packed("lidb.up_train", lidbLayers.map(\.upTrain), dtype: dtype, file: path, blockNames: names)
         }
         for l in layers {
             guard let t = l.lora else { continue }
@@ -59,11 +60,26 @@ extension Subject {
 
     /// Factors concatenated into one 1-D tensor (or shaped, for a single block), in `dtype`; q8
     /// adds a `.scale` F32 tensor with one symmetric scale per block (max |x| / 127).
-    static func packed(_ name: String, _ blocks: [[Float]], dtype: SubjectDType, file: String, shape: [Int]? = nil) throws(TensorFileError) -> [TensorSource] {
+    /// Errors name the tensor and, with `blockNames` (one per block), the layer of the block.
+    static func packed(_ name: String, _ blocks: [[Float]], dtype: SubjectDType, file: String, shape: [Int]? = nil,
+                       blockNames: [String]? = nil) throws(TensorFileError) -> [TensorSource] {
         let all = blocks.flatMap { $0 }
         let shp = shape ?? [all.count]
-        for x in all where !x.isFinite {
-            throw TensorFileError(file: file, tensor: name, .invalidArgument("factor values must be finite"))
+        /// "layer 'L': " for the block holding element `i` of `all`, when blocks have names.
+        func whose(block b: Int) -> String {
+            guard let blockNames, b < blockNames.count else { return "" }
+            return "layer '\(blockNames[b])': "
+        }
+        func whose(element i: Int) -> String {
+            var start = 0
+            for (b, blk) in blocks.enumerated() {
+                if i < start + blk.count { return whose(block: b) }
+                start += blk.count
+            }
+            return ""
+        }
+        if let i = all.firstIndex(where: { !$0.isFinite }) {
+            throw TensorFileError(file: file, tensor: name, .invalidArgument(whose(element: i) + "factor values must be finite"))
         }
         switch dtype {
         case .f32:
@@ -77,16 +93,24 @@ extension Subject {
             let exponent: UInt16 = dtype == .f16 ? 0x7C00 : 0x7F80
             let halves = out.buffer.bindMemory(to: UInt16.self)
             for i in 0..<all.count where halves[i] & exponent == exponent {
-                throw TensorFileError(file: file, tensor: name, .invalidArgument("factor value \(all[i]) does not fit \(dtype.rawValue) (use --dtype f32)"))
+                throw TensorFileError(file: file, tensor: name, .invalidArgument(whose(element: i) + "factor value \(all[i]) does not fit \(dtype.rawValue) (use --dtype f32)"))
             }
             return [.bytes(TensorInfo(name: name, dtype: d, shape: shp), TensorBytes(owned: out))]
         case .q8:
             var q: [UInt8] = []
             var scales: [Float] = []
             q.reserveCapacity(all.count)
-            for blk in blocks {
+            for (b, blk) in blocks.enumerated() {
                 let m = blk.reduce(Float(0)) { max($0, abs($1)) }
-                let s = m > 0 ? m / 127 : 1
+                // max|x| / 127, but never 0: a block whose maximum is below 127 times the smallest
+                // subnormal gets that subnormal as its scale, and its values are then exact.
+                let s = m > 0 ? max(m / 127, Float.leastNonzeroMagnitude) : 1
+                // The reader's rule, exactly: a scale it would refuse is not written.
+                guard Self.isValidQ8Scale(s) else {
+                    throw TensorFileError(file: file, tensor: name, .invalidArgument(
+                        whose(block: b) + "max |factor| \(m) needs the q8 scale \(s), above the largest a reader accepts "
+                        + "(\(Self.maxQ8Scale): 127 · scale must be finite in binary32); use --dtype f32"))
+                }
                 scales.append(s)
                 for x in blk {
                     let v = (x / s).rounded(.toNearestOrEven)
@@ -96,6 +120,18 @@ extension Subject {
             return [.array(TensorInfo(name: name, dtype: .I8, shape: shp), q),
                     .array(TensorInfo(name: name + ".scale", dtype: .F32, shape: [scales.count]), floatBytes(scales))]
         }
+    }
+
+    /// The q8 scale rule readers apply (spec/subject.md §3): positive, and `127 · scale` finite in
+    /// binary32 so every dequantised value is. The writer applies the same test before writing.
+    static func isValidQ8Scale(_ s: Float) -> Bool { s > 0 && (s * 127).isFinite }
+
+    /// The largest scale `isValidQ8Scale` accepts.
+    static var maxQ8Scale: Float {
+        var s = Float.greatestFiniteMagnitude / 127
+        while !isValidQ8Scale(s) { s = s.nextDown }
+        while isValidQ8Scale(s.nextUp) { s = s.nextUp }
+        return s
     }
 
     /// Reads a subject file, validating it as spec/subject.md §4 requires.
@@ -286,8 +322,8 @@ extension Subject {
         func scales(_ name: String) throws(TensorFileError) -> [Float]? {
             guard dtype == .q8 else { return nil }
             let s = try decode(name + ".scale")
-            for x in s where !(x > 0 && (x * 127).isFinite) {
-                throw fail("q8 scales must be positive and at most \(Float.greatestFiniteMagnitude / 127) (found \(x))", name + ".scale")
+            for x in s where !Self.isValidQ8Scale(x) {
+                throw fail("q8 scales must be positive and at most \(Self.maxQ8Scale) (found \(x))", name + ".scale")
             }
             return s
         }

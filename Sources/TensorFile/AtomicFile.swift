@@ -266,4 +266,17 @@ public enum InterruptCleanup {
     public static func install(messagePrefix: String, busErrorMessage: String, exitCode: Int32) {
         lidb_cleanup_install_handlers(messagePrefix, busErrorMessage, exitCode)
     }
+
+    /// Remembers a temporary folder (an output assembled before it is renamed into place) for the
+    /// handlers to remove, with everything in it, when a signal ends the process. Call it before
+    /// creating the folder, and `forget(folder:)` once it is renamed or removed. Returns a slot
+    /// (−1 when the table of 16 folders is full: the folder is then only removed by its owner).
+    public static func removeOnInterrupt(folder path: String) -> Int32 {
+        lidb_cleanup_remember_folder(path)
+    }
+
+    /// Forgets a folder remembered by `removeOnInterrupt(folder:)`.
+    public static func forget(folder slot: Int32) {
+        lidb_cleanup_forget_folder(slot)
+    }
 }

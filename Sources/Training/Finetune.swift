@@ -328,11 +328,12 @@ public final class Finetuner {
         let context = try fixedContext ?? text.forward(ids: ids)
         let (c, h, w) = latentShape
         let sample = try Compute.FeatureMap(c: c, h: h, w: w, data: noisy)
-        let pred = try unet.forward(sample, timestep: Float(timestep), context: context)
-        let loss = try DenoisingObjective.meanSquaredError(pred.data, target, step: step)
-        let g = try DenoisingObjective.meanSquaredErrorGradient(pred.data, target)
-        let gradOut = try Compute.FeatureMap(c: pred.c, h: pred.h, w: pred.w, data: g)
-        let gctx = try unet.backward(gradOutput: gradOut, sample: sample, timestep: Float(timestep), context: context, contextGradient: textTrains)
+        var loss: Float = 0
+        let (_, gctx) = try unet.forwardBackward(sample, timestep: Float(timestep), context: context, contextGradient: textTrains) { pred in
+            loss = try DenoisingObjective.meanSquaredError(pred.data, target, step: step)
+            let g = try DenoisingObjective.meanSquaredErrorGradient(pred.data, target)
+            return try Compute.FeatureMap(c: pred.c, h: pred.h, w: pred.w, data: g)
+        }
         if textTrains, let gctx { try text.backward(gradOutput: gctx, ids: ids) }
         return (loss, currentGradients())
     }

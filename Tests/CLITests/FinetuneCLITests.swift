@@ -76,6 +76,33 @@ import Glibc
         #expect(fast.metadata["info"]?["name"]?.stringValue == "me", "the init's name is kept")
     }
 
+    /// HyperDreamBooth's order: the hypernetwork's prediction for the photo, then the fast
+    /// finetune. The predicted LiDB factors stay exactly as `lidb personalize` predicts them (in
+    /// float32) and a LoRA term trains beside them.
+    @Test func fastFinetuneFromAHypernetworkPrediction() throws {
+        let s = Scratch()
+        var r = try CLI.run(["convert", samples + "/tiny-sd", "-o", s.file("base.lidb")])
+        #expect(r.status == 0, "\(r.stderr)")
+        r = try CLI.run(["convert", samples + "/tiny-hyper.safetensors", "--kind", "hypernetwork", "--config", samples + "/tiny-hyper.json",
+                         "-o", s.file("hyper.lidb")])
+        #expect(r.status == 0, "\(r.stderr)")
+        r = try CLI.run(["personalize", "--hypernet", s.file("hyper.lidb"), "--base", s.file("base.lidb"), "--image", Self.photo,
+                         "--dtype", "f32", "-o", s.file("predicted.lidb")])
+        #expect(r.status == 0, "\(r.stderr)")
+        r = try CLI.run(["finetune", "--base", s.file("base.lidb"), "--hypernet", s.file("hyper.lidb"), "--image", Self.photo,
+                         "--resolution", "64", "--steps", "2", "--relax-rank", "2", "--dtype", "f32", "-o", s.file("fast.lidb")])
+        #expect(r.status == 0, "\(r.stderr)")
+        let predicted = try LidbFile(path: s.file("predicted.lidb")), fast = try LidbFile(path: s.file("fast.lidb"))
+        for name in ["lidb.down_train", "lidb.up_train"] {
+            let a = try predicted.tensorBytes(name), b = try fast.tensorBytes(name)
+            #expect(Array(a.bytes) == Array(b.bytes), "\(name): the prediction is kept frozen")
+        }
+        #expect(fast.tensors.contains { $0.name.hasPrefix("lora.") })
+        let p = try #require(fast.metadata["info"]?["provenance"])
+        #expect(p["init"]?["kind"]?.stringValue == "hypernetwork" && p["train"]?.stringValue == "lora" && p["steps"]?.int64Value == 2)
+        #expect(p["init"]?["hypernetwork"]?.stringValue == predicted.metadata["info"]?["provenance"]?["hypernetwork"]?.stringValue)
+    }
+
     @Test func badRequestsAreRefusedByNameAndWriteNothing() throws {
         let s = Scratch()
         let base = try Self.base(s)

@@ -281,6 +281,34 @@ import Glibc
         }
     }
 
+    /// An export that assembles a folder (`export --format diffusers`: `OUT.tmp-PID`, renamed into
+    /// place when complete) removes the partial folder, with the files already in it, when a
+    /// signal ends it (it was left behind: only its files' temporary files were registered).
+    @Test func signalsRemoveTheTemporaryExportFolder() throws {
+        let s = Scratch()
+        let r = try CLI.run(["convert", baseFixtures + "/sd1/diffusers-safetensors", "-o", s.file("base.lidb")])
+        #expect(r.status == 0, "\(r.stderr)")
+        for sig in [SIGINT, SIGTERM, SIGHUP] {
+            let out = s.file("out-\(sig)")
+            let p = try Self.start(["export", s.file("base.lidb"), "--format", "diffusers", "-o", out],
+                                   stderr: s.file("stderr.txt"), environment: ["LIDB_TEST_PAUSE_AFTER_TEMP": "2"])
+            let folder = out + ".tmp-\(p.processIdentifier)"
+            // The UNet's weights are being written: model_index.json and unet/config.json are done.
+            let temporary = try #require(Self.waitForLine("lidb: test: temporary file " + folder + "/unet/.diffusion_pytorch_model", in: s.file("stderr.txt")))
+            #expect(Self.exists(folder + "/model_index.json") && Self.exists(folder + "/unet/config.json"), "the export is in progress")
+            kill(p.processIdentifier, sig)
+            p.waitUntilExit()
+            #expect(p.terminationReason == .uncaughtSignal && p.terminationStatus == sig, "signal \(sig): \(p.terminationReason) \(p.terminationStatus)")
+            #expect(!Self.exists(folder), "signal \(sig) left \(folder) (\(temporary))")
+            #expect(!Self.exists(out))
+            #expect(s.contents == ["base.lidb", "stderr.txt"], "\(s.contents)")
+        }
+        // Uninterrupted, the same export completes and leaves only its folder.
+        let done = try CLI.run(["export", s.file("base.lidb"), "--format", "diffusers", "-o", s.file("out")])
+        #expect(done.status == 0 && Self.exists(s.file("out/unet/diffusion_pytorch_model.safetensors")), "\(done.stderr)")
+        #expect(s.contents == ["base.lidb", "out", "stderr.txt"], "\(s.contents)")
+    }
+
     // MARK: 12. A mapped input that shrinks gives one line, not a crash
 
     @Test func inputTruncatedDuringAWriteIsAnErrorNotABusError() throws {

@@ -100,4 +100,46 @@ let personalizeFixtures = repoRoot + "/Tests/CLITests/Fixtures/personalize"
                              "--image", samples + "/face.jpg", "-o", s.file("out.lidb")])
         #expect(r.status == 2 && r.stderr.contains("subject-lora.lidb"), "\(r.stderr)")
     }
+
+    /// A hypernetwork whose preprocessing resizes the shortest edge to 8192 before its 64×64 crop
+    /// (found by the semantic fuzz target): a 1×48 photo would become 8192 × 393,216 pixels
+    /// (9.7 GB) before the crop. Refused before allocating — one line naming the hypernetwork,
+    /// the key, the photo and the size; no output; a small process — while the same photo with
+    /// the sample's shortest edge of 64 personalizes.
+    @Test func hugeResizeBeforeTheCropIsRefused() throws {
+        let s = Scratch()
+        var r = try CLI.run(["convert", samples + "/tiny-sd", "-o", s.file("base.lidb")])
+        #expect(r.status == 0, "\(r.stderr)")
+        let config = try JSONValue.parse([UInt8](try Data(contentsOf: URL(fileURLWithPath: samples + "/tiny-hyper.json"))), file: "tiny-hyper.json")
+        let pre = try #require(config["preprocessing"])
+        let hostile = config.setting("preprocessing", pre.setting("size", .object([("shortest_edge", .int(8192))])))
+        try Data(hostile.serialized()).write(to: URL(fileURLWithPath: s.file("hyper.json")))
+        r = try CLI.run(["convert", samples + "/tiny-hyper.safetensors", "--kind", "hypernetwork", "--config", s.file("hyper.json"), "-o", s.file("hyper.lidb")])
+        #expect(r.status == 0, "\(r.stderr)")
+        r = try CLI.run(["convert", samples + "/tiny-hyper.safetensors", "--kind", "hypernetwork", "--config", samples + "/tiny-hyper.json", "-o", s.file("ok.lidb")])
+        #expect(r.status == 0, "\(r.stderr)")
+        try TinyPNG.write(width: 1, height: 48, to: s.file("thin.png"))
+        let before = s.contents
+        let args = ["personalize", "--hypernet", s.file("hyper.lidb"), "--base", s.file("base.lidb"), "--image", s.file("thin.png"), "-o", s.file("out.lidb")]
+        r = try CLI.run(args)
+        print("1×48 photo, shortest_edge 8192: \(r.stderr)", terminator: "")
+        #expect(r.status == 2, "\(r.stdout)")
+        #expect(r.stderr.hasPrefix("lidb: error: ") && r.stderr.split(separator: "\n").count == 1, "\(r.stderr)")
+        for word in ["hyper.lidb", "size.shortest_edge", "thin.png", "1×48", "8192×393216", "64000000"] {
+            #expect(r.stderr.contains(word), "'\(word)' not in \(r.stderr)")
+        }
+        #expect(s.contents == before, "left \(Set(s.contents).subtracting(before))")
+        if FileManager.default.isExecutableFile(atPath: "/usr/bin/time") {
+            let timed = try RuntimeHardeningCLITests.run(args, wrapper: ["/usr/bin/time", "-v"])
+            #expect(timed.status == 2)
+            let line = timed.stderr.split(separator: "\n").first { $0.contains("Maximum resident set size") }
+            let kb = line.flatMap { Int($0.split(separator: ":").last!.trimmingCharacters(in: .whitespaces)) }
+            print("refused 8192 × 393216 resize: peak RSS \(kb.map { "\($0 / 1024) MiB" } ?? "?")")
+            #expect(kb != nil && kb! < 200 * 1000, "\(String(describing: kb)) KB")
+            #expect(s.contents == before)
+        }
+        // The same photo under the sample's shortest edge of 64 (64 × 3072 pixels) is fine.
+        r = try CLI.run(["personalize", "--hypernet", s.file("ok.lidb"), "--base", s.file("base.lidb"), "--image", s.file("thin.png"), "-o", s.file("out.lidb")])
+        #expect(r.status == 0 && FileManager.default.fileExists(atPath: s.file("out.lidb")), "\(r.stderr)")
+    }
 }

@@ -120,6 +120,58 @@ import Testing
         }
     }
 
+    /// A scheduler config whose DPM-Solver schedule repeats its first timestep (found by the
+    /// semantic fuzz target: lambda_min_clipped 16 clips every training timestep, and
+    /// `--sampler dpmpp_2m` trapped "step past the end of the schedule"): refused before the
+    /// model is loaded, one line naming the config field and the steps, no output. Other
+    /// samplers, which do not clip, still generate from the same base.
+    @Test func schedulesThatRepeatTheirFirstTimestepAreRefused() throws {
+        let s = Scratch()
+        try Self.setUp(s)
+        try Self.rewrite(s.file("base.lidb"), to: s.file("clipped.lidb"), metadata: Self.config("scheduler", "lambda_min_clipped", .int(16)))
+        let before = s.contents
+        for steps in ["3", "2"] {
+            let r = try Self.run(["generate", "--model", s.file("clipped.lidb"), "--prompt", "x", "--steps", steps, "--width", "64", "--height", "64",
+                                  "--sampler", "dpmpp_2m", "-o", s.file("out.png")])
+            print("lambda_min_clipped 16, \(steps) steps: \(r.stderr)", terminator: "")
+            Self.expectRefused(r, ["clipped.lidb", "components.scheduler.config", "dpmpp_2m", "\(steps) steps of DPMSolverMultistepScheduler",
+                                   "lambda_min_clipped 16"], in: s, before: before, "lambda_min_clipped 16, \(steps) steps")
+        }
+        let ok = try generate(s, model: "clipped.lidb", ["--sampler", "euler", "--cfg", "1"])
+        #expect(ok.status == 0 && FileManager.default.fileExists(atPath: s.file("out.png")), "\(ok.stderr)")
+    }
+
+    /// `--batch N` writes OUT-1.png … OUT-N.png: every one is checked before the model is loaded
+    /// (only `-o` was: a folder named like the second image was found after generating the batch
+    /// and writing the first image).
+    @Test func everyBatchOutputIsCheckedBeforeWork() throws {
+        let s = Scratch()
+        try Self.setUp(s)
+        try FileManager.default.createDirectory(atPath: s.file("out-2.png"), withIntermediateDirectories: false)
+        var before = s.contents
+        var r = try generate(s, ["--batch", "3", "--cfg", "1"])
+        Self.expectRefused(r, ["out-2.png", "folder"], in: s, before: before, "out-2.png is a folder")
+        try FileManager.default.removeItem(atPath: s.file("out-2.png"))
+        #expect(mkfifo(s.file("out-3.png"), 0o644) == 0)
+        before = s.contents
+        r = try generate(s, ["--batch", "3", "--cfg", "1"])
+        Self.expectRefused(r, ["out-3.png", "FIFO"], in: s, before: before, "out-3.png is a FIFO")
+        try FileManager.default.removeItem(atPath: s.file("out-3.png"))
+        // A subject named like an image of the batch is an input, not an output.
+        try FileManager.default.copyItem(atPath: s.file("s.lidb"), toPath: s.file("out-2.png"))
+        before = s.contents
+        r = try generate(s, ["--batch", "2", "--cfg", "1", "--subject", s.file("out-2.png")])
+        Self.expectRefused(r, ["out-2.png", "input"], in: s, before: before, "out-2.png is an input")
+        try FileManager.default.removeItem(atPath: s.file("out-2.png"))
+        // With nothing in the way, the batch is written under those names; `.png` inside a
+        // folder's name is kept (it was replaced everywhere in the path).
+        try FileManager.default.createDirectory(atPath: s.file("a.png.d"), withIntermediateDirectories: false)
+        r = try Self.run(["generate", "--model", s.file("base.lidb"), "--prompt", "x", "--steps", "1", "--width", "64", "--height", "64",
+                          "--cfg", "1", "--batch", "2", "-o", s.file("a.png.d/out.png")])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: s.file("a.png.d"))) ?? []).sorted() == ["out-1.png", "out-2.png"])
+    }
+
     @Test func nonFiniteGenerationsWriteNothing() throws {
         let s = Scratch()
         try Self.setUp(s)

@@ -46,6 +46,22 @@ import Testing
         }
         #expect(try field { $0.setting(path: ["preprocessing", "size"], .object([("shortest_edge", .int(100_000))])) } == "preprocessing")
         #expect(try field { $0.setting(path: ["preprocessing", "crop_size"], .object([("height", .int(1 << 40)), ("width", .int(224))])) } == "preprocessing")
+        #expect(try field { $0.setting(path: ["preprocessing", "size"], .object([("shortest_edge", .int(0))])) } == "preprocessing")
+        #expect(try field { $0.setting(path: ["preprocessing", "crop_size"], .object([("height", .int(0)), ("width", .int(224))])) } == "preprocessing")
+    }
+
+    /// An exact resize beyond `maxResizedPixels` (each side within 1…8192) is refused from the
+    /// config; one inside the limit is not. (A shortest-edge resize depends on the photo and is
+    /// checked when the photo is preprocessed.)
+    @Test func exactResizesAreBoundedInPixels() throws {
+        func exact(_ h: Int, _ w: Int) -> (JSONValue) -> JSONValue {
+            { $0.setting(path: ["preprocessing", "size"], .object([("height", .int(h)), ("width", .int(w))])) }
+        }
+        #expect(HypernetworkConfig.maxResizedPixels == 64_000_000)
+        #expect(try field(exact(8192, 8192)) == "preprocessing")
+        #expect(try field(exact(8000, 8001)) == "preprocessing")
+        // The CLIP fixture crops to its encoder's 32×32 after resizing: 8000 × 8000 is inside.
+        #expect(try field(exact(8000, 8000)) == nil)
     }
 
     @Test func targetShapesAreBoundedIntegers() throws {

@@ -27,7 +27,7 @@ import TensorFile
         let pp = try ImagePreprocessing(json: Self.jsonValue(c["preprocessing"]!), file: "manifest.json")
         #expect(pp.outputHeight == c["height"] as! Int && pp.outputWidth == c["width"] as! Int)
         let image = try ImagingFixtures.reference(c["image"] as! String)
-        let ours = pp.apply(image)
+        let ours = try pp.apply(image)
         let variants = c["variants"] as! [String: String]
         if c["stored"] as! String == "uint8" {
             // 8-bit values u with pixel_values == (u − mean/f) / (std/f) in float32 (checked by the generator).
@@ -114,6 +114,73 @@ import TensorFile
     }
 }
 
+/// A `shortest_edge` resize of an elongated image (found by the semantic fuzz target: a 1×48
+/// image to a shortest edge of 8192 is 8192 × 393,216 pixels, 9.7 GB, before an 8×8 crop).
+@Suite struct ResizeLimitTests {
+    static func shortestEdge(_ n: Int, crop: Int) throws -> ImagePreprocessing {
+        try ImagePreprocessing(json: ImagePreprocessing.clip(size: crop).json.setting("size", .object([("shortest_edge", .int(n))])), file: "hyper.json")
+    }
+
+    static func thin(width: Int, height: Int) -> RGBImage {
+        RGBImage(width: width, height: height, pixels: (0..<(width * height * 3)).map { UInt8(truncatingIfNeeded: $0 &* 37) })
+    }
+
+    /// Refused with the description's file, the key, the image and the size, before the resize
+    /// allocates (the refusal takes no time and no memory).
+    @Test func elongatedImagesAreRefusedBeforeResizing() throws {
+        let pp = try Self.shortestEdge(8192, crop: 8)
+        let image = Self.thin(width: 1, height: 48)
+        // The size the resize would make, from the rule itself (checked arithmetic).
+        let want = try #require(pp.resizedSize(height: 48, width: 1))
+        #expect(want.width == 8192 && want.height * want.width > ImagePreprocessing.maxResizedPixels)
+        do {
+            _ = try pp.apply(image, image: "thin.png", config: "hyper.lidb")
+            Issue.record("a resize to \(want.width)×\(want.height) must be refused")
+        } catch {
+            guard case let .resizeTooLarge(file, key, name, w, h, rw, rh, limit) = error else { Issue.record("got \(error)"); return }
+            #expect(file == "hyper.lidb" && key == "size.shortest_edge" && name == "thin.png" && (w, h) == (1, 48))
+            #expect((rw, rh) == (want.width, want.height) && limit == 64_000_000)
+            print("refused: \(error)")
+            for word in ["hyper.lidb", "size.shortest_edge", "thin.png", "1×48", "\(want.width)×\(want.height)", "64000000"] {
+                #expect(error.description.contains(word), "'\(word)' not in \(error)")
+            }
+        }
+        // The same image to a shortest edge of 64 (64 × 3072 pixels) is fine.
+        let ok = try Self.shortestEdge(64, crop: 8).apply(image)
+        #expect(ok.count == 3 * 8 * 8 && ok.allSatisfy { $0.isFinite })
+        // A landscape image the other way round.
+        #expect(throws: ImageError.self) { try pp.apply(Self.thin(width: 48, height: 1)) }
+    }
+
+    /// The arithmetic is checked: sides whose product overflows give nil, and a refusal.
+    @Test func resizedSizesUseCheckedArithmetic() throws {
+        let pp = try Self.shortestEdge(8192, crop: 8)
+        #expect(pp.resizedSize(height: Int.max / 2, width: 1) == nil)
+        #expect(pp.resizedSize(height: 0, width: 5) == nil)
+        do {
+            _ = try pp.checkedResizedSize(height: Int.max / 2, width: 1, image: "p.png", config: "h.lidb")
+            Issue.record("must be refused")
+        } catch {
+            #expect(error.description.contains("beyond 64-bit arithmetic"), "\(error)")
+        }
+        // The largest resize inside the limit passes: 8000 × 8000.
+        let square = try Self.shortestEdge(8000, crop: 8)
+        let r = try square.checkedResizedSize(height: 3, width: 3, image: "p.png", config: "h.lidb")
+        #expect(r.height == 8000 && r.width == 8000)
+    }
+
+    /// An exact size beyond the limit is refused when the description is read, naming `size`.
+    @Test func exactSizesBeyondTheLimitAreRefusedOnRead() throws {
+        let big = ImagePreprocessing.vit(size: 8).json.setting("size", .object([("height", .int(8192)), ("width", .int(8192))]))
+        #expect(preprocessingError(big.setting("crop_size", .object([("height", .int(8)), ("width", .int(8))]))).map { e -> Bool in
+            if case let .invalidPreprocessing(_, k, p) = e { return k == "size" && p.contains("64000000") }
+            return false
+        } == true)
+        let inside = ImagePreprocessing.vit(size: 8).json.setting("size", .object([("height", .int(8000)), ("width", .int(8000))]))
+        #expect(preprocessingError(inside) == nil)
+    }
+}
+
 @Suite struct TransformersConfigTests {
     /// Configs as transformers writes them (`resample` numbers, `do_*` switches) give the
     /// processor's own pixel_values.
@@ -122,7 +189,7 @@ import TensorFile
         let c = (ImagingFixtures.manifest["transformers_configs"] as! [[String: Any]]).first { $0["name"] as! String == name }!
         let pp = try ImagePreprocessing(transformersConfig: PreprocessingTests.jsonValue(c["config"]!), file: "preprocessor_config.json")
         #expect(pp.outputHeight == c["height"] as! Int && pp.outputWidth == c["width"] as! Int)
-        let ours = pp.apply(try ImagingFixtures.reference(c["image"] as! String))
+        let ours = try pp.apply(try ImagingFixtures.reference(c["image"] as! String))
         let ref = try ImagingFixtures.floats(c["pixel_values"] as! String)
         #expect(ours.count == ref.count)
         guard ours.count == ref.count else { return }

@@ -49,6 +49,52 @@ import Testing
         }
     }
 
+    /// q8 writes follow the reader's scale rule (found by the semantic fuzz target: a factor of
+    /// 3.4028235e38 made the scale max/127, whose 127 · scale overflows, so lidb wrote a subject
+    /// it then refused to read). Such a block is refused naming the tensor and the layer, and
+    /// nothing is written; the largest max |x| the rule allows round-trips; a block of subnormals
+    /// (whose max/127 underflowed to a zero scale, then divided by) round-trips exactly.
+    @Test func q8ScalesFollowTheReadersRule() throws {
+        let table = try layerTable("sd15")
+        let layers = Array(TargetSet.paper.layers(in: table).prefix(2))
+        var s = Subject.initialise(layers: layers, rank: 1, a: 4, b: 4, basisSeed: 1, std: 0.02,
+                                   factorSeed: 2, targetSet: "custom", architecture: "sd1")
+        let tmp = TempDir()
+        func expectRefused(_ subject: Subject, _ words: [String]) {
+            do {
+                try subject.write(to: tmp.file("q8.lidb"), dtype: .q8)
+                Issue.record("a q8 write with a factor of \(Float.greatestFiniteMagnitude) must fail")
+            } catch {
+                print("refused: \(error)")
+                for w in words { #expect(error.description.contains(w), "'\(w)' not in \(error)") }
+            }
+            #expect(((try? FileManager.default.contentsOfDirectory(atPath: tmp.path)) ?? []).isEmpty, "no output or temp file")
+        }
+        var huge = s
+        huge.layers[1].lidb!.downTrain[2] = .greatestFiniteMagnitude
+        expectRefused(huge, ["lidb.down_train", "layer '\(layers[1].name)'", "q8 scale"])
+        huge = s
+        huge.layers[0].lora = LoRATerm(rank: 1, alpha: 1, down: (0..<layers[0].inDim).map { Float($0 % 3) }, up: (0..<layers[0].out).map { -Float($0 % 2) })
+        huge.layers[0].lora!.up[1] = -.greatestFiniteMagnitude
+        expectRefused(huge, ["lora.\(layers[0].name).up", "q8 scale"])
+
+        // The largest block maximum whose scale the reader accepts, found from the rule itself.
+        var m = Float.greatestFiniteMagnitude
+        while !Subject.isValidQ8Scale(m / 127) { m = m.nextDown }
+        #expect(m < .greatestFiniteMagnitude && m > .greatestFiniteMagnitude * 0.999)
+        s.layers[1].lidb!.downTrain[2] = m
+        s.layers[1].lidb!.downTrain[3] = -m / 3
+        // Subnormals only, with a zero among them.
+        let tiny = Float.leastNonzeroMagnitude
+        s.layers[0].lidb!.downTrain = (0..<s.layers[0].lidb!.downTrain.count).map { Float($0 % 7 - 3) * tiny }
+        try s.write(to: tmp.file("q8.lidb"), dtype: .q8)
+        let back = try Subject(path: tmp.file("q8.lidb"))
+        let big = back.layers[1].lidb!.downTrain
+        #expect(big[2].isFinite && abs(big[2] - m) <= m / 254, "\(big[2]) for \(m)")
+        #expect(abs(big[3] + m / 3) <= m / 254, "\(big[3])")
+        #expect(back.layers[0].lidb!.downTrain == s.layers[0].lidb!.downTrain, "subnormal block")
+    }
+
     @Test(arguments: SubjectDType.allCases)
     func factorsRoundTrip(dtype: SubjectDType) throws {
         let table = try layerTable("sd15")

@@ -104,6 +104,8 @@ import Imaging
         let small = try TrainingPreprocessing.pixels(RGBImage(width: 3, height: 1, pixels: [0, 0, 0, 255, 255, 255, 9, 9, 9]),
                                                      resolution: 8, file: "tiny.png")
         #expect(small.count == 3 * 8 * 8)
+        // One pixel limit for every resize before a crop (training and hypernetwork preprocessing).
+        #expect(TrainingLimits.maxResizedPixels == ImagePreprocessing.maxResizedPixels)
     }
 
     @Test func badResolutionAndUnreadableFilesAreTypedErrors() throws {

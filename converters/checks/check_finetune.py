@@ -25,7 +25,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
 from diffusers import DDPMScheduler, StableDiffusionPipeline  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
 diffusers.utils.logging.set_verbosity_error()
@@ -39,7 +39,7 @@ def evaluation_loss(pipe, resolution, count, seed, prompt):
     """spec/finetune.md §11, in PyTorch."""
     tf = transforms.Compose([transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
                              transforms.CenterCrop(resolution), transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
-    pixels = tf(Image.open(PHOTO).convert("RGB"))[None]
+    pixels = tf(ImageOps.exif_transpose(Image.open(PHOTO)).convert("RGB"))[None]   # lidb applies the EXIF orientation (spec/image.md)
     sched = DDPMScheduler.from_pretrained(PIPE, subfolder="scheduler")
     T = sched.config.num_train_timesteps
     with torch.no_grad():

@@ -379,7 +379,7 @@ def _parse(c: Container, path: str) -> Subject:
             return None
         s = tensor(name + ".scale")
         with np.errstate(over="ignore", invalid="ignore"):
-            ok = np.all(s > 0) and np.all(np.isfinite(s * np.float32(127)))
+            ok = _q8_scale_ok(s)
         if not ok:
             raise fail(f"tensor {name + '.scale'!r}: q8 scales must be positive with 127 · scale finite")
         return s
@@ -433,26 +433,55 @@ def check_against_base(subject: Subject, tensors: Sequence[Tuple[str, Sequence[i
         prev = order[w]
 
 
-def _pack(name: str, blocks: List[np.ndarray], dtype: str, shape=None):
-    flat = np.concatenate([np.asarray(b, np.float32).reshape(-1) for b in blocks]) if blocks else np.zeros(0, np.float32)
-    if not np.all(np.isfinite(flat)):
-        raise ValueError(f"{name}: factor values must be finite")
+def _q8_scale_ok(s) -> bool:
+    """The q8 scale rule of readers (spec §3): positive, and 127 · scale finite in binary32."""
+    with np.errstate(over="ignore"):
+        return bool(np.all(s > 0) and np.all(np.isfinite(np.asarray(s, np.float32) * np.float32(127))))
+
+
+def _pack(name: str, blocks: List[np.ndarray], dtype: str, shape=None, block_names=None):
+    """Writers refuse what readers would refuse (spec §3): a finite factor that rounds to infinity
+    in f16/bf16, a q8 block whose scale fails the readers' rule. Errors name the tensor and, with
+    ``block_names``, the layer."""
+    blocks = [np.asarray(b, np.float32).reshape(-1) for b in blocks]
+    flat = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+    starts = np.cumsum([0] + [b.size for b in blocks])
+
+    def where(i=None, block=None):
+        if block is None:
+            block = int(np.searchsorted(starts, i, side="right") - 1)
+        return f"layer {block_names[block]!r}: " if block_names is not None and 0 <= block < len(block_names) else ""
+
+    bad = np.flatnonzero(~np.isfinite(flat))
+    if bad.size:
+        raise ValueError(f"{name}: {where(int(bad[0]))}factor values must be finite")
     shape = tuple(shape) if shape is not None else (flat.size,)
     if dtype == "f32":
         return [(name, flat.reshape(shape))]
     if dtype == "f16":
-        return [(name, flat.astype(np.float16).reshape(shape))]
+        with np.errstate(over="ignore"):
+            half = flat.astype(np.float16)
+        bad = np.flatnonzero(~np.isfinite(half))
+        if bad.size:
+            raise ValueError(f"{name}: {where(int(bad[0]))}factor value {flat[bad[0]]} does not fit f16 (use f32)")
+        return [(name, half.reshape(shape))]
     if dtype == "bf16":
         bits = flat.view(np.uint32)
         # round to nearest even on the upper 16 bits (finite values only, checked above)
         rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+        bad = np.flatnonzero((rounded & 0x7F80) == 0x7F80)
+        if bad.size:
+            raise ValueError(f"{name}: {where(int(bad[0]))}factor value {flat[bad[0]]} does not fit bf16 (use f32)")
         return [(name, rounded.reshape(shape), "BF16")]
     if dtype == "q8":
         q, scales = [], []
-        for b in blocks:
-            b = np.asarray(b, np.float32).reshape(-1)
+        for k, b in enumerate(blocks):
             m = np.float32(np.max(np.abs(b))) if b.size else np.float32(0)
-            s = np.float32(m / np.float32(127)) if m > 0 else np.float32(1)
+            # max|x| / 127 in binary32, never 0: the smallest subnormal when the quotient underflows
+            s = max(np.float32(m / np.float32(127)), np.float32(2.0 ** -149)) if m > 0 else np.float32(1)
+            if not _q8_scale_ok(s):
+                raise ValueError(f"{name}: {where(block=k)}max |factor| {m} needs the q8 scale {s}, above the largest a reader "
+                                 "accepts (127 · scale must be finite in binary32); use f32")
             scales.append(s)
             q.append(np.clip(np.rint(b / s), -127, 127).astype(np.int8))
         return [(name, np.concatenate(q).reshape(shape)), (name + ".scale", np.array(scales, np.float32))]
@@ -465,8 +494,9 @@ def write_subject(path: str, subject: Subject, dtype: str = "f16") -> None:
     tensors = []
     lidb_layers = [l for l in subject.layers if l.lidb]
     if lidb_layers:
-        tensors += _pack("lidb.down_train", [l.lidb.down_train for l in lidb_layers], dtype)
-        tensors += _pack("lidb.up_train", [l.lidb.up_train for l in lidb_layers], dtype)
+        names = [l.name for l in lidb_layers]
+        tensors += _pack("lidb.down_train", [l.lidb.down_train for l in lidb_layers], dtype, block_names=names)
+        tensors += _pack("lidb.up_train", [l.lidb.up_train for l in lidb_layers], dtype, block_names=names)
     for l in subject.layers:
         if l.lora:
             tensors += _pack(f"lora.{l.name}.down", [l.lora.down], dtype, (l.lora.rank, l.in_))

@@ -153,6 +153,39 @@ class SubjectReaderTests(unittest.TestCase):
             h.tensors["lora.unet.b.attn1.to_k.up.scale"] = (np.array([bad], np.float32), "F32")
             self.refused(h, "scale2", "lora.unet.b.attn1.to_k.up.scale")
 
+    def test_writer_refuses_what_readers_refuse(self):
+        """A factor of 3.4028235e38 made the q8 scale max/127, whose 127 · scale overflows: the
+        writer wrote a file its reader refused. The writer now applies the readers' rule (and
+        refuses f16/bf16 overflow); nothing is written. The largest maximum the rule allows, and a
+        block of subnormals (whose scale underflowed to 0), round-trip."""
+        big = np.float32(np.finfo(np.float32).max)
+        for dtype, value, words in (("q8", big, ("lidb.down_train", "unet.b.attn1.to_k", "q8 scale")),
+                                    ("f16", np.float32(70000), ("lidb.down_train", "unet.b.attn1.to_k", "f16")),
+                                    ("bf16", big, ("lidb.down_train", "unet.b.attn1.to_k", "bf16"))):
+            s = sample_subject()
+            s.layers[1].lidb.down_train[0, 2] = value
+            p = os.path.join(self.dir, f"big-{dtype}.lidb")
+            with self.assertRaises(ValueError) as cm:
+                write_subject(p, s, dtype)
+            for w in words:
+                self.assertIn(w, str(cm.exception))
+            self.assertEqual(os.listdir(self.dir), [], "no output or temp file")
+        # The largest block maximum the rule accepts, found from the rule itself.
+        m = big
+        with np.errstate(over="ignore"):
+            while not np.isfinite(np.float32(m / np.float32(127)) * np.float32(127)):
+                m = np.nextafter(m, np.float32(0), dtype=np.float32)
+        s = sample_subject()
+        s.layers[1].lidb.down_train[0, 2] = m
+        tiny = np.float32(2.0 ** -149)
+        s.layers[0].lidb.down_train[0, :] = np.array([0, tiny, -3 * tiny], np.float32)
+        p = os.path.join(self.dir, "edge-q8.lidb")
+        write_subject(p, s, "q8")
+        back = read_subject(p)
+        got = back.layers[1].lidb.down_train.reshape(-1)[2]
+        self.assertTrue(np.isfinite(got) and abs(float(got) - float(m)) <= float(m) / 254, got)
+        np.testing.assert_array_equal(back.layers[0].lidb.down_train.reshape(-1), s.layers[0].lidb.down_train.reshape(-1))
+
     def test_round_trip_and_large_seed(self):
         for dtype in ("f32", "f16", "bf16", "q8"):
             p = os.path.join(self.dir, f"rt-{dtype}.lidb")
