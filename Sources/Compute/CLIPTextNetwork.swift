@@ -132,11 +132,11 @@ public struct CLIPTextNetwork: Sendable {
     }
 
     /// Merges `terms` into the weight of the layer named `name` (`Linear.addWeightDeltas`).
-    /// Throws for an unknown name or a term of another shape; returns the number of non-finite weights.
-    @discardableResult
-    public mutating func addWeightDeltas(_ terms: [any DeltaTerm], to name: String, sign: Float = 1) throws(ComputeError) -> Int {
+    /// Throws for an unknown name, a term of another shape or a result that is not finite,
+    /// changing nothing.
+    public mutating func addWeightDeltas(_ terms: [any DeltaTerm], to name: String, sign: Float = 1) throws(ComputeError) {
         guard let path = index.paths[name] else { throw ComputeError("text encoder: no linear layer named '\(name)'") }
-        do { return try self[keyPath: path].addWeightDeltas(terms, sign: sign) } catch { throw ComputeError("text encoder layer \(name): \(error.message)") }
+        do { try self[keyPath: path].addWeightDeltas(terms, sign: sign) } catch { throw ComputeError("text encoder layer \(name): \(error.message)") }
     }
 
     /// `token_embedding[id] + position_embedding[position]` per token.

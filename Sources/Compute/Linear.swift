@@ -40,20 +40,21 @@ public struct Linear: Sendable {
 
     /// Merges `terms` into the weight: `W ← round(W + sign · Σ ΔW)`, the terms' `ΔW` summed in
     /// binary64 and added with one rounding per weight (`addWeightDeltas`). A weight held as F16
-    /// becomes binary32 first (exactly). Throws for a term of another shape (and changes
-    /// nothing); returns the number of weights that are not finite afterwards.
-    @discardableResult
-    public mutating func addWeightDeltas(_ terms: [any DeltaTerm], sign: Float = 1) throws(ComputeError) -> Int {
+    /// becomes binary32 (exactly). Throws, leaving the weight as it was, for a term of another
+    /// shape or when a result is not finite (the merge works on a copy of the weight until then).
+    public mutating func addWeightDeltas(_ terms: [any DeltaTerm], sign: Float = 1) throws(ComputeError) {
+        let what = "linear [\(outFeatures) × \(inFeatures)]"
         for t in terms where t.outFeatures != outFeatures || t.inFeatures != inFeatures {
-            throw ComputeError("linear [\(outFeatures) × \(inFeatures)]: a delta term of shape [\(t.outFeatures) × \(t.inFeatures)]")
+            throw ComputeError("\(what): a delta term of shape [\(t.outFeatures) × \(t.inFeatures)]")
         }
-        guard !terms.isEmpty else { return 0 }
-        var w = values.floats
-        values = .f32([])  // `w` is now the only reference: updated in place
+        guard !terms.isEmpty else { return }
+        var w = values.floats  // a copy once written to: `values` keeps the weight until the end
         let (out, inDim) = (outFeatures, inFeatures)
         let bad = w.withMutableBase { Compute.addWeightDeltas(terms, out: out, in: inDim, into: $0, sign: sign) }
+        guard bad == 0 else {
+            throw ComputeError("\(what): W \(sign < 0 ? "−" : "+") ΔW is not finite in \(bad) weight(s) (binary32 range exceeded); the weight is unchanged")
+        }
         values = .f32(w)
-        return bad
     }
 
     public func forward(_ x: Matrix) throws(ComputeError) -> Matrix {

@@ -171,12 +171,11 @@ public struct UNetNetwork: Sendable {
     }
 
     /// Merges `terms` into the weight of the layer named `name` (`Linear.addWeightDeltas`: one
-    /// rounding per weight; an F16-held weight becomes binary32). Throws for an unknown name or a
-    /// term of another shape (changing nothing); returns the number of non-finite weights.
-    @discardableResult
-    public mutating func addWeightDeltas(_ terms: [any DeltaTerm], to name: String, sign: Float = 1) throws(ComputeError) -> Int {
+    /// rounding per weight; an F16-held weight becomes binary32). Throws for an unknown name, a
+    /// term of another shape or a result that is not finite, changing nothing.
+    public mutating func addWeightDeltas(_ terms: [any DeltaTerm], to name: String, sign: Float = 1) throws(ComputeError) {
         guard let path = index.paths[name] else { throw ComputeError("UNet: no linear layer named '\(name)'") }
-        do { return try self[keyPath: path].addWeightDeltas(terms, sign: sign) } catch { throw ComputeError("UNet layer \(name): \(error.message)") }
+        do { try self[keyPath: path].addWeightDeltas(terms, sign: sign) } catch { throw ComputeError("UNet layer \(name): \(error.message)") }
     }
 
     /// The algorithm every convolution uses (`.automatic` unless set; tests force `.winograd`

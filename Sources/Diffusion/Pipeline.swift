@@ -146,8 +146,11 @@ public final class StableDiffusion {
     /// Applies subjects, each at its weight, as the same delta terms either way (spec/runtime.md):
     /// `merge` adds their ΔW to the in-memory weights — all subjects' ΔW of a weight summed and
     /// added with one rounding, as `lidb merge` does — and accumulates over calls; `live` attaches
-    /// the terms to the layers (the weights stay untouched), replacing the subjects attached
-    /// before (switching is detaching and attaching terms).
+    /// the terms to the layers (the weights untouched), replacing the subjects attached before
+    /// (switching is detaching and attaching terms). Every subject is checked, and every layer
+    /// found in the networks with its shape, before anything changes; errors name the subject and
+    /// the layer. A merged weight that would not be finite is refused (that weight unchanged; the
+    /// layers merged before it stay merged).
     public func apply(_ subjects: [AppliedSubject], mode: ApplyMode) throws(TensorFileError) {
         var perLayer: [String: [any DeltaTerm]] = [:]
         var order: [(layer: TargetLayer, path: String)] = []
@@ -161,35 +164,48 @@ public final class StableDiffusion {
                 perLayer[layer.name, default: []].append(term)
             }
         }
+        enum Network { case unet(String), text(String) }
+        var targets: [(network: Network, terms: [any DeltaTerm], fail: (String) -> TensorFileError)] = []
+        for (layer, path) in order {
+            let fail = { (m: String) in TensorFileError(file: path, tensor: layer.name, .invalidArgument(m)) }
+            let shape: (out: Int, in: Int)?
+            let network: Network
+            if layer.name.hasPrefix("unet.") {
+                let name = String(layer.name.dropFirst("unet.".count))
+                shape = unet.linear(named: name).map { ($0.outFeatures, $0.inFeatures) }
+                network = .unet(name)
+            } else if layer.name.hasPrefix("text_encoder.") {
+                let name = String(layer.name.dropFirst("text_encoder.".count))
+                shape = textEncoder.layerShape(name)
+                network = .text(name)
+            } else {
+                shape = nil
+                network = .unet(layer.name)
+            }
+            guard let shape else { throw fail("the runtime has no linear layer of this name (only the UNet's and the text encoder's linear layers take subjects)") }
+            guard shape.out == layer.out, shape.in == layer.inDim else {
+                throw fail("the runtime's layer is [\(shape.out), \(shape.in)], the subject's [\(layer.out), \(layer.inDim)]")
+            }
+            targets.append((network, perLayer[layer.name] ?? [], fail))
+        }
         if mode == .live {
             unet.detachAllTerms()
             textEncoder.detachAllTerms()
         }
-        for (layer, path) in order {
-            let terms = perLayer[layer.name] ?? []
-            func fail(_ m: String) -> TensorFileError { TensorFileError(file: path, tensor: layer.name, .invalidArgument(m)) }
-            if layer.name.hasPrefix("unet.") {
-                let name = String(layer.name.dropFirst("unet.".count))
-                do {
-                    switch mode {
-                    case .merge:
-                        let bad = try unet.addWeightDeltas(terms, to: name)
-                        guard bad == 0 else { throw fail("W + w·ΔW is not finite in \(bad) weight(s); lower the weight") }
-                    case .live:
-                        for t in terms { try unet.attach(t, to: name) }
-                    }
-                } catch let e as TensorFileError { throw e } catch { throw fail("the runtime's UNet cannot take this layer: \(error)") }
-            } else if layer.name.hasPrefix("text_encoder.") {
-                let name = String(layer.name.dropFirst("text_encoder.".count))
-                switch mode {
-                case .merge:
-                    let bad = try textEncoder.addWeightDeltas(terms, to: name)
-                    guard bad == 0 else { throw fail("W + w·ΔW is not finite in \(bad) weight(s); lower the weight") }
-                case .live:
-                    for t in terms { try textEncoder.attach(t, to: name) }
+        for t in targets {
+            do {
+                switch (t.network, mode) {
+                case let (.unet(name), .merge): try unet.addWeightDeltas(t.terms, to: name)
+                case let (.unet(name), .live): for term in t.terms { try unet.attach(term, to: name) }
+                case let (.text(name), .merge): try textEncoder.addWeightDeltas(t.terms, to: name)
+                case let (.text(name), .live): for term in t.terms { try textEncoder.attach(term, to: name) }
                 }
-            } else {
-                throw fail("the runtime has no such weight")
+            } catch let e as ComputeError {
+                throw t.fail(e.message + (mode == .merge ? "; lower the weight" : ""))
+            } catch let e as TensorFileError {
+                throw t.fail(e.description + (mode == .merge ? "; lower the weight" : ""))
+            } catch {
+                throw t.fail("\(error)")
             }
         }
     }

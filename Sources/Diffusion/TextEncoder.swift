@@ -41,7 +41,7 @@ public final class CLIPTextEncoder {
     func loaded() throws(TensorFileError) -> CLIPTextNetwork {
         if let network { return network }
         var net = try CLIPTextNetwork(base: base)
-        for m in merges { _ = try Self.mapped { () throws(ComputeError) in try net.addWeightDeltas(m.terms, to: m.layer, sign: m.sign) } }
+        for m in merges { try Self.mapped { () throws(ComputeError) in try net.addWeightDeltas(m.terms, to: m.layer, sign: m.sign) } }
         for a in attached { try Self.mapped { () throws(ComputeError) in try net.attach(a.term, to: a.layer) } }
         network = net
         return net
@@ -52,23 +52,28 @@ public final class CLIPTextEncoder {
     }
 
     /// Merges `terms` into the weight of `layer` (a name of `linearNames`): `W ← round(W + sign · Σ ΔW)`.
-    /// Returns the number of weights that are not finite afterwards.
-    @discardableResult
-    public func addWeightDeltas(_ terms: [any DeltaTerm], to layer: String, sign: Float = 1) throws(TensorFileError) -> Int {
+    /// Throws for an unknown layer, a term of another shape or a result that is not finite,
+    /// changing nothing.
+    public func addWeightDeltas(_ terms: [any DeltaTerm], to layer: String, sign: Float = 1) throws(TensorFileError) {
         var net = try loaded()
         network = nil  // the network is changed in place
-        let bad = try Self.mapped { () throws(ComputeError) in try net.addWeightDeltas(terms, to: layer, sign: sign) }
-        network = net
+        defer { network = net }
+        try Self.mapped { () throws(ComputeError) in try net.addWeightDeltas(terms, to: layer, sign: sign) }
         merges.append((layer, terms, sign))
-        return bad
+    }
+
+    /// The `[out, in]` of the layer named `layer`, or nil when it has none.
+    public func layerShape(_ layer: String) -> (out: Int, in: Int)? {
+        guard let l = (try? loaded())?.linear(named: layer) else { return nil }
+        return (l.outFeatures, l.inFeatures)
     }
 
     /// Attaches a term to the adapter slot of `layer` (applied live by every `encode`).
     public func attach(_ term: any DeltaTerm, to layer: String) throws(TensorFileError) {
         var net = try loaded()
         network = nil
+        defer { network = net }
         try Self.mapped { () throws(ComputeError) in try net.attach(term, to: layer) }
-        network = net
         attached.append((layer, term))
     }
 

@@ -50,13 +50,21 @@ public final class MergedWeights: @unchecked Sendable {
                 jobs[l.target.weightName, default: []] += terms as [any DeltaTerm]
             }
         }
-        let all = order.compactMap { n -> (FloatBuffer, [any DeltaTerm], (Int, Int))? in
+        let all = order.compactMap { n -> (String, FloatBuffer, [any DeltaTerm], (Int, Int))? in
             guard let w = weights[n], let t = jobs[n], let sh = shapes[n] else { return nil }
-            return (w, t, sh)
+            return (n, w, t, sh)
         }
+        let counts = UnsafeMutableBufferPointer<Int>.allocate(capacity: max(all.count, 1))
+        counts.initialize(repeating: 0)
+        defer { counts.deallocate() }
+        let shared = UnsafeSendable(counts)
         DispatchQueue.concurrentPerform(iterations: all.count) { k in
-            let (w, terms, shape) = all[k]
-            addWeightDeltas(terms, out: shape.0, in: shape.1, into: w.pointer.baseAddress!, sign: sign)
+            let (_, w, terms, shape) = all[k]
+            shared.p[k] = addWeightDeltas(terms, out: shape.0, in: shape.1, into: w.pointer.baseAddress!, sign: sign)
+        }
+        if let k = all.indices.first(where: { counts[$0] > 0 }) {
+            throw TensorFileError(file: "merge", tensor: all[k].0, .invalidArgument(
+                "W \(sign < 0 ? "−" : "+") ΔW is not finite in \(counts[k]) weight(s) (beyond the binary32 range); restore() brings the originals back"))
         }
     }
 

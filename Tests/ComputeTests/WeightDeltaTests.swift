@@ -59,7 +59,7 @@ final class DenseTerm: DeltaTerm, @unchecked Sendable {
         var merged = try Linear(values: .f16(halfBits), bias: rng.values(out), out: out, in: inDim)
         #expect(merged.values.isHalf)
         let attached = try Linear(weight: w, bias: merged.bias, out: out, in: inDim, terms: [term])
-        #expect(try merged.addWeightDeltas([term]) == 0)
+        try merged.addWeightDeltas([term])
         #expect(!merged.values.isHalf)
         let x = try Matrix(rows: 4, cols: inDim, data: rng.values(4 * inDim))
         #expect(relativeError(try merged.forward(x).data, try attached.forward(x).data) <= 1e-6)
@@ -68,9 +68,13 @@ final class DenseTerm: DeltaTerm, @unchecked Sendable {
         let wrong = try LowRankTerm.lora(down: rng.values(inDim + 1), up: rng.values(out), out: out, in: inDim + 1, rank: 1, alpha: 1)
         #expect(throws: ComputeError.self) { try merged.addWeightDeltas([term, wrong]) }
         #expect(merged.weight == before)
-        // Results that are not finite are counted.
+        // Results that are not finite are refused, the weight unchanged; the kernel counts them.
         let huge = DenseTerm(out: out, in: inDim, delta: [Float](repeating: .greatestFiniteMagnitude, count: out * inDim))
-        #expect(try merged.addWeightDeltas([huge, huge]) == out * inDim)
+        let kept = merged.weight
+        #expect { try merged.addWeightDeltas([huge, huge]) } throws: { "\($0)".contains("not finite in \(out * inDim) weight(s)") }
+        #expect(merged.weight == kept)
+        var copy = kept
+        #expect(copy.withUnsafeMutableBufferPointer { addWeightDeltas([huge, huge], out: out, in: inDim, into: $0.baseAddress!, sign: 1) } == out * inDim)
     }
 
     /// F16 weights converted per use compute exactly what the converted binary32 weights do.

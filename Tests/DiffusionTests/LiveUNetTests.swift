@@ -110,11 +110,62 @@ import Compute
         let terms = try subject.deltaTerms(weight: 0.7, cache: BasisCache())
         for (layer, term) in terms {
             let name = String(layer.name.dropFirst("unet.".count))
-            #expect(try cached.addWeightDeltas([term], to: name) == 0)
-            #expect(try perLayer.addWeightDeltas([term], to: name) == 0)
+            try cached.addWeightDeltas([term], to: name)
+            try perLayer.addWeightDeltas([term], to: name)
         }
         let first = String(terms[0].layer.name.dropFirst("unet.".count))
         #expect(perLayer.linear(named: first)?.values.isHalf == false)
         #expect(try cached.forward(sample, timestep: 300, context: ctx).data == perLayer.forward(sample, timestep: 300, context: ctx).data)
+    }
+}
+
+/// `StableDiffusion.apply` checks every layer against the networks before changing anything, and
+/// refuses a merge whose result would not be finite, naming the subject and the layer.
+@Suite(.serialized) struct ApplyRefusalTests {
+    @Test func layersTheNetworksLackAreRefusedBeforeAnyChange() throws {
+        let (base, dir) = try TextEncoderTests.base("sd1")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // A 2-D base tensor that is no linear layer (the token embedding), after a valid layer.
+        let attn = TargetSet.unetAttn.layers(in: base.file.tensors)[0]
+        let shape = try #require(base.file.entry("text_encoder.text_model.embeddings.token_embedding.weight")).info.shape
+        let embedding = TargetLayer(name: "text_encoder.text_model.embeddings.token_embedding", out: shape[0], in: shape[1])
+        var order: [String: Int] = [:]
+        for (i, t) in base.file.tensors.enumerated() { order[t.name] = i }
+        let layers = [attn, embedding].sorted { order[$0.weightName]! < order[$1.weightName]! }
+        let bad = Subject.initialise(layers: layers, rank: 1, a: 2, b: 2, basisSeed: 3, std: 1, factorSeed: 4, targetSet: "custom", architecture: "sd1")
+        let good = LiveUNetTests.subject(base)
+        let sd = try StableDiffusion(base: base)
+        try sd.apply([AppliedSubject(subject: good, weight: 1, path: "good.lidb")], mode: .live)
+        let attnName = String(attn.name.dropFirst("unet.".count))
+        let before = try #require(sd.unet.linear(named: attnName))
+        for mode in [ApplyMode.merge, .live] {
+            let e = firstError { try sd.apply([AppliedSubject(subject: bad, weight: 1, path: "bad.lidb")], mode: mode) }
+            #expect(e?.file == "bad.lidb" && e?.tensor == embedding.name, "\(mode): \(String(describing: e))")
+            #expect("\(String(describing: e))".contains("no linear layer"))
+            let after = try #require(sd.unet.linear(named: attnName))
+            #expect(after.weight == before.weight && after.terms.count == before.terms.count && after.terms.count == 1, "\(mode)")
+        }
+    }
+
+    @Test func mergesThatWouldNotBeFiniteAreRefused() throws {
+        let (base, dir) = try TextEncoderTests.base("sd1")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let target = TargetSet.unetAttn.layers(in: base.file.tensors)[0]
+        try HostileBase.write(base, to: dir + "/big.lidb", tensors: [(target.weightName, { $0[0] = 3e38 })])
+        let big = try BaseModel(path: dir + "/big.lidb")
+        // ΔW[0, 0] = 1e38: finite, and within the subject's own bound, but W + ΔW is not.
+        var down = [Float](repeating: 0, count: target.inDim), up = [Float](repeating: 0, count: target.out)
+        (down[0], up[0]) = (1, 1e38)
+        let s = Subject(layers: [SubjectLayer(target: target, lidb: nil, lora: LoRATerm(rank: 1, alpha: 1, down: down, up: up))],
+                        basis: .seed(1), targets: "custom", architecture: "sd1")
+        let sd = try StableDiffusion(base: big)
+        let name = String(target.name.dropFirst("unet.".count))
+        let before = try #require(sd.unet.linear(named: name)?.weight)
+        let e = firstError { try sd.apply([AppliedSubject(subject: s, weight: 1, path: "huge.lidb")], mode: .merge) }
+        #expect(e?.file == "huge.lidb" && e?.tensor == target.name && "\(String(describing: e))".contains("lower the weight"), "\(String(describing: e))")
+        #expect(sd.unet.linear(named: name)?.weight == before)
+        // Live, the same subject is applied (its ΔW is finite); a step with it is what the per-step check judges.
+        try sd.apply([AppliedSubject(subject: s, weight: 1, path: "huge.lidb")], mode: .live)
+        #expect(sd.unet.linear(named: name)?.terms.count == 1)
     }
 }

@@ -66,4 +66,21 @@ import Compute
         // A weight out of range is refused, naming it.
         #expect(throws: TensorFileError.self) { _ = try subject.deltaTerms(weight: .nan, cache: BasisCache()) }
     }
+
+    /// An in-memory merge whose result leaves the binary32 range is reported, naming the weight.
+    @Test func inMemoryMergeReportsNonFiniteResults() throws {
+        let tmp = TempDir()
+        let (subject, _) = try MergeTests.fixtureSubject()
+        let base = try BaseModel(path: try MergeTests.base(tmp))
+        let t = subject.layers[0].target
+        var down = [Float](repeating: 0, count: t.inDim), up = [Float](repeating: 0, count: t.out)
+        (down[0], up[0]) = (1, 1e38)
+        let s = Subject(layers: [SubjectLayer(target: t, lidb: nil, lora: LoRATerm(rank: 1, alpha: 1, down: down, up: up))],
+                        basis: .seed(1), targets: "custom", architecture: "sd1")
+        let mw = try MergedWeights(base: base, names: [t.weightName])
+        try #require(mw.weights[t.weightName]).pointer[0] = 3e38
+        #expect { try mw.apply([AppliedSubject(subject: s, weight: 1, path: "huge")], cache: BasisCache()) } throws: {
+            ($0 as? TensorFileError)?.tensor == t.weightName && "\($0)".contains("not finite in 1 weight(s)")
+        }
+    }
 }
