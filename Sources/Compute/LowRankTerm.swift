@@ -23,8 +23,19 @@ public final class LowRankTerm: DeltaTerm, @unchecked Sendable {
 
     /// A term with explicit factors. `downAux` is `[a × in]` (a = `down.count / rank`) and
     /// `upAux` `[out × b]` (b = `up.count / rank`); without them `a = in`, `b = out`.
+    public convenience init(out: Int, in inDim: Int, rank: Int, scale: Float, down: [Float], up: [Float],
+                            downAux: [Float]? = nil, upAux: [Float]? = nil, trainable: Bool = true) throws(ComputeError) {
+        let what = "low-rank term [\(out) × \(inDim)] rank \(rank)"
+        try self.init(out: out, in: inDim, rank: rank, scale: scale, down: down, up: up,
+                      downAux: try downAux.map { (v) throws(ComputeError) in try FiniteFactor(v, name: what + ": down_aux") },
+                      upAux: try upAux.map { (v) throws(ComputeError) in try FiniteFactor(v, name: what + ": up_aux") }, trainable: trainable)
+    }
+
+    /// The same with aux factors checked once (`FiniteFactor`: a basis shared by many terms, e.g.
+    /// from a cache, is not scanned again for every term built on it).
     public init(out: Int, in inDim: Int, rank: Int, scale: Float, down: [Float], up: [Float],
-                downAux: [Float]? = nil, upAux: [Float]? = nil, trainable: Bool = true) throws(ComputeError) {
+                downAux checkedDownAux: FiniteFactor?, upAux checkedUpAux: FiniteFactor?, trainable: Bool = true) throws(ComputeError) {
+        let downAux = checkedDownAux?.values, upAux = checkedUpAux?.values
         let what = "low-rank term [\(out) × \(inDim)] rank \(rank)"
         guard out > 0, inDim > 0, rank > 0 else { throw ComputeError("\(what): sizes must be positive") }
         guard scale.isFinite else { throw ComputeError("\(what): scale \(scale) is not finite") }
@@ -43,7 +54,7 @@ public final class LowRankTerm: DeltaTerm, @unchecked Sendable {
             }
         } else if b != out { throw ComputeError("\(what): up is \(b) × \(rank), expected \(out) × \(rank)") }
         for d in [out, inDim, rank, a, b] { _ = try Size.blas(d, what: what) }
-        for (name, v) in [("down", down), ("up", up), ("down_aux", downAux ?? []), ("up_aux", upAux ?? [])] {
+        for (name, v) in [("down", down), ("up", up)] {
             guard v.allSatisfy(\.isFinite) else { throw ComputeError("\(what): \(name) has a value that is not finite") }
         }
         outFeatures = out; inFeatures = inDim; self.rank = rank; self.a = a; self.b = b; self.scale = scale
@@ -257,5 +268,16 @@ public final class LowRankTerm: DeltaTerm, @unchecked Sendable {
             sgemm(false, false, m: outFeatures, n: inFeatures, k: r, ub, lda: r, db, ldb: inFeatures, wb, ldc: inFeatures)
         } } }
         return w
+    }
+}
+
+/// Factor values checked once to be finite (shared by the terms built on them).
+public final class FiniteFactor: Sendable {
+    public let values: [Float]
+
+    /// Throws unless every value is finite; `name` is used in the error.
+    public init(_ values: [Float], name: String = "factor") throws(ComputeError) {
+        guard values.allSatisfy(\.isFinite) else { throw ComputeError("\(name) has a value that is not finite") }
+        self.values = values
     }
 }

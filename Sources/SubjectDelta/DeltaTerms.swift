@@ -37,20 +37,23 @@ extension Subject {
                 "ΔW at weight \(weight) could reach \(bound), beyond the range of 32-bit floats (factors, alpha or q8 scales too large)"))
         }
         try Self.checkShape(out: out, in: inDim, layer: name, file: label)
-        func term(_ make: () throws(ComputeError) -> LowRankTerm) throws(TensorFileError) -> LowRankTerm {
+        func term<T>(_ make: () throws(ComputeError) -> T) throws(TensorFileError) -> T {
             do { return try make() } catch { throw TensorFileError(file: label, tensor: name, .invalidArgument(error.message)) }
         }
         var result = LayerTerms(layer: layer.target)
         if let t = layer.lidb {
             try Self.checkLiDB(rank: t.rank, a: t.a, b: t.b, alpha: Double(t.alpha), out: out, in: inDim, layer: name, file: label)
-            let (downAux, upAux): ([Float], [Float])
+            let (downAux, upAux): (FiniteFactor, FiniteFactor)
             switch basis {
-            case let .seed(s): (downAux, upAux) = try cache.bases(seed: s, layer: layer.target, a: t.a, b: t.b, file: label)
+            case let .seed(s): (downAux, upAux) = try cache.checkedBases(seed: s, layer: layer.target, a: t.a, b: t.b, file: label)
             case let .stored(m):
                 guard let sb = m[name] else { throw TensorFileError(file: label, tensor: name, .invalidArgument("no stored basis for this layer")) }
-                (downAux, upAux) = (sb.down, sb.up)
+                (downAux, upAux) = try term { () throws(ComputeError) in
+                    (try FiniteFactor(sb.down, name: "stored down_aux"), try FiniteFactor(sb.up, name: "stored up_aux"))
+                }
             }
-            guard downAux.count == t.a * inDim, upAux.count == out * t.b, t.downTrain.count == t.rank * t.a, t.upTrain.count == t.b * t.rank else {
+            guard downAux.values.count == t.a * inDim, upAux.values.count == out * t.b, t.downTrain.count == t.rank * t.a,
+                  t.upTrain.count == t.b * t.rank else {
                 throw TensorFileError(file: label, tensor: name, .invalidArgument("factor or basis sizes do not match the layer"))
             }
             let scale = t.scale * weight

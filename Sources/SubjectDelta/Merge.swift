@@ -4,25 +4,37 @@ import Crypto
 import Dispatch
 import TensorFile
 
-/// Bases generated from seeds, kept for reuse (generation costs far more than applying them).
+/// Bases generated from seeds, kept for reuse (generation costs far more than applying them),
+/// checked once to be finite so the delta terms built on them share them without another scan.
 public final class BasisCache: @unchecked Sendable {
-    private var store: [String: (down: [Float], up: [Float])] = [:]
+    private var store: [String: (down: FiniteFactor, up: FiniteFactor)] = [:]
     private let lock = DispatchSemaphore(value: 1)
     public init() {}
 
     public func bases(seed: UInt64, layer: TargetLayer, a: Int, b: Int, file: String = "") throws(TensorFileError) -> (down: [Float], up: [Float]) {
+        let f = try checkedBases(seed: seed, layer: layer, a: a, b: b, file: file)
+        return (f.down.values, f.up.values)
+    }
+
+    /// The bases as `FiniteFactor`s (`down_aux` `[a × in]`, `up_aux` `[out × b]`).
+    public func checkedBases(seed: UInt64, layer: TargetLayer, a: Int, b: Int, file: String = "") throws(TensorFileError) -> (down: FiniteFactor, up: FiniteFactor) {
         let key = "\(seed)|\(layer.name)|\(layer.out)|\(layer.inDim)|\(a)|\(b)"
         lock.wait()
         if let hit = store[key] { lock.signal(); return hit }
         lock.signal()
+        let label = file.isEmpty ? "basis" : file
         let g: (down: [Float], up: [Float], a: Int, b: Int)
         do { g = try Basis.layer(seed: seed, name: layer.name, out: layer.out, in: layer.inDim, a: a, b: b) } catch {
-            throw TensorFileError(file: file.isEmpty ? "basis" : file, tensor: layer.name, .invalidArgument("\(error)"))
+            throw TensorFileError(file: label, tensor: layer.name, .invalidArgument("\(error)"))
+        }
+        let checked: (down: FiniteFactor, up: FiniteFactor)
+        do { checked = (try FiniteFactor(g.down, name: "down_aux"), try FiniteFactor(g.up, name: "up_aux")) } catch {
+            throw TensorFileError(file: label, tensor: layer.name, .invalidArgument("generated basis: \(error.message)"))
         }
         lock.wait()
-        store[key] = (g.down, g.up)
+        store[key] = checked
         lock.signal()
-        return (g.down, g.up)
+        return checked
     }
 }
 
