@@ -24,15 +24,21 @@ from space import ATTRIBUTES, CONTEXT, IDENTITY, caption, identity_sets, random_
 torch = setup_torch()
 
 EVAL_STREAM = 404
+VALIDATION_STREAM = 505
 EVAL_CONTEXTS = 4
 STEPS = 25
-GUIDANCE = 5.0
+GUIDANCE = 5.0            # chosen with `evaluate.py --validate` (training identities' captions)
+VALIDATE_GUIDANCE = (3.0, 5.0, 7.5, 10.0)
 PIPELINE = OUT / "pipeline"
 
 
-def eval_prompts(contexts: int = EVAL_CONTEXTS) -> list:
-    """[(prompt, truth row in ATTRIBUTES order, seed, identity name)] for the held-out identities."""
-    _, heldout = identity_sets()
+def eval_prompts(contexts: int = EVAL_CONTEXTS, validation: bool = False) -> list:
+    """[(prompt, truth row in ATTRIBUTES order, seed, identity name)] for the held-out identities;
+    with `validation`, for 24 training identities instead (choosing settings without the held-out set)."""
+    train, heldout = identity_sets()
+    if validation:
+        pick = np.random.default_rng(VALIDATION_STREAM).choice(len(train), size=24, replace=False)
+        heldout = [train[int(i)] for i in pick]
     rows = []
     for h in heldout:
         for j in range(contexts):
@@ -60,7 +66,7 @@ def load_pipeline(path=PIPELINE):
     import models
 
     models.quiet()
-    pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=torch.float32, safety_checker=None,
+    pipe = StableDiffusionPipeline.from_pretrained(path, dtype=torch.float32, safety_checker=None,
                                                    local_files_only=True)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -82,9 +88,25 @@ def outputs():
     return [OUT / "pipeline-accuracy.json"]
 
 
+def validate() -> None:
+    """Attribute accuracy on training identities' captions (new contexts and seeds) for each guidance scale."""
+    from reader import load_reader, read_attributes
+
+    rows = eval_prompts(contexts=2, validation=True)
+    pipe, reader = load_pipeline(), load_reader()
+    truth = np.asarray([r[1] for r in rows])
+    for g in VALIDATE_GUIDANCE:
+        images = generate(pipe, [r[0] for r in rows], [r[2] for r in rows], guidance=g)
+        s = score(read_attributes(reader, images), truth)
+        log(f"validation, guidance {g}: mean {s['mean_attribute_accuracy']}, identity {s['identity_attribute_accuracy']}, "
+            f"context {s['context_attribute_accuracy']}")
+
+
 def main() -> None:
     from reader import load_reader, read_attributes
 
+    if "--validate" in sys.argv[1:]:
+        return validate()
     rows = eval_prompts()
     pipe = load_pipeline()
     t0 = time.time()

@@ -34,8 +34,12 @@ def load_vae():
 
 def reconstruction_accuracy(vae) -> None:
     import evaluate
+    from common import OUT
     from reader import load_reader, read_attributes
 
+    if not (OUT / "reader.safetensors").exists():
+        log("no attribute reader yet: reconstruction accuracy not measured")
+        return
     fresh = np.load(scratch() / "data" / "fresh.npz")
     images, truth = fresh["images"][::3], fresh["attrs"][::3].astype(np.int64)
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """The sample world's driver (`make world`): runs the stages in order, skipping those whose outputs exist.
 
     python converters/world/make_world.py                 # every stage that has not produced its outputs
-    python converters/world/make_world.py --force sd      # rerun one stage (and nothing else)
+    python converters/world/make_world.py --force sd      # rerun a stage (and what depends on it)
     python converters/world/make_world.py --list          # stages, their outputs, done or not
 
 Each stage is a script of this folder run in its own process (under /usr/bin/time -v when it
@@ -15,7 +15,8 @@ Stages (issue 14):
     reader    the attribute reader and its accuracy table                       reader.py
     vae       the AutoencoderKL                                                 vae.py
     latents   the training photos encoded, the VAE scaling factor               latents.py
-    sd        text encoder + UNet on the captions                               sd.py
+    text      the CLIP text encoder pretrained on the captions                  text.py
+    sd        the UNet on the captions (text encoder and VAE frozen)            sd.py
     export    samples/world/pipeline (diffusers folder, F16)                    export.py
     eval      attribute accuracy of generated held-out captions (diffusers)      evaluate.py
 Later stages slot in after `eval` in STAGES: per-identity LiDB fits (with a `--shard i/n` split),
@@ -40,10 +41,42 @@ STAGES = [
     ("reader", "reader"),
     ("vae", "vae"),
     ("latents", "latents"),
+    ("text", "text"),
     ("sd", "sd"),
     ("export", "export"),
     ("eval", "evaluate"),
 ]
+# What each stage's outputs are made from (earlier stages' outputs). latents and sd also use the
+# reader, for reports only (reconstruction accuracy, progress probes), so it is not listed there.
+DEPS = {
+    "render": [],
+    "reader": ["render"],
+    "vae": ["render"],
+    "latents": ["render", "vae"],
+    "text": ["render"],
+    "sd": ["render", "latents", "text"],
+    "export": ["vae", "sd"],
+    "eval": ["export", "reader"],
+}
+
+
+def plan(done: dict, forced: set, committed_missing: set) -> dict:
+    """Which stages run: forced stages and stages with committed outputs (samples/world) that are
+    missing, then every stage downstream of those (their inputs change), then — for every stage that
+    runs — each stage it reads whose outputs are missing (the scratch intermediates are rebuilt only
+    when something that reads them runs). On a fresh clone, whose committed outputs exist, nothing
+    runs; `--force sd` rebuilds what sd reads if the scratch folder lacks it, and reruns export and eval."""
+    order = [n for n, _ in STAGES]
+    run = {n: n in forced or n in committed_missing for n in order}
+    for n in order:
+        if any(run[d] for d in DEPS[n]):
+            run[n] = True
+    for n in reversed(order):
+        if run[n]:
+            for d in DEPS[n]:
+                if not done[d]:
+                    run[d] = True
+    return run
 
 
 def outputs(module: str) -> list:
@@ -101,14 +134,18 @@ def main() -> None:
             raise SystemExit(f"--force: unknown stage {f!r} (stages: {', '.join(n for n, _ in STAGES)})")
     times_path = OUT / "stage-times.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    outs = {name: outputs(module) for name, module in STAGES}
+    done = {name: all(p.exists() for p in outs[name]) for name, _ in STAGES}
+    committed_missing = {name for name, _ in STAGES if any(OUT in p.parents and not p.exists() for p in outs[name])}
+    run = plan(done, set(args.force), committed_missing)
     for name, module in STAGES:
-        outs = outputs(module)
-        done = all(p.exists() for p in outs)
         if args.list:
-            print(f"{name:8s} {'done' if done else 'todo'}  " + ", ".join(str(p) for p in outs))
+            state = ("done" if done[name] else "missing") + (", would run" if run[name] else "")
+            print(f"{name:8s} {state}: " + ", ".join(str(p) for p in outs[name]))
             continue
-        if done and name not in args.force:
-            print(f"== {name}: outputs exist, skipped", flush=True)
+        if not run[name]:
+            print(f"== {name}: " + ("outputs exist" if done[name] else "not needed (nothing that reads it runs)")
+                  + ", skipped", flush=True)
             continue
         rec = run_stage(name, module)
         rec["threads"] = int(os.environ.get("LIDB_WORLD_THREADS", "1"))
@@ -116,8 +153,9 @@ def main() -> None:
         write_json(times_path, times)
         print(f"== {name}: {json.dumps(rec)}", flush=True)
     if not args.list:
-        total = sum(r.get("wall_s", 0) for r in times.values())
-        print(f"== stage times (wall, s): {json.dumps({k: v.get('wall_s') for k, v in times.items()})}; total {total:.0f} s")
+        stages = {k: v for k, v in times.items() if isinstance(v, dict) and k in known}
+        total = sum(r.get("wall_s", 0) for r in stages.values())
+        print(f"== stage times (wall, s): {json.dumps({k: v.get('wall_s') for k, v in stages.items()})}; total {total:.0f} s")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
   at every resolution.
 - Text encoder: transformers CLIPTextModel, width 64, 3 layers, 4 heads, CLIP's real vocabulary
   (49,408 tokens, samples/clip-tokenizer) and 77 positions, SD 1.x's special tokens.
-- Scheduler: SD 1.5's (scaled_linear 0.00085–0.012, 1,000 steps, epsilon).
+- Scheduler: SD 1.5's (PNDM; scaled_linear 0.00085–0.012, 1,000 steps, epsilon, clip_sample false).
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ UNET_CONFIG = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_blo
 TEXT_CONFIG = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256, vocab_size=49408,
                    max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=64, layer_norm_eps=1e-5,
                    bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+# SD 1.5's scheduler_config.json (PNDM), including its "clip_sample": false, which a DDIM scheduler
+# made from this config inherits (DDIM's own default clips x0 to [-1, 1], wrong for latents).
 SCHEDULER_CONFIG = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
                         set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, trained_betas=None,
-                        prediction_type="epsilon")
+                        prediction_type="epsilon", clip_sample=False)
 
 
 def quiet() -> None:
@@ -86,7 +88,7 @@ def make_tokenizer(tmp: Path):
 def make_scheduler():
     from diffusers import PNDMScheduler
 
-    return PNDMScheduler(**SCHEDULER_CONFIG)
+    return PNDMScheduler.from_config(SCHEDULER_CONFIG)
 
 
 def save_pipeline(target: Path, vae, unet, text_encoder, tokenizer) -> None:

@@ -1,16 +1,20 @@
-"""Stage `sd`: train the world's text encoder and UNet together on the captions (VAE frozen).
+"""Stage `sd`: train the world's UNet on the captions, with the text encoder of text.py and the VAE
+of vae.py frozen (as Stable Diffusion trains its UNet under a frozen pretrained CLIP text encoder).
 
 The objective is diffusers' text-to-image training: latents (VAE posterior sample × the scaling
 factor of latents.py), t ~ U{0 … 999}, ε ~ N(0, I), DDPMScheduler.add_noise with SD's schedule,
-ε-prediction, MSE weighted by min-SNR-γ (γ = 5, Hang et al. 2023; diffusers' `--snr_gamma`), AdamW,
+ε-prediction with offset noise (0.1 · N(0, 1) per image and channel added to ε; Guttenberg 2023: with
+16×16 latents the mean of N(0, I) noise is large enough to pass for the image's mean colour at the
+first sampling step, so without it the background follows the seed, not the prompt), MSE weighted
+by min-SNR-γ (γ = 5, Hang et al. 2023; diffusers' `--snr_gamma`), AdamW,
 gradient norm clipped at 1, linear warm-up then constant LR, an EMA of the weights (the EMA is what
-is exported). Captions: space.training_caption (full, partial, or empty for guidance), drawn per
+is exported; the UNet's EMA). Captions: space.training_caption (full, partial, or empty for guidance), drawn per
 sample from a generator keyed by (seed, step), so a resumed run draws the same batches.
 
-Checkpoints: <scratch>/sd/ckpt.pt every few minutes (models, EMA, optimiser, step); rerunning
+Checkpoints: <scratch>/sd/ckpt.pt every few minutes (UNet, EMA, optimiser, step); rerunning
 resumes. Every PROBE_EVERY steps the EMA model generates one image per held-out identity and the
 reader scores it (a progress probe in the log, not the committed evaluation). Output:
-<scratch>/sd/final.pt (EMA weights of the text encoder and UNet, the VAE scaling factor).
+<scratch>/sd/final.pt (the text encoder, the UNet's EMA weights, the VAE scaling factor).
 Steps: STEPS, or LIDB_WORLD_SD_STEPS.
 """
 
@@ -31,13 +35,14 @@ from space import CONTEXT, IDENTITY, training_caption
 torch = setup_torch()
 
 SEED = 14_501
-STEPS = int(os.environ.get("LIDB_WORLD_SD_STEPS", "3000"))
+STEPS = int(os.environ.get("LIDB_WORLD_SD_STEPS", "4500"))
 BATCH = 24
-LR = 4e-4
+LR = 8e-4
 WARMUP = 200
 SNR_GAMMA = 5.0
 EMA_MAX = 0.998
 PROBE_EVERY = 500
+OFFSET_NOISE = 0.1
 
 
 class Captions:
@@ -64,8 +69,10 @@ def build(tmp: Path):
     models.quiet()
     torch.manual_seed(SEED)
     te = models.make_text_encoder()
+    te.load_state_dict(torch.load(scratch() / "text" / "text_encoder.pt", map_location="cpu"))
+    te.requires_grad_(False)
     unet = models.make_unet()
-    return models.make_tokenizer(tmp), te, unet
+    return models.make_tokenizer(tmp), te.eval(), unet
 
 
 def probe(te_state, unet_state, scaling: float, tokenizer, step: int) -> None:
@@ -73,17 +80,19 @@ def probe(te_state, unet_state, scaling: float, tokenizer, step: int) -> None:
 
     import evaluate
     import models
+    from common import OUT
     from latents import load_vae
     from reader import load_reader, read_attributes
 
+    if not (OUT / "reader.safetensors").exists():
+        return
     te, unet = models.make_text_encoder(), models.make_unet()
     te.load_state_dict(te_state)
     unet.load_state_dict(unet_state)
     vae = load_vae()
     vae.register_to_config(scaling_factor=scaling)
     pipe = StableDiffusionPipeline(unet=unet.eval(), vae=vae, text_encoder=te.eval(), tokenizer=tokenizer,
-                                   scheduler=DDIMScheduler(**{k: v for k, v in models.SCHEDULER_CONFIG.items()
-                                                              if k != "skip_prk_steps"}),
+                                   scheduler=DDIMScheduler.from_config(models.SCHEDULER_CONFIG),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     rows = evaluate.eval_prompts(contexts=1)
@@ -107,7 +116,7 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     tokenizer, te, unet = build(Path(tmp.name))
     captions = Captions(tokenizer)
-    params = list(te.parameters()) + list(unet.parameters())
+    params = list(unet.parameters())
     opt = torch.optim.AdamW(params, LR, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARMUP))
     noise_sched = DDPMScheduler(**{k: v for k, v in models.SCHEDULER_CONFIG.items()
@@ -115,20 +124,17 @@ def main() -> None:
                                             "prediction_type", "trained_betas")})
     ac = noise_sched.alphas_cumprod
     snr_all = ac / (1 - ac)
-    ema_te = copy.deepcopy(te.state_dict())
     ema_unet = copy.deepcopy(unet.state_dict())
     path = scratch() / "sd" / "ckpt.pt"
     step = 0
     ck = load_checkpoint(path)
     if ck is not None:
-        te.load_state_dict(ck["te"])
         unet.load_state_dict(ck["unet"])
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
-        ema_te, ema_unet, step = ck["ema_te"], ck["ema_unet"], ck["step"]
+        ema_unet, step = ck["ema_unet"], ck["step"]
         log(f"resumed sd at step {step}")
     every = Every(180)
-    te.train()
     unet.train()
     t0, seen, run_loss = time.time(), 0, 0.0
     while step < STEPS:
@@ -140,9 +146,11 @@ def main() -> None:
         m, s = torch.from_numpy(mean[idx]).float(), torch.from_numpy(std[idx]).float()
         z = (m + s * torch.randn(m.shape, generator=g)) * scaling
         noise = torch.randn(z.shape, generator=g)
+        noise = noise + OFFSET_NOISE * torch.randn(z.shape[0], z.shape[1], 1, 1, generator=g)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (BATCH,), generator=g)
         noisy = noise_sched.add_noise(z, noise, t)
-        h = te(ids)[0]
+        with torch.no_grad():
+            h = te(ids)[0]
         pred = unet(noisy, t, h).sample
         snr = snr_all[t]
         w = torch.clamp(snr, max=SNR_GAMMA) / snr
@@ -155,12 +163,11 @@ def main() -> None:
         step += 1
         decay = min(EMA_MAX, (1 + step) / (10 + step))
         with torch.no_grad():
-            for ema, model in ((ema_te, te), (ema_unet, unet)):
-                for k, v in model.state_dict().items():
-                    if v.dtype.is_floating_point:
-                        ema[k].mul_(decay).add_(v, alpha=1 - decay)
-                    else:
-                        ema[k].copy_(v)
+            for k, v in unet.state_dict().items():
+                if v.dtype.is_floating_point:
+                    ema_unet[k].mul_(decay).add_(v, alpha=1 - decay)
+                else:
+                    ema_unet[k].copy_(v)
         seen += 1
         run_loss += loss.item()
         if step % 50 == 0:
@@ -168,13 +175,13 @@ def main() -> None:
                 f"{len(captions.cache)} captions cached)")
             t0, seen, run_loss = time.time(), 0, 0.0
         if every() or step == STEPS:
-            save_checkpoint(path, {"te": te.state_dict(), "unet": unet.state_dict(), "opt": opt.state_dict(),
-                                   "sched": sched.state_dict(), "ema_te": ema_te, "ema_unet": ema_unet, "step": step})
+            save_checkpoint(path, {"unet": unet.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                                   "ema_unet": ema_unet, "step": step})
         if step % PROBE_EVERY == 0 or step == STEPS:
-            probe(ema_te, ema_unet, scaling, tokenizer, step)
+            probe(te.state_dict(), ema_unet, scaling, tokenizer, step)
             t0, seen, run_loss = time.time(), 0, 0.0
     final = scratch() / "sd" / "final.pt"
-    torch.save({"te": ema_te, "unet": ema_unet, "scaling_factor": scaling, "step": step},
+    torch.save({"te": te.state_dict(), "unet": ema_unet, "scaling_factor": scaling, "step": step},
                final.with_name(".final.tmp.pt"))
     final.with_name(".final.tmp.pt").rename(final)
     log("sd done")

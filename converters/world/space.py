@@ -106,52 +106,53 @@ def _join(parts: list) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def caption(identity_attrs: dict | None, context: dict, keep: dict | None = None, subject: str | None = None) -> str:
+def caption(identity_attrs: dict | None, context: dict, keep: dict | None = None, subject: str | None = None,
+            with_named: bool = False):
     """The caption of a photo. `identity_attrs`: IDENTITY name → value index (None: no identity
     words). `keep`: which parts to mention (default all): identity names plus "background".
-    `subject`: replaces the face description (e.g. "sks face")."""
+    `subject`: replaces the face description (e.g. "sks face"). With `with_named`, returns
+    (caption, {attribute: whether the caption names it}) — an unnamed hat means no hat, so the hat
+    and the style are always named."""
     keep = keep if keep is not None else {k: True for k in list(IDENTITY) + ["background"]}
     words = {k: ATTRIBUTES[k][v] for k, v in {**(identity_attrs or {}), **context}.items()}
+    a = identity_attrs is not None and subject is None
+    named = {k: bool(a and keep.get(k)) for k in IDENTITY}
+    named.update(style=True, hat=True, background=bool(keep.get("background", True)))
     text = STYLE_PREFIX[words["style"]] + " "
     if subject is not None:
         text += subject
     else:
-        a = identity_attrs is not None
-        shape = words["shape"] + " " if a and keep.get("shape") else ""
+        shape = words["shape"] + " " if named["shape"] else ""
         parts = []
-        if a and keep.get("skin"):
+        if named["skin"]:
             parts.append(f"{words['skin']} skin")
-        hair = []
-        if a and keep.get("hair_colour"):
-            hair.append(words["hair_colour"])
-        if a and keep.get("hair_style"):
-            hair.append(words["hair_style"])
+        hair = [words[k] for k in ("hair_colour", "hair_style") if named[k]]
         if hair:
             parts.append(" ".join(hair) + " hair")
-        if a and keep.get("eyes"):
+        if named["eyes"]:
             parts.append(f"{words['eyes']} eyes")
-        if a and keep.get("glasses"):
+        if named["glasses"]:
             parts.append("glasses" if words["glasses"] == "yes" else "no glasses")
-        if a and keep.get("beard"):
+        if named["beard"]:
             parts.append("a beard" if words["beard"] == "yes" else "no beard")
         text += f"a {shape}face" + (" with " + _join(parts) if parts else "")
     if words["hat"] != "none":
         article = "an" if words["hat"][0] in "aeiou" else "a"
         text += f", wearing {article} {words['hat']} hat"
-    if keep.get("background", True):
+    if named["background"]:
         text += f", on a {words['background']} background"
-    return text
+    return (text, named) if with_named else text
 
 
-def training_caption(identity_attrs: dict, context: dict, rng: np.random.Generator) -> str:
+def training_caption(identity_attrs: dict, context: dict, rng: np.random.Generator, with_named: bool = False):
     """A caption for training the pipeline: 60 % full, 30 % partial (each identity part kept with
     p = 0.5, the background with p = 0.7), 10 % empty (for classifier-free guidance). The hat is
     always named when there is one, so an unnamed hat means no hat."""
     u = rng.random()
     if u < 0.1:
-        return ""
+        return ("", {k: False for k in ATTRIBUTES}) if with_named else ""
     if u < 0.7:
-        return caption(identity_attrs, context)
+        return caption(identity_attrs, context, with_named=with_named)
     keep = {k: bool(rng.random() < 0.5) for k in IDENTITY}
     keep["background"] = bool(rng.random() < 0.7)
-    return caption(identity_attrs, context, keep)
+    return caption(identity_attrs, context, keep, with_named=with_named)
