@@ -1,5 +1,5 @@
 # lidb — common tasks. `make demo` and `make test` work on a fresh Debian machine with Swift.
-.PHONY: deps demo test test-python bench check-exports fuzz fuzz-semantic fixtures samples clean
+.PHONY: deps demo test test-python bench check-exports fuzz fuzz-semantic fixtures samples world check-world clean
 
 deps:
 	bash scripts/deps.sh
@@ -71,6 +71,16 @@ fixtures: samples
 samples: deps
 	swift build -c release --product lidb
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/samples/make_samples.py "$$(swift build -c release --show-bin-path)/lidb"
+
+# The trained sample world (issue 14; converters/world/README.md): renderer, attribute reader, tiny SD
+# pipeline. Each stage is skipped when its outputs exist and resumes from its checkpoint in
+# $$LIDB_WORLD_SCRATCH (default ~/.cache/lidb-world) when interrupted.
+world:
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/world/make_world.py
+
+# lidb runs the world pipeline: convert, generate held-out captions, read them (LIDB_BIN: a built lidb).
+check-world:
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/world/check_lidb.py "$${LIDB_BIN:-$$(swift build --show-bin-path)/lidb}"
 
 clean:
 	rm -rf .build demo-output
