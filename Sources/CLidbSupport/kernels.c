@@ -288,30 +288,49 @@ void lidb_add_channel_bias(float *y, const float *bias, size_t channels, size_t 
 // Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1],
 // Aᵀ = [1 1 1 0; 0 1 -1 -1]. The ⊙ summed over input channels is 16 GEMMs.
 
+/// G g Gᵀ of one 3×3 kernel g (row-major; read reversed — g[8 − t] — when `reversed`), as
+/// column q of the 16 rows of tmp.
+static inline void winograd_kernel(const float *g, int reversed, float tmp[16][64], size_t q) {
+    float k[9];
+    if (reversed) { for (int t = 0; t < 9; t++) k[t] = g[8 - t]; }
+    else { for (int t = 0; t < 9; t++) k[t] = g[t]; }
+    float t4[4][3];
+    for (int j = 0; j < 3; j++) {
+        float g0 = k[j], g1 = k[3 + j], g2 = k[6 + j];
+        t4[0][j] = g0;
+        t4[1][j] = 0.5f * (g0 + g1 + g2);
+        t4[2][j] = 0.5f * (g0 - g1 + g2);
+        t4[3][j] = g2;
+    }
+    for (int i = 0; i < 4; i++) {
+        float a = t4[i][0], b = t4[i][1], d = t4[i][2];
+        tmp[4 * i + 0][q] = a;
+        tmp[4 * i + 1][q] = 0.5f * (a + b + d);
+        tmp[4 * i + 2][q] = 0.5f * (a - b + d);
+        tmp[4 * i + 3][q] = d;
+    }
+}
+
 void lidb_winograd_weights(const float *w, size_t out, size_t in, size_t o_begin, size_t o_end, float *u) {
     const size_t plane = out * in, B = 64;
     float tmp[16][64];
     for (size_t o = o_begin; o < o_end; o++) {
         for (size_t c0 = 0; c0 < in; c0 += B) {
             size_t nb = in - c0 < B ? in - c0 : B;
-            for (size_t q = 0; q < nb; q++) {
-                const float *g = w + (o * in + c0 + q) * 9;
-                float t[4][3];
-                for (int j = 0; j < 3; j++) {
-                    float g0 = g[j], g1 = g[3 + j], g2 = g[6 + j];
-                    t[0][j] = g0;
-                    t[1][j] = 0.5f * (g0 + g1 + g2);
-                    t[2][j] = 0.5f * (g0 - g1 + g2);
-                    t[3][j] = g2;
-                }
-                for (int i = 0; i < 4; i++) {
-                    float a = t[i][0], b = t[i][1], d = t[i][2];
-                    tmp[4 * i + 0][q] = a;
-                    tmp[4 * i + 1][q] = 0.5f * (a + b + d);
-                    tmp[4 * i + 2][q] = 0.5f * (a - b + d);
-                    tmp[4 * i + 3][q] = d;
-                }
-            }
+            for (size_t q = 0; q < nb; q++) winograd_kernel(w + (o * in + c0 + q) * 9, 0, tmp, q);
+            for (int k = 0; k < 16; k++) memcpy(u + k * plane + o * in + c0, tmp[k], nb * sizeof(float));
+        }
+    }
+}
+
+void lidb_winograd_weights_flipped(const float *w, size_t w_in, size_t ob, size_t in, size_t p_base, size_t o_begin,
+                                   size_t o_end, float *u) {
+    const size_t plane = ob * in, B = 64;
+    float tmp[16][64];
+    for (size_t o = o_begin; o < o_end; o++) {
+        for (size_t c0 = 0; c0 < in; c0 += B) {
+            size_t nb = in - c0 < B ? in - c0 : B;
+            for (size_t q = 0; q < nb; q++) winograd_kernel(w + ((c0 + q) * w_in + p_base + o) * 9, 1, tmp, q);
             for (int k = 0; k < 16; k++) memcpy(u + k * plane + o * in + c0, tmp[k], nb * sizeof(float));
         }
     }

@@ -99,9 +99,10 @@ public struct Conv2d: Sendable {
     }
 
     /// `∂loss/∂x` for an input of `inputHeight × inputWidth` (the output size alone does not
-    /// determine it for strides above 1). 3×3 stride-1 padding-1: the convolution of the gradient
-    /// with the flipped, transposed kernel (Winograd where it pays); 1×1 stride 1: one GEMM
-    /// `Wᵀ · gy`; otherwise the GEMM `Wᵀ · gy` per band of output positions scattered back by col2im.
+    /// determine it for strides above 1). 3×3 stride-1 padding-1 where Winograd pays: the
+    /// convolution of the gradient with the flipped, transposed kernel, by Winograd; 1×1 stride 1:
+    /// one GEMM `Wᵀ · gy`; otherwise the GEMM `Wᵀ · gy` per band of output positions scattered back
+    /// by col2im.
     public func backward(gradOutput gy: FeatureMap, inputHeight h: Int, inputWidth w: Int,
                          algorithm: ConvAlgorithm? = nil) throws(ComputeError) -> FeatureMap {
         try backward(gradOutput: gy, inputHeight: h, inputWidth: w, algorithm: algorithm ?? self.algorithm, band: nil)
@@ -115,12 +116,10 @@ public struct Conv2d: Sendable {
         _ = try Size.product(inChannels, h, w, what: what)
         _ = try Size.blas(h * w, what: what)
         let c = inChannels, out = outChannels
-        if isWinogradShape {
-            let flipped = flippedTransposedWeight()
-            if Conv2d.useWinograd(algorithm, in: out, out: c, h: h, w: w) {
-                return Conv2d.winograd3x3(gy, weight: flipped, bias: nil, out: c)
-            }
-            return Conv2d.direct(gy, weight: flipped, bias: nil, out: c, kernel: 3, stride: 1, padding: 1, ho: h, wo: w, band: bandSize)
+        // 3×3 stride 1 padding 1: Winograd on the flipped, transposed kernel, transformed straight
+        // from the weight (no flipped copy); where Winograd does not pay, the GEMM + col2im below.
+        if isWinogradShape && Conv2d.useWinograd(algorithm, in: out, out: c, h: h, w: w) {
+            return Conv2d.winograd3x3(gy, weight: values.floats, bias: nil, out: c, flipped: true)
         }
         var gx = FeatureMap(uninitializedC: c, h: h, w: w)
         let cols = ho * wo
@@ -153,22 +152,6 @@ public struct Conv2d: Sendable {
             } } }
         }
         return gx
-    }
-
-    /// `W'[i, o, ky, kx] = W[o, i, 2 − ky, 2 − kx]`: the kernel whose stride-1 padding-1
-    /// convolution is the input gradient of a 3×3 stride-1 padding-1 convolution.
-    func flippedTransposedWeight() -> [Float] {
-        let c = inChannels, out = outChannels, weight = values.floats
-        var f = [Float](unsafeUninitializedCapacity: weight.count) { _, n in n = weight.count }
-        weight.withBase { wb in f.withMutableBase { fb in
-            for o in 0..<out {
-                for i in 0..<c {
-                    let src = wb + (o * c + i) * 9, dst = fb + (i * out + o) * 9
-                    for t in 0..<9 { dst[t] = src[8 - t] }
-                }
-            }
-        } }
-        return f
     }
 
     // MARK: - Kernels
@@ -227,10 +210,12 @@ public struct Conv2d: Sendable {
     /// outputs transformed in C, the 16 products as GEMMs, tiles in bands and output channels in
     /// blocks so the transformed buffers stay within `budget` floats each. `normalized` applies a
     /// per-channel scale and shift (and SiLU) to the input as it is read; `upsample` reads the
-    /// input upsampled 2× by nearest neighbour. Shapes checked by the caller.
+    /// input upsampled 2× by nearest neighbour. `flipped`: `weight` is `[x.c × out × 3 × 3]` and
+    /// the kernel used is its flipped transpose (the input gradient of that convolution). Shapes
+    /// checked by the caller.
     static func winograd3x3(_ x: FeatureMap, weight: [Float], bias: [Float]?, out: Int,
                             normalized: (scale: [Float], shift: [Float], silu: Bool)? = nil, upsample: Bool = false,
-                            budget: Int = Conv2d.budget) -> FeatureMap {
+                            flipped: Bool = false, budget: Int = Conv2d.budget) -> FeatureMap {
         let c = x.c, h = upsample ? 2 * x.h : x.h, w = upsample ? 2 * x.w : x.w
         let scale = normalized?.scale ?? [], shift = normalized?.shift ?? [], silu: Int32 = normalized?.silu == true ? 1 : 0
         let upFlag: Int32 = upsample ? 1 : 0
@@ -253,7 +238,11 @@ public struct Conv2d: Sendable {
             while o0 < out {
                 let ob = min(block, out - o0), base = o0
                 Parallel.ranges(ob, work: ob * c * 16) { r in
-                    lidb_winograd_weights(ws.p + base * c * 9, ob, c, r.lowerBound, r.upperBound, us.p)
+                    if flipped {
+                        lidb_winograd_weights_flipped(ws.p, out, ob, c, base, r.lowerBound, r.upperBound, us.p)
+                    } else {
+                        lidb_winograd_weights(ws.p + base * c * 9, ob, c, r.lowerBound, r.upperBound, us.p)
+                    }
                 }
                 var t0 = 0
                 while t0 < tiles {
@@ -261,8 +250,14 @@ public struct Conv2d: Sendable {
                     Parallel.ranges(c, work: c * nt * 16) { r in
                         lidb_winograd_input(xs.p, c, h, w, first, nt, r.lowerBound, r.upperBound, ss?.p, ts?.p, silu, upFlag, vs.p)
                     }
-                    for xi in 0..<16 {
-                        sgemm(false, false, m: ob, n: nt, k: c, up + xi * ob * c, lda: c, vp + xi * c * nt, ldb: nt, mp + xi * ob * nt, ldc: nt)
+                    // The 16 independent products on the cores, each with single-threaded BLAS
+                    // (cheaper than splitting every product over the threads).
+                    let jobs = min(16, max(1, Parallel.cores))
+                    Parallel.forEach(jobs) { job in
+                        for xi in Swift.stride(from: job, to: 16, by: jobs) {
+                            sgemm(false, false, m: ob, n: nt, k: c, us.p + xi * ob * c, lda: c, vs.p + xi * c * nt, ldb: nt,
+                                  ms.p + xi * ob * nt, ldc: nt)
+                        }
                     }
                     Parallel.ranges(ob, work: ob * nt * 16) { r in
                         lidb_winograd_output(ms.p, ob, h, w, first, nt, r.lowerBound, r.upperBound, bs.map { $0.p + base }, ys.p + base * h * w)

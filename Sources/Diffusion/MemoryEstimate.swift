@@ -66,11 +66,12 @@ public struct MemoryEstimate: Sendable {
     }
 
     /// One training step of `lidb finetune` at `resolution²` pixels: the UNet, text-encoder and
-    /// VAE-encoder weights as f32; the VAE encoder's activations on the photo; for the UNet's
+    /// VAE-encoder weights (the UNet's as `residency` keeps them, the others f32); the VAE encoder's activations on the photo; for the UNet's
     /// backward with per-block recomputation, the block inputs kept by the forward (about twice
     /// the skip connections) plus one block's forward intermediates and their gradients (counted as
     /// four evaluations' working sets, plus the attention backward's blocks of scores).
-    public static func training(base: BaseModel, configs: PipelineConfigs, resolution: Int) -> MemoryEstimate {
+    public static func training(base: BaseModel, configs: PipelineConfigs, resolution: Int,
+                                residency: WeightResidency = .f32) -> MemoryEstimate {
         let f = configs.vae.scaleFactor
         let l = Swift.max(resolution / f, 1)
         let n = ByteCount(l) * ByteCount(l)
@@ -80,7 +81,7 @@ public struct MemoryEstimate: Sendable {
         let scores = ByteCount.floats(2 * ByteCount(Swift.max(Parallel.cores, 1)) * Swift.min(n, ByteCount(ScaledDotProductAttention.chunk)) * n)
         let encode = vaeDecoding(configs.vae, lh: l, lw: l) + ByteCount.floats(6 * ByteCount(resolution) * ByteCount(resolution))
         let backward = evaluation * 4 + scores + textEncoding(configs.text) * 4
-        return MemoryEstimate(weights: weights(base, prefixes: ["unet.", "text_encoder.", "vae.encoder.", "vae.quant_conv."], residency: .f32),
+        return MemoryEstimate(weights: weights(base, prefixes: ["unet.", "text_encoder.", "vae.encoder.", "vae.quant_conv."], residency: residency),
                               latents: latent * 16, activations: Swift.max(backward, encode))
     }
 

@@ -84,6 +84,8 @@ struct Finetune: ParsableCommand {
     @Option(help: "Seed of the evaluation pairs' draws.") var evalSeed: UInt64 = 0
     @Option(help: "Refuse runs whose estimated peak memory exceeds this (e.g. 8G; default: LIDB_MEMORY_LIMIT, else the machine's memory).")
     var memoryLimit: String?
+    @Option(help: "UNet weights: f32 (converted once at load; fastest) or f16-per-layer (an F16 base's weights stay F16 and are converted as each layer runs: about 1.7 GB less for SD 1.5, a little slower; the same result).")
+    var weights: WeightResidency = .f32
 
     func validate() throws {
         if hypernet != nil && initSubject != nil { throw ValidationError("--hypernet and --init are alternatives; give one") }
@@ -127,7 +129,7 @@ struct Finetune: ParsableCommand {
             start = .scratch(targets: targets)
         }
         let request = FinetuneRequest(images: images, start: start, options: opts, prompt: prompt, trigger: trigger,
-                                      className: className, name: name, strict: strict)
+                                      className: className, name: name, strict: strict, residency: weights)
         let run = try Finetuner(base: b, request: request, memoryLimit: limit)
         let loadSeconds = now() - t0
         let evalBefore = try eval.map { try run.evaluationLoss(count: $0, seed: evalSeed) }
@@ -178,6 +180,7 @@ struct Finetune: ParsableCommand {
             print(JSONValue.object([
                 ("steps", .int(stepTimes.count)), ("step_median_s", .double(median)), ("load_s", .double(loadSeconds)),
                 ("total_s", .double(total)), ("peak_rss_mib", .double(peakResidentMiB())),
+                ("unet_f16_weights", .int(run.halfWeightCount)),
                 ("final_loss", .double(Double(run.losses.last.map { "\($0)" } ?? "0") ?? 0)),
             ] + (evalBefore.flatMap { b in evalAfter.map { a in [("eval_loss_before", JSONValue.double(Double("\(b)") ?? 0)),
                                                                 ("eval_loss_after", JSONValue.double(Double("\(a)") ?? 0))] } } ?? [])).serializedString)

@@ -38,9 +38,13 @@ public struct FinetuneRequest: Sendable {
     public var name: String?
     /// Bind the result to the base's content fingerprint too.
     public var strict: Bool
+    /// How the UNet's frozen weights are held: f32, or (an F16 base's) F16 converted per use —
+    /// the same values either way, so the same run (spec/finetune.md §12).
+    public var residency: WeightResidency
 
     public init(images: [String], start: FinetuneStart, options: TrainingOptions, prompt: String? = nil,
-                trigger: String? = nil, className: String? = nil, name: String? = nil, strict: Bool = false) {
+                trigger: String? = nil, className: String? = nil, name: String? = nil, strict: Bool = false,
+                residency: WeightResidency = .f32) {
         self.images = images
         self.start = start
         self.options = options
@@ -49,6 +53,7 @@ public struct FinetuneRequest: Sendable {
         self.className = className
         self.name = name
         self.strict = strict
+        self.residency = residency
     }
 
     public static let defaultTrigger = "sks"
@@ -112,6 +117,8 @@ public final class Finetuner {
     let objective: DenoisingObjective
     var unet: UNetNetwork
     var text: CLIPTextNetwork
+    /// How many UNet weight values are held as F16 (`FinetuneRequest.residency`).
+    public var halfWeightCount: Int { unet.halfWeightCount }
     let ids: [Int]
     let textTrains: Bool
     /// The text states when no text-encoder term trains (the same every step).
@@ -172,7 +179,7 @@ public final class Finetuner {
         latentShape = (configs.vae.latentChannels, resolution / factor, resolution / factor)
 
         if let limit = memoryLimit {
-            let estimate = MemoryEstimate.training(base: base, configs: configs, resolution: resolution)
+            let estimate = MemoryEstimate.training(base: base, configs: configs, resolution: resolution, residency: request.residency)
             try estimate.check(limit: limit, what: "training at \(resolution)×\(resolution)", file: base.file.path)
         }
 
@@ -196,7 +203,7 @@ public final class Finetuner {
         }
         posteriors = post
 
-        unet = try UNetNetwork(base: base)
+        unet = try UNetNetwork(base: base, residency: request.residency)
         text = try CLIPTextNetwork(base: base)
 
         // Initial factors (§7), then the terms.

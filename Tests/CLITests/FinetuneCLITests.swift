@@ -76,6 +76,31 @@ import Glibc
         #expect(fast.metadata["info"]?["name"]?.stringValue == "me", "the init's name is kept")
     }
 
+    /// `--weights f16-per-layer` on an F16 base keeps the UNet's large weights (≥ 4,096 values) as
+    /// F16 and converts them per use; the conversion is exact, so the subject is byte-identical to
+    /// the f32 run's. The sample world's UNet (F16, 32–64 channels) has such weights; the tiny
+    /// fixture pipelines' are all smaller.
+    @Test func halfResidentWeightsTrainTheSameSubject() throws {
+        let s = Scratch()
+        let r0 = try CLI.run(["convert", samples + "/world/pipeline", "--dtype", "f16", "-o", s.file("base16.lidb")])
+        #expect(r0.status == 0, "\(r0.stderr)")
+        var counts: [String: Int64] = [:]
+        for w in ["f32", "f16-per-layer"] {
+            let r = try CLI.run(["finetune", "--base", s.file("base16.lidb"), "--image", samples + "/world/heldout/0000.png",
+                                 "--resolution", "64", "--steps", "2",
+                                 "--seed", "3", "--weights", w, "--timings", "-o", s.file("\(w).lidb")])
+            #expect(r.status == 0, "\(r.stderr)")
+            let last = try #require(r.stdout.split(separator: "\n").last)
+            counts[w] = try JSONValue.parse(Array(last.utf8), file: "stdout")["unet_f16_weights"]?.int64Value
+        }
+        #expect(counts["f32"] == 0)
+        #expect((counts["f16-per-layer"] ?? 0) > 10_000, "\(counts)")
+        let a = FileManager.default.contents(atPath: s.file("f32.lidb")), b = FileManager.default.contents(atPath: s.file("f16-per-layer.lidb"))
+        #expect(a != nil && a == b)
+        let bad = try CLI.run(["finetune", "--base", s.file("base16.lidb"), "--image", Self.photo, "--weights", "f8", "-o", s.file("x.lidb")])
+        #expect(bad.status != 0 && bad.stderr.contains("weights"), "\(bad.stderr)")
+    }
+
     /// HyperDreamBooth's order: the hypernetwork's prediction for the photo, then the fast
     /// finetune. The predicted LiDB factors stay exactly as `lidb personalize` predicts them (in
     /// float32) and a LoRA term trains beside them.

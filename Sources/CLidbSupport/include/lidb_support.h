@@ -65,6 +65,11 @@ void lidb_add_channel_bias(float *y, const float *bias, size_t channels, size_t 
 /// (bias may be NULL). Each call handles the output channels [o_begin, o_end) or input channels
 /// [c_begin, c_end), so threads can share the work.
 void lidb_winograd_weights(const float *w, size_t out, size_t in, size_t o_begin, size_t o_end, float *u);
+/// The same transform for the flipped, transposed kernel of w [w_out × w_in × 3 × 3] — the kernel
+/// W'[p, q] = W[q, p] rotated by 180°, whose convolution is w's input gradient — for its output
+/// channels p_base + [o_begin, o_end) of a block of ob, in = w_out inputs: u [16 × ob × in].
+void lidb_winograd_weights_flipped(const float *w, size_t w_in, size_t ob, size_t in, size_t p_base, size_t o_begin,
+                                   size_t o_end, float *u);
 /// The input transform can apply a per-channel affine map (scale/shift, e.g. a group norm's) and
 /// SiLU to the input first (padding stays zero), and read x as [c × h/2 × w/2] upsampled to h × w
 /// by nearest neighbour (upsample ≠ 0; h and w even).
