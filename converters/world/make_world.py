@@ -19,8 +19,8 @@ Stages (issue 14):
     sd        the UNet on the captions (text encoder and VAE frozen)            sd.py
     export    samples/world/pipeline (diffusers folder, F16)                    export.py
     eval      attribute accuracy of generated held-out captions (diffusers)      evaluate.py
-Later stages slot in after `eval` in STAGES: per-identity LiDB fits (with a `--shard i/n` split),
-the hypernetwork (torchrun), the evaluation table, the demo contact sheet.
+    fits      per-identity LiDB fits (`fits.py --shard i/n` splits them)         fits.py
+    hyper     the hypernetwork, under torchrun (2 processes)                   hyper.py
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ STAGES = [
     ("sd", "sd"),
     ("export", "export"),
     ("eval", "evaluate"),
+    ("fits", "fits"),
+    ("hyper", "hyper"),
 ]
 # What each stage's outputs are made from (earlier stages' outputs). latents and sd also use the
 # reader, for reports only (reconstruction accuracy, progress probes), so it is not listed there.
@@ -57,6 +59,8 @@ DEPS = {
     "sd": ["render", "latents", "text"],
     "export": ["vae", "sd"],
     "eval": ["export", "reader"],
+    "fits": ["export", "reader"],
+    "hyper": ["fits"],
 }
 
 
