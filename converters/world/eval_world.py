@@ -301,23 +301,26 @@ def chance_identity_accuracy() -> float:
 def markdown(table: dict) -> str:
     s = table["settings"]
     lines = [
-        "| condition | identity accuracy | context accuracy | subject time / identity | generation / image |",
-        "|---|---:|---:|---:|---:|",
+        "| condition | identity accuracy | context accuracy | subject time / identity | subject file | generation / image |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for c in CONDITIONS:
         r = table["conditions"].get(c)
         if r is None or "identity_accuracy" not in r:
             why = (r or {}).get("skipped", "not run")
-            lines.append(f"| ({c}) {DESCRIPTIONS[c]} | — | — | — | — ({why}) |")
+            lines.append(f"| ({c}) {DESCRIPTIONS[c]} | — ({why}) | — | — | — | — |")
             continue
         t = r["times"]
+        subject_time = f"{t['subject_seconds_per_identity']:.1f} s" if c != "a" else "—"
+        size = f"{r['subject_bytes'] / 1000:.1f} KB" if r.get("subject_bytes") else "—"
         lines.append(f"| ({c}) {r['description']} | {100 * r['identity_accuracy']:.1f} % | {100 * r['context_accuracy']:.1f} % | "
-                     f"{t['subject_seconds_per_identity']:.1f} s | {t['generation_seconds_per_image']:.2f} s |")
+                     f"{subject_time} | {size} | {t['generation_seconds_per_image']:.2f} s |")
     lines += ["", f"{s['identities']} held-out identities × {len(s['prompts'])} prompts × {s['seeds_per_prompt']} seeds; "
               f"lidb generate, DDIM {s['steps']} steps, guidance {s['guidance_scale']}, {s['size']}; read by the attribute "
               f"reader. Identity accuracy: the 7 identity attributes against the held-out identity (chance "
               f"{100 * s['chance_identity_accuracy']:.1f} %); context accuracy: the prompt's context attribute "
-              "(the photo style for the canonical prompt).", ""]
+              "(the photo style for the canonical prompt). Times: wall time of the lidb commands, including "
+              "loading the model, on a shared 2-core machine.", ""]
     ran = [c for c in CONDITIONS if "identity_accuracy" in table["conditions"].get(c, {})]
     if ran:
         lines += ["| attribute | " + " | ".join(f"({c})" for c in ran) + " |", "|---|" + "---:|" * len(ran)]
