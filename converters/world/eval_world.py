@@ -194,11 +194,14 @@ class Evaluation:
         return key(self.binary, self.pipeline, self.hypernet[2] if cond in NEEDS_HYPERNET else None, photo_hash, cmd,
                    ident["identity"], generation)
 
+    def unit_dir(self, cond: str, ident: dict) -> Path:
+        k = self.unit_key(cond, ident, sha256_file(HELDOUT / ident["file"]))
+        return self.work / cond / f"{ident['identity']}-{k}"
+
     def unit(self, cond: str, index: int, ident: dict) -> dict:
         """One condition for one identity: the subject, SEEDS images per prompt, the reader's reads."""
         photo = HELDOUT / ident["file"]
-        k = self.unit_key(cond, ident, sha256_file(photo))
-        final = self.work / cond / f"{ident['identity']}-{k}"
+        final = self.unit_dir(cond, ident)
         result_file = final / "result.json"
         if result_file.exists():
             result = json.loads(result_file.read_text())
@@ -249,9 +252,7 @@ class Evaluation:
     def image(self, cond: str, index: int, ident: dict, name: str):
         from PIL import Image
 
-        photo = HELDOUT / ident["file"]
-        final = self.work / cond / f"{ident['identity']}-{self.unit_key(cond, ident, sha256_file(photo))}"
-        return np.asarray(Image.open(final / name).convert("RGB"))
+        return np.asarray(Image.open(self.unit_dir(cond, ident) / name).convert("RGB"))
 
 
 def summarise(cond: str, results: list, identities: list) -> dict:
@@ -385,21 +386,26 @@ def main() -> None:
             print("notice: the previous table's settings differ; conditions not run now are left out", flush=True)
 
     results = {c: [] for c in run_conds}
-    t_start, computed_seconds, computed_units = time.time(), 0.0, 0
+    # What is left to compute (units without a cached result), for the ETA: the mean time of each
+    # condition's units computed so far (of any condition's, before the first), times the units left.
+    pending = {(c, i) for i, ident in enumerate(ev.identities) for c in run_conds
+               if not (ev.unit_dir(c, ident) / "result.json").exists()}
+    spent = {c: [] for c in run_conds}
+    t_start = time.time()
     for i, ident in enumerate(ev.identities):
         t0 = time.time()
         fresh = 0
         for c in run_conds:
+            u0 = time.time()
             r = ev.unit(c, i, ident)
             results[c].append(r)
-            fresh += 0 if r["cached"] else 1
+            pending.discard((c, i))
+            if not r["cached"]:
+                spent[c].append(time.time() - u0)
+                fresh += 1
+        every = [t for ts in spent.values() for t in ts]
+        eta = sum(np.mean(spent[c] or every or [0.0]) for c, _ in pending)
         dt = time.time() - t0
-        if fresh:
-            computed_seconds += dt
-            computed_units += fresh
-        left = len(ev.identities) - i - 1
-        per_identity = computed_seconds / max(1, computed_units) * len(run_conds)
-        eta = per_identity * left
         cached = len(run_conds) - fresh
         log(f"identity {i + 1}/{len(ev.identities)} ({ident['identity']}): {', '.join(run_conds) or 'nothing to run'} "
             f"in {dt:.1f} s{f' ({cached} cached)' if cached else ''}; elapsed {(time.time() - t_start) / 60:.1f} min, "
