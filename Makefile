@@ -1,5 +1,5 @@
 # lidb — common tasks. `make demo` and `make test` work on a fresh Debian machine with Swift.
-.PHONY: deps demo test test-python bench check-exports fuzz fuzz-semantic fixtures samples world check-world clean
+.PHONY: deps demo test test-python bench check-exports fuzz fuzz-semantic fixtures samples world check-world eval-world clean
 
 deps:
 	bash scripts/deps.sh
@@ -81,6 +81,14 @@ world:
 # lidb runs the world pipeline: convert, generate held-out captions, read them (LIDB_BIN: a built lidb).
 check-world:
 	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/world/check_lidb.py "$${LIDB_BIN:-$$(swift build --show-bin-path)/lidb}"
+
+# Issue 14's personalisation table on the world (converters/world/eval_world.py): base, hypernetwork
+# prediction, fast finetune, LiDB from scratch, read by the attribute reader. LIDB_BIN: a built lidb
+# (default: the release build, built first); EVAL_CONDITIONS: a subset, e.g. b,c (the others are
+# carried over from samples/world/eval-world.json). Cached in $$LIDB_WORLD_SCRATCH/eval-world.
+eval-world:
+	@test -n "$${LIDB_BIN:-}" || swift build -c release --product lidb
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/world/eval_world.py "$${LIDB_BIN:-$$(swift build -c release --show-bin-path)/lidb}" --conditions "$${EVAL_CONDITIONS:-a,b,c,d40,d160}"
 
 clean:
 	rm -rf .build demo-output

@@ -108,7 +108,7 @@ let package = Package(
             dependencies: ["Training", "Diffusion", "Checkpoint", "Compute", "Imaging", "SubjectDelta", "TensorFile", .product(name: "Crypto", package: "swift-crypto")],
             exclude: ["Fixtures"]
         ),
-        .testTarget(name: "CLITests", dependencies: ["TensorFile", "lidb", .product(name: "Crypto", package: "swift-crypto")], exclude: ["Fixtures"]),
+        .testTarget(name: "CLITests", dependencies: ["TensorFile", "Imaging", "Diffusion", "lidb", .product(name: "Crypto", package: "swift-crypto")], exclude: ["Fixtures"]),
         // Also reads the backward-kernel fixtures of Tests/TrainingTests/Fixtures by path.
         .testTarget(name: "ComputeTests", dependencies: ["Compute", "TensorFile"], exclude: ["Fixtures"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CBLAS", "CPNG", "CZstd"]),

@@ -19,7 +19,7 @@ public struct LidbCommand: ParsableCommand {
         Exit codes: 0 success, 1 a check found damage (verify), 2 bad input or usage.
         """,
         version: "0.1.0",
-        subcommands: [Inspect.self, Verify.self, Convert.self, Export.self, SubjectCommand.self, Personalize.self, Finetune.self, Merge.self, Unmerge.self, Generate.self, Tokenize.self, Bench.self]
+        subcommands: [Inspect.self, Verify.self, Convert.self, Export.self, SubjectCommand.self, Personalize.self, Finetune.self, Merge.self, Unmerge.self, Generate.self, Grid.self, Tokenize.self, Bench.self]
     )
     public init() {}
 }

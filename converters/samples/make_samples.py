@@ -1,4 +1,4 @@
-"""Writes the sample files under samples/ that the quick start (`make demo`) and the README use.
+"""Writes the random-weight sample files under samples/ that the tests, benchmarks and the README's tour use.
 
 Run from the repository root with the pinned venv (converters/setup_venv.sh) and a built lidb:
 
