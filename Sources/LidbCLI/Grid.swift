@@ -75,7 +75,7 @@ struct Grid: ParsableCommand {
     /// arithmetic throughout: nothing here can overflow or trap.
     static func sheetSize(count: Int, columns: Int, cellWidth: Int, cellHeight: Int, gap: Int) -> Result<(Int, Int), SheetTooLarge> {
         let cols = min(columns, max(count, 1))
-        let rows = (count + columns - 1) / columns
+        let rows = count / columns + (count % columns == 0 ? 0 : 1)  // no overflow for any --columns
         func side(_ n: Int, _ c: Int) -> Int? {
             let (a, o1) = n.multipliedReportingOverflow(by: c)
             let (g, o2) = (n - 1).multipliedReportingOverflow(by: gap)

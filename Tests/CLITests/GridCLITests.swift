@@ -112,6 +112,10 @@ import Testing
             #expect(!FileManager.default.fileExists(atPath: s.file("out.png")), "\(args)")
         }
         #expect(s.contents.allSatisfy { !$0.hasPrefix(".") }, "\(s.contents)")
+        // Any --columns is fine arithmetic: more columns than images make a single row.
+        let wide = try CLI.run(["grid", s.file("ok.png"), "--columns", "\(Int.max)", "-o", s.file("one.png")])
+        #expect(wide.status == 0, "\(wide.stderr)")
+        try? FileManager.default.removeItem(atPath: s.file("one.png"))
         // The output may not be one of the inputs.
         let r = try CLI.run(["grid", s.file("ok.png"), "--columns", "1", "-o", s.file("ok.png")])
         #expect(r.status == 2 && r.stderr.contains("ok.png"), "\(r.stderr)")
