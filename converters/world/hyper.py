@@ -53,12 +53,12 @@ sys.path.insert(0, str(ROOT / "converters" / "python" / "reference"))
 from hypernetwork import Hypernetwork, clip_preprocessing, make_config  # noqa: E402
 
 SEED = 14_621
-STEPS = int(os.environ.get("LIDB_WORLD_HYPER_STEPS", "1500"))
+STEPS = int(os.environ.get("LIDB_WORLD_HYPER_STEPS", "2000"))
 BATCH = 16
-LR = 5e-4
+LR = 1e-3
 WARMUP = 100
 WEIGHT_DECAY = 1e-2
-DENOISE_WEIGHT = 10.0        # the denoising loss (~0.04) weighted to the order of the normalised weight loss
+DENOISE_WEIGHT = 100.0       # the denoising loss (~0.04) carries the identity; the weight loss regularises (see README)
 PROCESSES = 2
 ENCODER = dict(type="clip-vision", image_size=64, patch_size=8, hidden_size=96, num_hidden_layers=4,
                num_attention_heads=4, intermediate_size=192, hidden_act="quick_gelu", layer_norm_eps=1e-5, tokens="all")
@@ -376,19 +376,32 @@ def ddp_check(steps: int) -> None:
             (d / "seconds").write_text(f"{time.time() - t0:.1f}\n")
         results[n] = torch.load(d / "final.pt", map_location="cpu", weights_only=False)
     a, b = results[1]["model"], results[2]["model"]
-    # Tensors whose gradient is zero by construction (a key projection's bias: softmax ignores a
-    # constant per query) hold only rounding noise (~1e-8) that Adam amplifies in either run, so the
-    # relative comparison is over tensors with max |w| >= 1e-3; the absolute one over all of them.
-    rel = {k: float((a[k] - b[k]).abs().max() / a[k].abs().max()) for k in a if float(a[k].abs().max()) >= 1e-3}
+    # A key projection's bias has zero gradient by construction (softmax ignores what it adds to
+    # every score of a query), so it holds only initial values plus rounding noise that Adam's
+    # normalisation amplifies differently in the two runs: the key biases (CLIP's k_proj.bias, the
+    # middle third of nn.MultiheadAttention's in_proj_bias) are left out of the relative comparison.
+    def compared(k, t):
+        if k.endswith("k_proj.bias"):
+            return None
+        if k.endswith("in_proj_bias"):
+            n = t.shape[0] // 3
+            return torch.cat([t[:n], t[2 * n:]])
+        return t
+
+    rel = {}
+    for k in a:
+        ta, tb = compared(k, a[k]), compared(k, b[k])
+        if ta is not None and float(ta.abs().max()) > 0:
+            rel[k] = float((ta - tb).abs().max() / ta.abs().max())
     worst = max(rel.values())
     worst_abs = max(float((a[k] - b[k]).abs().max()) for k in a)
     hist = [(x["step"], x["weight_loss"], y["weight_loss"], x["denoising_loss"], y["denoising_loss"])
             for x, y in zip(results[1]["history"], results[2]["history"])]
     table = {"description": "hyper.py under torchrun with 1 and with 2 processes (gloo), the same global batch "
                             f"({BATCH}) and draws, {steps} steps from the same initialisation: the largest relative "
-                            "difference of any weight tensor (max |diff| / max |w|, over tensors with max |w| >= 1e-3: a key "
-                            "projection's bias has zero gradient by construction and holds rounding noise), the largest "
-                            "absolute difference of any weight, and the logged losses.",
+                            "difference of any weight tensor (max |diff| / max |w|; key-projection biases left out: their "
+                            "gradient is zero by construction, so they hold rounding noise that Adam amplifies), the "
+                            "largest absolute difference of any weight, and the logged losses.",
              "steps": steps, "global_batch": BATCH, "max_relative_weight_difference": worst,
              "tensors_compared": len(rel), "tensors": len(a), "max_absolute_weight_difference": worst_abs,
              "seconds": {str(n): float((base / f"p{n}" / "seconds").read_text()) for n in (1, 2)
