@@ -202,21 +202,12 @@ def accuracy(fits: dict) -> dict:
 
     train, _ = identity_sets()
     pipe = evaluate.load_pipeline()
-    layers = fits["layers"]
-    basis = terms.bases(layers)
-    weights = []
-    for l in layers:
-        model = pipe.unet if l["model"] == "unet" else pipe.text_encoder
-        weights.append(model.get_submodule(l["module"]).weight)
+    target = terms.MergedInto(pipe, fits["layers"])
     seeds = [0, 1]
     truth, fitted, base = [], [], []
     for i in range(ACCURACY_IDENTITIES):
-        saved = [w.data.clone() for w in weights]
-        for k, (w, (d, u)) in enumerate(zip(weights, basis)):
-            w.data += (terms.ALPHA / terms.RANK) * (u @ fits["ups"][k][i] @ fits["downs"][k][i] @ d)
-        fitted.append(evaluate.generate(pipe, [CANONICAL_PROMPT] * len(seeds), [7000 + 10 * i + s for s in seeds]))
-        for w, s in zip(weights, saved):
-            w.data = s
+        with target.merged([(d[i], u[i]) for d, u in zip(fits["downs"], fits["ups"])]):
+            fitted.append(evaluate.generate(pipe, [CANONICAL_PROMPT] * len(seeds), [7000 + 10 * i + s for s in seeds]))
         base.append(evaluate.generate(pipe, [f"a photo of {CLASS}"] * len(seeds), [7000 + 10 * i + s for s in seeds]))
         truth += [[train[i].attrs[k] for k in IDENTITY]] * len(seeds)
     reader = load_reader()

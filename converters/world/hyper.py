@@ -315,12 +315,7 @@ def accuracy(model: Hypernetwork, data: dict) -> dict:
 
     train, heldout = identity_sets()
     pipe = evaluate.load_pipeline()
-    layers = data["layers"]
-    basis = terms.bases(layers)
-    weights = []
-    for l in layers:
-        model_ = pipe.unet if l["model"] == "unet" else pipe.text_encoder
-        weights.append(model_.get_submodule(l["module"]).weight)
+    target = terms.MergedInto(pipe, data["layers"])
     seeds = [0, 1]
     ni = len(IDENTITY)
     reader = load_reader()
@@ -330,13 +325,8 @@ def accuracy(model: Hypernetwork, data: dict) -> dict:
         with torch.no_grad():
             pred = model(pixels(photos)) if predict else None
         for n in range(len(photos)):
-            saved = [w.data.clone() for w in weights]
-            if predict:
-                for k, (w, (d, u)) in enumerate(zip(weights, basis)):
-                    w.data += (terms.ALPHA / terms.RANK) * (u @ pred[k][1][n] @ pred[k][0][n] @ d)
-            images.append(evaluate.generate(pipe, [prompt] * len(seeds), [seed0 + 10 * n + s for s in seeds]))
-            for w, s in zip(weights, saved):
-                w.data = s
+            with target.merged([(d[n], u[n]) for d, u in pred] if predict else None):
+                images.append(evaluate.generate(pipe, [prompt] * len(seeds), [seed0 + 10 * n + s for s in seeds]))
         images = np.concatenate(images)
         truth = np.repeat(np.asarray(truths), len(seeds), axis=0)
         read = read_attributes(reader, images)

@@ -16,6 +16,7 @@ identities' terms at once and each identity's gradient is its own samples' gradi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -165,6 +166,31 @@ def set_override(mods: list, factors) -> None:
     """factors: [(down [N, r, a'], up [N, b', r])] per layer, or None to clear."""
     for k, m in enumerate(mods):
         m.override = None if factors is None else factors[k]
+
+
+class MergedInto:
+    """A diffusers pipeline's target weights, into which one identity's LiDB terms are merged for
+    a `with` block (W += scale · up_aux · up · down · down_aux) and restored after it."""
+
+    def __init__(self, pipe, layers: list):
+        self.basis = bases(layers)
+        self.weights = []
+        for l in layers:
+            model = pipe.unet if l["model"] == "unet" else pipe.text_encoder
+            self.weights.append(model.get_submodule(l["module"]).weight)
+
+    @contextlib.contextmanager
+    def merged(self, factors):
+        """factors: [(down [r, a'], up [b', r])] per layer, or None for the base itself."""
+        saved = [w.data.clone() for w in self.weights]
+        try:
+            if factors is not None:
+                for w, (d_aux, u_aux), (down, up) in zip(self.weights, self.basis, factors):
+                    w.data += (ALPHA / RANK) * (u_aux @ up @ down @ d_aux)
+            yield
+        finally:
+            for w, s in zip(self.weights, saved):
+                w.data = s
 
 
 def write_subject_file(path: Path, layers: list, downs: list, ups: list, name: str, info: dict) -> None:
