@@ -88,7 +88,7 @@ check-world:
 # carried over from samples/world/eval-world.json). Cached in $$LIDB_WORLD_SCRATCH/eval-world.
 eval-world:
 	@test -n "$${LIDB_BIN:-}" || swift build -c release --product lidb
-	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/world/eval_world.py "$${LIDB_BIN:-$$(swift build -c release --show-bin-path)/lidb}" --conditions "$${EVAL_CONDITIONS:-a,b,c,d40,d160}"
+	"$${LIDB_VENV:-$$HOME/.cache/lidb-venv}/bin/python" converters/world/eval_world.py "$${LIDB_BIN:-$$(swift build -c release --show-bin-path)/lidb}" --conditions "$${EVAL_CONDITIONS:-a,b,c,c-lr1e-3,d40,d160}"
 
 clean:
 	rm -rf .build demo-output

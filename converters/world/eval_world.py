@@ -12,6 +12,7 @@ evaluate.GUIDANCE, 64×64) under each condition:
     a     the base, trigger dropped ("a photo of face, …"): what the model draws without the subject
     b     the hypernetwork's prediction (lidb personalize)
     c     the prediction + the 40-step rank-relaxed fast finetune (lidb finetune --hypernet)
+    c-lr1e-3  the same at learning rate 1e-3 (lidb's default for the fast finetune is 1e-4)
     d40   a LiDB subject trained from scratch, 40 steps (lidb finetune --train lidb)
     d160  the same, 160 steps
 
@@ -19,7 +20,7 @@ The attribute reader (reader.py) reads every image: identity accuracy is the sev
 attributes against the held-out identity's truth (all prompts), context accuracy whether the
 prompt's context attribute is there (the photo style for the canonical prompt).
 
-b and c need the world hypernetwork (samples/world/hypernetwork.safetensors + hypernetwork.json,
+b, c and c-lr1e-3 need the world hypernetwork (samples/world/hypernetwork.safetensors + hypernetwork.json,
 or --hypernet FILE --hypernet-config FILE); without it they are skipped with a notice. Work is
 cached per condition and identity under $LIDB_WORLD_SCRATCH/eval-world/ (default
 ~/.cache/lidb-world), keyed by a hash of what it is made from (the lidb binary, the pipeline, the
@@ -30,7 +31,7 @@ and a changed reader only re-reads the cached images. Conditions not run this ti
 
 Writes samples/world/eval-world.json (settings, per condition: identity and context accuracy,
 per-attribute accuracy, times), eval-world.md (the table) and eval-world.png (a row per identity,
-first 8: photo | a | b | c | d40 | d160, the canonical prompt's first seed; empty where a condition
+first 8: photo | a | b | c | c-lr1e-3 | d40 | d160, the canonical prompt's first seed; empty where a condition
 did not run).
 """
 
@@ -58,15 +59,16 @@ from reader import load_reader, read_attributes  # noqa: E402
 HELDOUT = OUT / "heldout"
 HYPERNET = OUT / "hypernetwork.safetensors"
 HYPERNET_CONFIG = OUT / "hypernetwork.json"
-CONDITIONS = ("a", "b", "c", "d40", "d160")
+CONDITIONS = ("a", "b", "c", "c-lr1e-3", "d40", "d160")
 DESCRIPTIONS = {
     "a": "base, class prompt (trigger dropped)",
     "b": "hypernetwork prediction (lidb personalize)",
     "c": "prediction + fast finetune, 40 steps (lidb finetune --hypernet)",
+    "c-lr1e-3": "prediction + fast finetune, 40 steps at lr 1e-3 (lidb finetune --hypernet --lr 1e-3)",
     "d40": "LiDB from scratch, 40 steps (lidb finetune --train lidb)",
     "d160": "LiDB from scratch, 160 steps (lidb finetune --train lidb)",
 }
-NEEDS_HYPERNET = {"b", "c"}
+NEEDS_HYPERNET = {"b", "c", "c-lr1e-3"}
 SEEDS = 2
 SHEET_IDENTITIES = 8
 SIZE = 64
@@ -182,6 +184,9 @@ class Evaluation:
                     "--trigger", TRIGGER, "--class", CLASS, "-o", out]
         if cond == "c":
             return [self.lidb, "finetune", "--base", base, "--image", photo, "--hypernet", hyper,
+                    "--trigger", TRIGGER, "--class", CLASS, "--resolution", SIZE, "-o", out]
+        if cond == "c-lr1e-3":
+            return [self.lidb, "finetune", "--base", base, "--image", photo, "--hypernet", hyper, "--lr", "1e-3",
                     "--trigger", TRIGGER, "--class", CLASS, "--resolution", SIZE, "-o", out]
         steps = int(cond[1:])
         return [self.lidb, "finetune", "--base", base, "--image", photo, "--train", "lidb", "--steps", steps,
@@ -371,6 +376,7 @@ def main() -> None:
             "a": "lidb generate --model base.lidb --prompt 'a photo of face…'",
             "b": "lidb personalize --hypernet H.lidb --base base.lidb --image PHOTO --trigger sks --class face",
             "c": "lidb finetune --base base.lidb --image PHOTO --hypernet H.lidb --trigger sks --class face --resolution 64 (40 steps)",
+            "c-lr1e-3": "lidb finetune --base base.lidb --image PHOTO --hypernet H.lidb --lr 1e-3 --trigger sks --class face --resolution 64 (40 steps)",
             "d40": "lidb finetune --base base.lidb --image PHOTO --train lidb --steps 40 --trigger sks --class face --resolution 64",
             "d160": "lidb finetune --base base.lidb --image PHOTO --train lidb --steps 160 --trigger sks --class face --resolution 64",
         },
