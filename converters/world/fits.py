@@ -84,7 +84,7 @@ def noise_scheduler():
 
 
 def identity_photos(identity) -> tuple:
-    """PHOTOS canonical photos of a training identity: uint8 [PHOTOS, 64, 64, 3], their photo seeds."""
+    """PHOTOS canonical photos of a training identity: uint8 [PHOTOS, 64, 64, 3]."""
     imgs = [photo(identity, STREAM_FITS, k, dict(HELDOUT_CONTEXT))[0] for k in range(PHOTOS)]
     return np.stack(imgs)
 
@@ -121,7 +121,7 @@ def denoising_losses(unet, te, mods, ids_tok, sched, batch: list, ids=None):
     return (pred - eps).pow(2).mean(dim=(1, 2, 3))
 
 
-def fit_group(g: int, train, unet, te, vae, tok, scaling, mods, layers, sched, ids_tok) -> dict:
+def fit_group(g: int, train, unet, te, vae, scaling, mods, sched, ids_tok) -> dict:
     first = g * GROUP
     members = list(range(first, min(first + GROUP, IDENTITIES)))
     n = len(members)
@@ -186,7 +186,7 @@ def run_shard(index: int, count: int) -> None:
         f"{len(layers)} layers, fingerprint {terms.fingerprint(layers)[:16]}")
     t0 = time.time()
     for n, g in enumerate(todo):
-        res = fit_group(g, train, unet, te, vae, tok, scaling, mods, layers, sched, ids_tok)
+        res = fit_group(g, train, unet, te, vae, scaling, mods, sched, ids_tok)
         save_checkpoint(group_path(g), res)
         done = n + 1
         eta = (time.time() - t0) / done * (len(todo) - done)

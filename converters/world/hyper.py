@@ -171,9 +171,10 @@ def worker(args) -> None:
     if batch % world:
         raise SystemExit(f"hyper: the global batch {batch} does not split over {world} processes")
     if rank == 0:
-        data = prepare_data()
+        data = prepare_data()            # made once (the launcher normally has made it already)
     dist.barrier()
-    data = prepare_data()
+    if rank != 0:
+        data = prepare_data()
     norm = Normalised(data)
     layers = data["layers"]
     cfg = config(layers)
@@ -199,6 +200,7 @@ def worker(args) -> None:
             log(f"resumed hyper at step {step}")
     fd = [x / norm.s_d for x in data["downs"]]
     fu = [x / norm.s_u for x in data["ups"]]
+    count = sum(d[0].numel() + u[0].numel() for d, u in zip(fd, fu))   # factor values per sample
     every = Every(180)
     per = batch // world
     t0, acc = time.time(), {"w": 0.0, "d": 0.0, "g": 0.0, "n": 0}
@@ -209,7 +211,6 @@ def worker(args) -> None:
         pred = ddp(x)
         wl = sum((p_d - fd[k][rows]).pow(2).sum() + (p_u - fu[k][rows]).pow(2).sum()
                  for k, (p_d, p_u) in enumerate(pred))
-        count = sum(fd[k][0].numel() + fu[k][0].numel() for k in range(len(pred)))
         wl = wl / count                                            # summed over this rank's samples
         terms.set_override(mods, [(p_d * norm.s_d, p_u * norm.s_u) for p_d, p_u in pred])
         z = torch.stack([d[2] for d in draws])

@@ -38,12 +38,11 @@ class Fits(unittest.TestCase):
                           return_tensors="pt").input_ids
 
     def fit(self, group: int, size: int):
-        unet, te, vae, tok, scaling = self.models
+        unet, te, vae, _, scaling = self.models
         saved = (self.fits.GROUP, self.fits.IDENTITIES, self.fits.STEPS, self.fits.EVAL_PAIRS)
         self.fits.GROUP, self.fits.IDENTITIES, self.fits.STEPS, self.fits.EVAL_PAIRS = size, 4, 3, 1
         try:
-            return self.fits.fit_group(group, self.train, unet, te, vae, tok, scaling, self.mods, self.layers,
-                                       self.sched, self.ids_tok)
+            return self.fits.fit_group(group, self.train, unet, te, vae, scaling, self.mods, self.sched, self.ids_tok)
         finally:
             self.fits.GROUP, self.fits.IDENTITIES, self.fits.STEPS, self.fits.EVAL_PAIRS = saved
 
