@@ -66,7 +66,7 @@ public struct BaseWriteSummary: Sendable {
 extension BaseConverter {
     /// Writes `plan` as a base file, casting floating-point weights to `dtype` when given, streaming
     /// one tensor at a time (peak memory ≈ one chunk, not one model) and computing fingerprints on the way.
-    public static func write(_ plan: BasePlan, to path: String, dtype: DType?,
+    public static func write(_ plan: BasePlan, to path: String, dtype: DType?, sync: Bool = true,
                              progress: ((Int, Int) -> Void)? = nil) throws(TensorFileError) -> BaseWriteSummary {
         final class State: @unchecked Sendable {
             var digests: [String: String] = [:]
@@ -130,7 +130,8 @@ extension BaseConverter {
             plan.metadata.setting("fingerprints", .object([("layer_table", .string(layerTable)), ("content", .string(content))]))
         }
         var content = carried ?? placeholder
-        try LidbWriter.write(to: path, kind: "base", metadata: metadata(content: content), tensors: sources, progress: progress) {
+        try LidbWriter.write(to: path, kind: "base", metadata: metadata(content: content), tensors: sources,
+                             options: .init(sync: sync), progress: progress) {
             if carried == nil { content = Fingerprint.content(outInfos, digests: state.digests) }
             return metadata(content: content)
         }

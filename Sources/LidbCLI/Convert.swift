@@ -44,7 +44,9 @@ struct Convert: ParsableCommand {
         safetensors → lidb → safetensors gives the same bytes. --dtype f32|f16|bf16 casts \
         floating-point tensors (round to nearest even) and leaves integer tensors alone; values that \
         overflow to ±inf or become NaN are reported. The output appears only when complete \
-        (written to a temporary file, synced, renamed).
+        (written to a temporary file, synced, renamed; --no-sync skips the sync). Tensors that pass \
+        through unchanged are copied by the kernel (copy_file_range), and a .lidb output's checksums \
+        are computed from the input on the second core meanwhile.
         """
     )
 
@@ -57,6 +59,12 @@ struct Convert: ParsableCommand {
     @Flag(help: "Base: take the UNet from the checkpoint's EMA weights (model_ema.*).") var ema = false
     @Option(help: "Base: epsilon or v_prediction (default: the scheduler config's; single files: epsilon for SD 1.x, v_prediction for SD 2.x).")
     var predictionType: PredictionChoice?
+    @Flag(help: ArgumentHelp("Do not flush the output to disk before renaming it into place.", discussion: """
+        Faster by the time the disk needs to take the data (about 0.6 s for 2 GB on a typical \
+        virtual disk). The output still appears only when complete for every program on the \
+        running system, but after a crash or power loss soon after, it may be empty or incomplete \
+        under its final name. Without this flag the output is on disk when the command returns.
+        """)) var noSync = false
     @Option(help: "Base from a single file: a diffusers folder with the model's configs and tokenizer. With --kind hypernetwork: the hypernetwork's hyper.json (spec/hypernetwork.md).") var config: String?
 
     func run() throws {
@@ -75,7 +83,7 @@ struct Convert: ParsableCommand {
                                                  validateTokenizer: { (files) throws(TensorFileError) in _ = try CLIPTokenizer(files: files) })
                 let plan = try BaseConverter.plan(input: input, options: options)
                 for w in plan.warnings { printError("lidb: warning: " + w) }
-                let summary = try BaseConverter.write(plan, to: output, dtype: dtype.dtype, progress: progress.update)
+                let summary = try BaseConverter.write(plan, to: output, dtype: dtype.dtype, sync: !noSync, progress: progress.update)
                 progress.finish()
                 for (name, r) in summary.lossy {
                     printError("lidb: warning: \(input): tensor '\(name)': \(r.overflowed) value(s) overflowed to ±inf, \(r.nans) NaN value(s)")
@@ -89,7 +97,7 @@ struct Convert: ParsableCommand {
             }
             let src = try openTensorCollection(input)
             let summary = try convertCollection(src, to: output, dtype: dtype.dtype, kind: kind, zstd: zstd,
-                                                progress: progress.update)
+                                                sync: !noSync, progress: progress.update)
             progress.finish()
             for (name, r) in summary.lossy {
                 printError("lidb: warning: \(input): tensor '\(name)': \(r.overflowed) value(s) overflowed to ±inf, \(r.nans) NaN value(s)")

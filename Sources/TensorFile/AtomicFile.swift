@@ -1,4 +1,5 @@
 import CLidbSupport
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -15,6 +16,12 @@ import Darwin
 ///
 /// The target, when it exists, must be a regular file (a device, FIFO or socket is refused, never
 /// replaced). A new file gets mode 0666 minus the umask; a replaced file keeps its permission bits.
+///
+/// With `sync: false` the data is not flushed to disk before the rename: the output still appears
+/// only when complete for every process on the running system, but a crash or power loss shortly
+/// after may leave it empty or partly written under its final name. With `sync: true` (the
+/// default) writeback of the data starts as it is written, so the final fsync waits only for the
+/// tail.
 public final class AtomicFileWriter {
     public let path: String
     public let temporaryPath: String
@@ -24,15 +31,22 @@ public final class AtomicFileWriter {
     private(set) public var position: UInt64 = 0
     private var done = false
     private let cleanupSlot: Int32
+    public let sync: Bool
+    /// Bytes handed to the kernel (written or copied), and where writeback was last started.
+    private var flushedPosition: UInt64 = 0
+    private var writebackStarted: UInt64 = 0
 
     static let bufferSize = 1 << 20
+    /// Writeback is started for every this many bytes handed to the kernel (when syncing).
+    static let writebackStep: UInt64 = 32 << 20
 
     /// Called with the temporary file's path right after it is created. A hook for tests that
     /// interrupt a write (the command line sets it only when `LIDB_TEST_PAUSE_AFTER_TEMP` is set).
     nonisolated(unsafe) public static var temporaryFileCreated: ((String) -> Void)? = nil
 
-    public init(path: String) throws(TensorFileError) {
+    public init(path: String, sync: Bool = true) throws(TensorFileError) {
         self.path = path
+        self.sync = sync
         let (dir, base) = splitOutputPath(path)
         guard !base.isEmpty else { throw TensorFileError(file: path, .outputIsFolder) }
         let keptMode = try checkOutputTarget(path)
@@ -99,7 +113,58 @@ public final class AtomicFileWriter {
             }
             off += n
         }
+        flushedPosition += UInt64(bytes.count)
+        startWriteback()
     }
+
+    /// Starts writeback of what was handed to the kernel since the last start, in steps of
+    /// `writebackStep`, so disk writes overlap the rest of the work instead of all waiting for
+    /// the fsync in `commit()`.
+    private func startWriteback() {
+        guard sync, flushedPosition - writebackStarted >= Self.writebackStep else { return }
+        _ = lidb_start_writeback(fd, Int64(writebackStarted), Int64(flushedPosition - writebackStarted))
+        writebackStarted = flushedPosition
+    }
+
+    /// Appends bytes `range` of `file`, copied by the kernel (`copy_file_range`: no pass through
+    /// this process, and shared extents on filesystems that can) where the system allows, through
+    /// bounded reads otherwise. A source that shrank meanwhile gives `fileChanged`.
+    public func append(from file: MappedFile, range: Range<Int>) throws(TensorFileError) {
+        guard !range.isEmpty else { return }
+        try flush()
+        var offset = Int64(range.lowerBound)
+        let end = Int64(range.upperBound)
+        while offset < end {
+            if !Self.kernelCopyUnavailable.load(ordering: .relaxed) && !Self.userSpaceCopyOnly.load(ordering: .relaxed) {
+                let want = Int(min(end - offset, Int64(Self.writebackStep)))
+                let n = lidb_copy_file_range(file.descriptor, &offset, fd, want)
+                if n > 0 {
+                    flushedPosition += UInt64(n)
+                    position += UInt64(n)
+                    startWriteback()
+                    continue
+                }
+                if n == 0 { throw file.changedError(at: Int(offset)) }
+                let e = errno
+                if e == EINTR { continue }
+                // Not available for these files or on this system: copy through user space.
+                guard e == ENOSYS || e == EXDEV || e == EINVAL || e == EOPNOTSUPP || e == EBADF || e == EPERM else {
+                    throw fail("copy")
+                }
+                if e == ENOSYS { Self.kernelCopyUnavailable.store(true, ordering: .relaxed) }
+            }
+            try file.readChunks(Int(offset)..<Int(end)) { (chunk) throws(TensorFileError) in
+                try writeAll(chunk)
+                position += UInt64(chunk.count)
+            }
+            offset = end
+        }
+    }
+
+    /// Set once the system lacks `copy_file_range`.
+    static let kernelCopyUnavailable = Atomic<Bool>(false)
+    /// Forces the user-space copy (for tests of that path).
+    public static let userSpaceCopyOnly = Atomic<Bool>(false)
 
     public func flush() throws(TensorFileError) {
         if buffered > 0 {
@@ -128,7 +193,7 @@ public final class AtomicFileWriter {
     public func commit() throws(TensorFileError) {
         do throws(TensorFileError) {
             try flush()
-            guard fsync(fd) == 0 else { throw fail("sync") }
+            if sync { guard fsync(fd) == 0 else { throw fail("sync") } }
             let closed = close(fd)
             fd = -1
             guard closed == 0 else { throw fail("close") }
@@ -140,6 +205,7 @@ public final class AtomicFileWriter {
         }
         done = true
         lidb_cleanup_forget_file(cleanupSlot)
+        guard sync else { return }
         let (dir, _) = splitOutputPath(path)
         let dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if dfd >= 0 { _ = fsync(dfd); close(dfd) }

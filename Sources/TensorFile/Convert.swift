@@ -23,9 +23,11 @@ public func safetensorsMetadata(from json: JSONValue) -> [(String, String)]? {
 }
 
 /// Copies every tensor of `source` into a new file at `path` (format from the extension),
-/// casting floating-point tensors to `dtype` when given. Streams tensor by tensor.
+/// casting floating-point tensors to `dtype` when given. Streams tensor by tensor; tensors that
+/// pass through unchanged and lie verbatim in the input are copied by the kernel. `sync: false`
+/// skips the fsync before the output is renamed into place (see `AtomicFileWriter`).
 public func convertCollection(_ source: TensorCollection, to path: String, dtype: DType?, kind: String = "tensors",
-                              zstd: Bool = false, progress: ((Int, Int) -> Void)? = nil) throws(TensorFileError) -> ConversionSummary {
+                              zstd: Bool = false, sync: Bool = true, progress: ((Int, Int) -> Void)? = nil) throws(TensorFileError) -> ConversionSummary {
     let format = try OutputFormat(path: path)
     if !LidbFormat.knownKinds.contains(kind) { throw TensorFileError(file: path, .unknownKind(kind)) }
     var summary = ConversionSummary()
@@ -44,7 +46,7 @@ public func convertCollection(_ source: TensorCollection, to path: String, dtype
         }
         // Streamed chunk by chunk with bounded reads; a .lidb tensor's checksum is checked over the
         // same chunks, and a mismatch fails the write (no output) naming the tensor.
-        sources.append(TensorSource(info: info) { (consume) throws(TensorFileError) in
+        var tensorSource = TensorSource(info: info) { (consume) throws(TensorFileError) in
             if from == target {
                 try source.streamTensor(name, consume)
                 return
@@ -65,18 +67,20 @@ public func convertCollection(_ source: TensorCollection, to path: String, dtype
                 }
             }
             if !report.isClean { reports.items.append((name, report)) }
-        })
+        }
+        if from == target, let v = source.verbatimRange(name), v.range.count == info.byteCount { tensorSource.verbatim = v }
+        sources.append(tensorSource)
         if target != t.dtype { summary.converted += 1 }
     }
     summary.tensorCount = sources.count
     switch format {
     case .safetensors:
-        try SafetensorsWriter.write(to: path, tensors: sources, metadata: safetensorsMetadata(from: source.metadataJSON), progress: progress)
+        try SafetensorsWriter.write(to: path, tensors: sources, metadata: safetensorsMetadata(from: source.metadataJSON), sync: sync, progress: progress)
     case .lidb:
         let sourceKind = (source as? LidbFile)?.kind
         let k = (kind == "tensors" && sourceKind != nil) ? sourceKind! : kind
         try LidbWriter.write(to: path, kind: k, metadata: source.metadataJSON, tensors: sources,
-                             options: .init(encoding: zstd ? .zstdIfSmaller(level: 19) : .raw, compressHeader: zstd),
+                             options: .init(encoding: zstd ? .zstdIfSmaller(level: 19) : .raw, compressHeader: zstd, sync: sync),
                              progress: progress)
     }
     summary.lossy = reports.items

@@ -111,6 +111,15 @@ public final class LidbFile: TensorCollection, @unchecked Sendable {
     /// Raw tensors are read with bounded I/O (`pread`, not the map) and their checksum is computed
     /// over the same chunks that `body` receives; a mismatch throws after the last chunk (unless
     /// the file was opened with `.never`), so whatever `body` wrote must then be discarded.
+    /// Raw tensors only; the declared checksum comes along unless the file was opened with
+    /// `checksums: .never`.
+    public func verbatimRange(_ name: String) -> VerbatimRange? {
+        guard let i = index[name] else { return nil }
+        let e = layout.entries[i]
+        guard e.encoding == .raw else { return nil }
+        return VerbatimRange(file: map, range: storedRange(e), crc32c: policy == .never ? nil : e.crc32c)
+    }
+
     public func streamTensor(_ name: String, _ body: (UnsafeRawBufferPointer) throws(TensorFileError) -> Void) throws(TensorFileError) {
         guard let i = index[name] else { throw TensorFileError(file: path, tensor: name, .tensorNotFound) }
         let e = layout.entries[i]

@@ -18,9 +18,12 @@ public enum LidbWriter {
         /// Compress the header with zstd when that makes it smaller (needs every checksum before
         /// writing, so raw tensors are read twice; meant for small files).
         public var compressHeader: Bool
-        public init(encoding: TensorEncoding = .raw, compressHeader: Bool = false) {
+        /// Flush the file to disk before renaming it into place (see `AtomicFileWriter`).
+        public var sync: Bool
+        public init(encoding: TensorEncoding = .raw, compressHeader: Bool = false, sync: Bool = true) {
             self.encoding = encoding
             self.compressHeader = compressHeader
+            self.sync = sync
         }
     }
 
@@ -29,6 +32,11 @@ public enum LidbWriter {
     /// `finalMetadata`, when given, is called after all tensor data is written and replaces the
     /// metadata; it must serialise to exactly as many bytes as `metadata` (use fixed-width
     /// placeholders, e.g. for digests computed while streaming). Not combinable with a compressed header.
+    ///
+    /// Raw tensors whose bytes lie verbatim in a file (`TensorSource.verbatim`) are copied by the
+    /// kernel while their checksums are computed from the same file on another thread; a checksum
+    /// their file declares must match (otherwise the write fails, no output). `options.sync`
+    /// false skips the fsync (see `AtomicFileWriter`).
     public static func write(to path: String, kind: String, metadata: JSONValue = .object([]), tensors: [TensorSource],
                              options: Options = .init(), progress: ((Int, Int) -> Void)? = nil,
                              finalMetadata: (() -> JSONValue)? = nil) throws(TensorFileError) {
@@ -126,7 +134,9 @@ public enum LidbWriter {
         let dataOffset = align64(64 + UInt64(storedHeader.count))
 
         // 3. Stream.
-        let out = try AtomicFileWriter(path: path)
+        let out = try AtomicFileWriter(path: path, sync: options.sync)
+        let copied: [VerbatimRange?] = tensors.indices.map { planned[$0].stored == nil ? tensors[$0].verbatim : nil }
+        let checks = BackgroundChecksums(copied)
         try out.write([UInt8](repeating: 0, count: 64))
         try out.write(storedHeader)
         try out.writeZeros(Int(dataOffset) - 64 - storedHeader.count)
@@ -135,6 +145,11 @@ public enum LidbWriter {
             try out.writeZeros(Int(dataOffset + offsets[i] - out.position))
             if let stored = planned[i].stored {
                 try out.write(stored)
+            } else if let v = copied[i] {
+                guard v.range.count == t.info.byteCount else {
+                    throw fail(.sizeMismatch(expected: UInt64(t.info.byteCount), actual: UInt64(v.range.count)), t.info.name)
+                }
+                try out.append(from: v.file, range: v.range)
             } else {
                 var crc: UInt32 = 0
                 var written = 0
@@ -152,6 +167,17 @@ public enum LidbWriter {
                 crcs[i] = crc
             }
             progress?(i + 1, tensors.count)
+        }
+        let copiedCRCs = try checks.wait()
+        for (i, v) in copied.enumerated() {
+            guard let v, let crc = copiedCRCs[i] else { continue }
+            if let declared = v.crc32c, declared != crc {
+                throw TensorFileError(file: v.file.path, tensor: tensors[i].info.name, .tensorChecksumMismatch(stored: declared, computed: crc))
+            }
+            if let known = crcs[i], known != crc {
+                throw fail(.invalidArgument("source produced different bytes on a second read"), tensors[i].info.name)
+            }
+            crcs[i] = crc
         }
         if flags & LidbFormat.flagHeaderZstd == 0 {
             headerText = header(crcs, metadata: finalMetadata?() ?? metadata)

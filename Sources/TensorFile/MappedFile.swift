@@ -63,6 +63,16 @@ public final class MappedFile: ByteOwner, @unchecked Sendable {
         }
     }
 
+    /// The open descriptor (for kernel copies); valid while this object lives.
+    public var descriptor: Int32 { fd }
+
+    /// `fileChanged` with the file's current size, for a read that ended early at `offset`.
+    func changedError(at offset: Int) -> TensorFileError {
+        var st = stat()
+        let now = fstat(fd, &st) == 0 ? UInt64(max(st.st_size, 0)) : UInt64(offset)
+        return TensorFileError(file: path, .fileChanged(openedSize: UInt64(length), currentSize: now))
+    }
+
     /// Calls `body` with consecutive chunks of bytes `range` read with `read(into:at:)` into one
     /// reused buffer of at most `chunkBytes`.
     public func readChunks(_ range: Range<Int>, chunkBytes: Int = MappedFile.chunkBytes,

@@ -216,6 +216,12 @@ public final class SafetensorsFile: TensorCollection, @unchecked Sendable {
     }
 
     /// Reads with bounded I/O (`pread`), not through the map.
+    public func verbatimRange(_ name: String) -> VerbatimRange? {
+        guard let e = entry(name) else { return nil }
+        let start = layout.dataStart + e.begin
+        return VerbatimRange(file: map, range: start..<(start + (e.end - e.begin)), crc32c: nil)
+    }
+
     public func streamTensor(_ name: String, _ body: (UnsafeRawBufferPointer) throws(TensorFileError) -> Void) throws(TensorFileError) {
         guard let e = entry(name) else { throw TensorFileError(file: path, tensor: name, .tensorNotFound) }
         let start = layout.dataStart + e.begin

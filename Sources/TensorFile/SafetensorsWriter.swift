@@ -31,8 +31,12 @@ public enum SafetensorsWriter {
     }
 
     /// Writes `tensors` to `path` atomically, streaming each tensor's bytes from its source.
+    /// Tensors whose bytes lie verbatim in a file (`TensorSource.verbatim`) are copied by the
+    /// kernel; a checksum their file declares is checked over the same bytes on another thread,
+    /// and a mismatch fails the write (no output). `sync: false` skips the fsync (see
+    /// `AtomicFileWriter`).
     public static func write(to path: String, tensors: [TensorSource], metadata: [(String, String)]?,
-                             progress: ((Int, Int) -> Void)? = nil) throws(TensorFileError) {
+                             sync: Bool = true, progress: ((Int, Int) -> Void)? = nil) throws(TensorFileError) {
         var seen = Set<String>()
         for t in tensors where !seen.insert(t.info.name).inserted {
             throw TensorFileError(file: path, tensor: t.info.name, .duplicateTensor)
@@ -43,13 +47,23 @@ public enum SafetensorsWriter {
         }
         if seen.contains("__metadata__") { throw TensorFileError(file: path, tensor: "__metadata__", .invalidName(reason: "reserved name")) }
         let (header, order) = plan(tensors.map(\.info), metadata: metadata)
-        let out = try AtomicFileWriter(path: path)
+        let out = try AtomicFileWriter(path: path, sync: sync)
+        // Only checksums a source declares need computing here (a .lidb source's).
+        let checks = BackgroundChecksums(tensors.map { $0.verbatim?.crc32c != nil ? $0.verbatim : nil })
         var prefix = [UInt8](repeating: 0, count: 8)
         withUnsafeBytes(of: UInt64(header.count).littleEndian) { for i in 0..<8 { prefix[i] = $0[i] } }
         try out.write(prefix)
         try out.write(header)
         for (k, i) in order.enumerated() {
             let t = tensors[i]
+            if let v = t.verbatim {
+                guard v.range.count == t.info.byteCount else {
+                    throw TensorFileError(file: path, tensor: t.info.name, .sizeMismatch(expected: UInt64(t.info.byteCount), actual: UInt64(v.range.count)))
+                }
+                try out.append(from: v.file, range: v.range)
+                progress?(k + 1, order.count)
+                continue
+            }
             var written = 0
             try t.produce { (chunk) throws(TensorFileError) in
                 written += chunk.count
@@ -59,6 +73,12 @@ public enum SafetensorsWriter {
                 throw TensorFileError(file: path, tensor: t.info.name, .sizeMismatch(expected: UInt64(t.info.byteCount), actual: UInt64(written)))
             }
             progress?(k + 1, order.count)
+        }
+        let crcs = try checks.wait()
+        for (i, t) in tensors.enumerated() {
+            if let v = t.verbatim, let declared = v.crc32c, let crc = crcs[i], crc != declared {
+                throw TensorFileError(file: v.file.path, tensor: t.info.name, .tensorChecksumMismatch(stored: declared, computed: crc))
+            }
         }
         try out.commit()
     }

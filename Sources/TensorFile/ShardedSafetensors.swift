@@ -90,6 +90,11 @@ public final class ShardedSafetensors: TensorCollection, @unchecked Sendable {
         return try shards[s].tensorBytes(name)
     }
 
+    public func verbatimRange(_ name: String) -> VerbatimRange? {
+        guard let (s, _) = location[name] else { return nil }
+        return shards[s].verbatimRange(name)
+    }
+
     public func streamTensor(_ name: String, _ body: (UnsafeRawBufferPointer) throws(TensorFileError) -> Void) throws(TensorFileError) {
         guard let (s, _) = location[name] else { throw TensorFileError(file: path, tensor: name, .tensorNotFound) }
         try shards[s].streamTensor(name, body)

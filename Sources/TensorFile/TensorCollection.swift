@@ -17,9 +17,28 @@ public protocol TensorCollection: AnyObject {
     /// computed over the same chunks: a damaged tensor throws after its last chunk, so whatever
     /// `body` wrote must be discarded (the atomic writers do).
     func streamTensor(_ name: String, _ body: (UnsafeRawBufferPointer) throws(TensorFileError) -> Void) throws(TensorFileError)
+    /// Where the tensor's bytes lie verbatim in a file (stored raw, not compressed), for copies
+    /// the kernel can do; nil when they do not.
+    func verbatimRange(_ name: String) -> VerbatimRange?
+}
+
+/// A tensor's bytes as they lie in a file, and the CRC-32C the file declares for them (nil when
+/// it declares none, as in safetensors). A copy must check the declared checksum over the bytes
+/// it copies, as `streamTensor` would.
+public struct VerbatimRange: Sendable {
+    public let file: MappedFile
+    public let range: Range<Int>
+    public let crc32c: UInt32?
+    public init(file: MappedFile, range: Range<Int>, crc32c: UInt32?) {
+        self.file = file
+        self.range = range
+        self.crc32c = crc32c
+    }
 }
 
 extension TensorCollection {
+    public func verbatimRange(_ name: String) -> VerbatimRange? { nil }
+
     public var totalBytes: UInt64 { tensors.reduce(0) { $0 + UInt64($1.byteCount) } }
 
     public func streamTensor(_ name: String, _ body: (UnsafeRawBufferPointer) throws(TensorFileError) -> Void) throws(TensorFileError) {

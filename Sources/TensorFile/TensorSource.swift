@@ -1,3 +1,6 @@
+import Dispatch
+import Synchronization
+
 /// A tensor to be written: its name, dtype and shape, and a producer that hands its bytes over in
 /// one or more chunks (so a converted multi-GB tensor never needs to exist in memory at once).
 public struct TensorSource {
@@ -6,6 +9,9 @@ public struct TensorSource {
     public var produce: ((UnsafeRawBufferPointer) throws(TensorFileError) -> Void) throws(TensorFileError) -> Void
     /// How a `.lidb` writer should store this tensor; nil follows the writer's options.
     public var encodingHint: LidbWriter.TensorEncoding? = nil
+    /// When the bytes `produce` gives lie verbatim in a file, where: writers then let the kernel
+    /// copy them (checking the declared checksum, if any, over the same bytes).
+    public var verbatim: VerbatimRange? = nil
 
     public init(info: TensorInfo, produce: @escaping ((UnsafeRawBufferPointer) throws(TensorFileError) -> Void) throws(TensorFileError) -> Void) {
         self.info = info
@@ -54,5 +60,48 @@ public struct TensorSource {
             }
             report?(total)
         }
+    }
+}
+
+/// CRC-32Cs of verbatim file ranges, computed on another thread (with bounded reads) while the
+/// writer has the kernel copy the same ranges, so checking them costs no time on the copy's path.
+final class BackgroundChecksums: @unchecked Sendable {
+    private var results: [UInt32?]
+    private var failure: TensorFileError?
+    private let cancelled = Atomic<Bool>(false)
+    private let group = DispatchGroup()
+
+    /// Starts on `ranges` (nil entries are skipped and give nil).
+    init(_ ranges: [VerbatimRange?]) {
+        results = Array(repeating: nil, count: ranges.count)
+        guard ranges.contains(where: { $0 != nil }) else { return }
+        group.enter()
+        DispatchQueue.global(qos: .userInitiated).async { [self] in
+            defer { group.leave() }
+            for (i, r) in ranges.enumerated() {
+                guard let r else { continue }
+                if cancelled.load(ordering: .relaxed) { return }
+                var crc: UInt32 = 0
+                do throws(TensorFileError) {
+                    try r.file.readChunks(r.range) { (chunk) throws(TensorFileError) in crc = CRC32C.checksum(chunk, continuing: crc) }
+                } catch {
+                    failure = error
+                    return
+                }
+                results[i] = crc
+            }
+        }
+    }
+
+    /// Waits for every checksum.
+    func wait() throws(TensorFileError) -> [UInt32?] {
+        group.wait()
+        if let failure { throw failure }
+        return results
+    }
+
+    deinit {
+        cancelled.store(true, ordering: .relaxed)
+        group.wait()
     }
 }

@@ -50,7 +50,7 @@ final class Scratch {
         #expect(r.status == 0)
         for word in ["inspect", "verify", "convert"] { #expect(r.stdout.contains(word)) }
         let c = try CLI.run(["convert", "--help"])
-        #expect(c.stdout.contains("--dtype") && c.stdout.contains("lossless"))
+        #expect(c.stdout.contains("--dtype") && c.stdout.contains("lossless") && c.stdout.contains("--no-sync"))
     }
 
     @Test func convertInspectVerifyRoundTrip() throws {
@@ -73,6 +73,13 @@ final class Scratch {
         r = try CLI.run(["convert", s.file("a.lidb"), "-o", s.file("b.safetensors")])
         #expect(r.status == 0)
         #expect(FileManager.default.contentsEqual(atPath: src, andPath: s.file("b.safetensors")))
+        // --no-sync changes durability only, not the bytes.
+        r = try CLI.run(["convert", src, "-o", s.file("c.lidb"), "--no-sync"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(FileManager.default.contentsEqual(atPath: s.file("a.lidb"), andPath: s.file("c.lidb")))
+        r = try CLI.run(["convert", s.file("c.lidb"), "-o", s.file("d.safetensors"), "--no-sync"])
+        #expect(r.status == 0 && FileManager.default.contentsEqual(atPath: src, andPath: s.file("d.safetensors")))
+        #expect(!s.contents.contains { $0.contains(".tmp-") })
         // Human output: summary plus a truncated table.
         r = try CLI.run(["inspect", fixtures + "/safetensors/sharded/model.safetensors.index.json"])
         #expect(r.status == 0 && r.stdout.contains("shards:    3") && r.stdout.contains("more (use --all)"))

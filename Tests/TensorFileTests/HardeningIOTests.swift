@@ -257,6 +257,32 @@ import Glibc
         #expect(Self.temporaryFiles(tmp).isEmpty)
     }
 
+    /// Unchanged tensors are copied by the kernel (or, where it cannot, through bounded reads): a
+    /// source cut short meanwhile gives `fileChanged` naming it, and no output, on both paths.
+    @Test(arguments: [false, true]) func truncatedWhileCopiedVerbatimIsATypedError(userSpaceCopy: Bool) throws {
+        let tmp = TempDir()
+        let st = tmp.file("in.safetensors")
+        let info = TensorInfo(name: "w", dtype: .F32, shape: [1 << 18])
+        try SafetensorsWriter.write(to: st, tensors: [.array(info, [UInt8](repeating: 0x3F, count: 1 << 20))], metadata: nil)
+        let big = tmp.file("big.lidb")
+        try Self.bigLidb(big)
+        let h = try SafetensorsFile(path: st)
+        let g = try LidbFile(path: big)
+        #expect(h.verbatimRange("w") != nil && g.verbatimRange("t2")?.crc32c != nil)
+        #expect(truncate(st, 4096) == 0 && truncate(big, 4096) == 0)
+        AtomicFileWriter.userSpaceCopyOnly.store(userSpaceCopy, ordering: .relaxed)
+        defer { AtomicFileWriter.userSpaceCopyOnly.store(false, ordering: .relaxed) }
+        for (source, file) in [(h, st), (g, big)] as [(TensorCollection, String)] {
+            for out in ["copy.safetensors", "copy.lidb"] {
+                let e = caught { _ = try convertCollection(source, to: tmp.file(out), dtype: nil) }
+                if case .fileChanged = e?.problem {} else { Issue.record("\(file) → \(out): \(String(describing: e))") }
+                #expect(e?.file == file)
+                #expect(!FileManager.default.fileExists(atPath: tmp.file(out)))
+            }
+        }
+        #expect(Self.temporaryFiles(tmp).isEmpty)
+    }
+
     // MARK: 20. Shards cannot leave their folder through symbolic links
 
     @Test func symlinkedShardOutsideTheFolderIsRefused() throws {

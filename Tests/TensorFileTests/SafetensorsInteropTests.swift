@@ -45,6 +45,26 @@ import Testing
         #expect(sha256Hex(written) == (try Fixtures.json("safetensors/\(name).expected.json"))["file_sha256"] as! String)
     }
 
+    /// The same round trip with the user-space copy instead of the kernel's, and without the sync:
+    /// the bytes do not depend on how they were moved.
+    @Test(arguments: singleFiles)
+    func roundTripIsBitIdenticalWhicheverWayBytesAreCopied(name: String) throws {
+        let path = Fixtures.path("safetensors/\(name).safetensors")
+        let tmp = TempDir()
+        let src = try openTensorCollection(path)
+        AtomicFileWriter.userSpaceCopyOnly.store(true, ordering: .relaxed)
+        _ = try convertCollection(src, to: tmp.file("a.lidb"), dtype: nil)
+        _ = try convertCollection(try openTensorCollection(tmp.file("a.lidb"), checksums: .always), to: tmp.file("b.safetensors"), dtype: nil)
+        AtomicFileWriter.userSpaceCopyOnly.store(false, ordering: .relaxed)
+        _ = try convertCollection(src, to: tmp.file("c.lidb"), dtype: nil, sync: false)
+        _ = try convertCollection(try openTensorCollection(tmp.file("c.lidb"), checksums: .always), to: tmp.file("d.safetensors"), dtype: nil, sync: false)
+        let original = try readBytes(path)
+        #expect(try readBytes(tmp.file("b.safetensors")) == original)
+        #expect(try readBytes(tmp.file("d.safetensors")) == original)
+        #expect(try readBytes(tmp.file("a.lidb")) == (try readBytes(tmp.file("c.lidb"))))
+        #expect(try LidbFile(path: tmp.file("c.lidb"), checksums: .never).verify().isEmpty)
+    }
+
     @Test(arguments: singleFiles)
     func roundTripThroughLidbIsBitIdentical(name: String) throws {
         let path = Fixtures.path("safetensors/\(name).safetensors")

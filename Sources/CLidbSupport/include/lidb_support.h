@@ -16,6 +16,17 @@ int lidb_crc32c_is_hardware(void);
 /// The portable table-driven CRC-32C, exposed so tests can compare both paths.
 uint32_t lidb_crc32c_portable(uint32_t crc, const void *data, size_t length);
 
+/// copy_file_range(2) from `in_fd` at `*in_offset` to `out_fd` at its file position: the kernel
+/// copies (or, on filesystems that can, shares) the bytes without passing them through user
+/// space. Returns the bytes copied (advancing `*in_offset`), 0 at the end of the input, or -1 with
+/// errno set (ENOSYS where the call does not exist; EXDEV, EINVAL or EOPNOTSUPP where it does not
+/// apply: the caller copies through user space instead).
+int64_t lidb_copy_file_range(int in_fd, int64_t *in_offset, int out_fd, size_t length);
+/// Starts writeback of `length` bytes at `offset` without waiting (sync_file_range with
+/// SYNC_FILE_RANGE_WRITE on Linux; nothing elsewhere), so a later fsync has less left to do.
+/// Not a durability guarantee by itself. Returns 0 or -1 with errno set.
+int lidb_start_writeback(int fd, int64_t offset, int64_t length);
+
 /// F32 → F16 (IEEE binary16, round to nearest even) with the F16C instructions. Adds the number of
 /// finite inputs that became ±inf to *overflow and of NaN inputs to *nans. Returns 0 (and does
 /// nothing) when the CPU lacks F16C, 1 otherwise.
