@@ -44,7 +44,9 @@ let package = Package(
             dependencies: ["TensorFile", "CEmbeddedVocabulary", "CZstd", .product(name: "Crypto", package: "swift-crypto")]
         ),
         // Kernels and typed layers, forward and backward (input gradients, delta-term gradients).
-        .target(name: "Compute", dependencies: ["CBLAS", "CLidbSupport"]),
+        // oneDNN's matmul behind one C call (batched, strided products: attention).
+        .target(name: "CLidbDNNL"),
+        .target(name: "Compute", dependencies: ["CBLAS", "CLidbSupport", "CLidbDNNL"]),
         // Subject deltas: LiDB parameterisation, portable bases, subject files, subjects as Compute
         // delta terms (for live application, merge/unmerge and training).
         .target(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages lidb builds against, when any is missing.
 set -euo pipefail
-packages=(libopenblas-dev libpng-dev libjpeg62-turbo-dev libzstd-dev pkg-config time)
+packages=(libopenblas-dev libpng-dev libjpeg62-turbo-dev libzstd-dev libdnnl-dev pkg-config time)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

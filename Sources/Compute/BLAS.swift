@@ -3,6 +3,8 @@ import CBLAS
 /// Single-precision GEMM, row-major: `C[m × n] = alpha · op(A) · op(B) + beta · C`, where
 /// `op(A)` is `[m × k]` and `op(B)` is `[k × n]`. Every dimension has been checked to fit BLAS's
 /// 32-bit sizes by the calling layer (`Size.blas`); leading dimensions are at most those sizes.
+/// With `ComputePrecision.current == .bf16` the operands are rounded to bfloat16 and oneDNN
+/// computes the product (binary32 accumulation and result); BLAS otherwise, or if oneDNN declines.
 @inline(__always)
 func sgemm(_ transA: Bool, _ transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
            _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, ldb: Int,
@@ -11,6 +13,10 @@ func sgemm(_ transA: Bool, _ transB: Bool, m: Int, n: Int, k: Int, alpha: Float 
     if k == 0 {
         // BLAS leaves C scaled by beta; make that explicit for empty inner dimensions.
         for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
+        return
+    }
+    if ComputePrecision.current == .bf16,
+       bf16gemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a, lda: lda, b, ldb: ldb, beta: beta, c, ldc: ldc) {
         return
     }
     cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,

@@ -157,6 +157,7 @@ struct BenchUNet: ParsableCommand {
     @Option(help: "UNet weights: f32 or f16-per-layer (see lidb generate --help).") var weights: WeightResidency = .f32
     @Option(help: "Refuse requests whose estimated peak memory exceeds this (e.g. 16G; default: LIDB_MEMORY_LIMIT, else the machine's memory).")
     var memoryLimit: String?
+    @Option(help: "Products in f32 or bf16 (see lidb generate --help).") var precision: ComputePrecision = .f32
 
     /// Largest latent side (images of 16,384 pixels with an 8× VAE).
     static let maxLatent = 2048
@@ -171,6 +172,7 @@ struct BenchUNet: ParsableCommand {
                 throw TensorFileError(file: "--timestep", .invalidArgument("\(timestep): must be a number in 0…100000"))
             }
             let limit = try MemoryLimit.resolve(memoryLimit)
+            if let notice = ComputePrecision.select(precision) { printError("lidb: notice: " + notice) }
             var t0 = now()
             let base = try BaseModel(path: model)
             let configs = try PipelineConfigs(base: base)
@@ -213,6 +215,7 @@ struct BenchUNet: ParsableCommand {
                 output = box.out.flatMap { $0 }
             }
             var pairs: [(String, JSONValue)] = [("latent", .int(latent)), ("image_size", .int(latent * configs.vae.scaleFactor)), ("batch", .int(batch)),
+                                                ("precision", .string(ComputePrecision.current.rawValue)),
                                                 ("estimated_peak_bytes", .int(Int(clamping: estimate.total.value))), ("load_s", .double(load)),
                                                 ("median_s", .double(times.sorted()[times.count / 2])), ("all_s", .array(times.map { .double($0) }))]
             if let check {

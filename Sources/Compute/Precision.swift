@@ -1,0 +1,51 @@
+import CBLAS
+import CLidbDNNL
+import Synchronization
+
+/// The element type of the inputs of matrix products and convolutions (spec/runtime.md,
+/// "Precision"). Normalisations, softmax, activations, the scheduler and every stored activation
+/// stay binary32, as under PyTorch's bf16 autocast; products accumulate in binary32.
+public enum ComputePrecision: String, Sendable, CaseIterable {
+    /// IEEE binary32 throughout (BLAS `sgemm`).
+    case f32
+    /// Both operands of every matrix product (linear layers, attention, the products inside
+    /// convolutions) rounded to bfloat16 (round to nearest even), binary32 accumulation and
+    /// output, on oneDNN's AVX-512 BF16 kernels.
+    case bf16
+
+    /// The precision products use in this process (`f32` unless set).
+    public static var current: ComputePrecision {
+        get { state.load(ordering: .relaxed) == 1 ? .bf16 : .f32 }
+    }
+
+    /// Whether this machine runs bf16 products (oneDNN present and the CPU has AVX-512 BF16).
+    public static var bf16Supported: Bool { !simulateMissingBF16.load(ordering: .relaxed) && lidb_dnnl_bf16_supported() != 0 }
+
+    /// Sets the precision of products. Asking for bf16 where `bf16Supported` is false keeps f32
+    /// and returns a one-line notice saying so (never an illegal instruction); nil otherwise.
+    @discardableResult
+    public static func select(_ p: ComputePrecision) -> String? {
+        if p == .bf16 && !bf16Supported {
+            state.store(0, ordering: .relaxed)
+            return "bf16 compute needs a CPU with AVX-512 BF16 and oneDNN; computing in f32"
+        }
+        state.store(p == .bf16 ? 1 : 0, ordering: .relaxed)
+        return nil
+    }
+
+    /// Tests: behave as on a CPU without AVX-512 BF16.
+    public static let simulateMissingBF16 = Atomic<Bool>(false)
+
+    private static let state = Atomic<UInt8>(0)
+}
+
+/// The bf16 path of `sgemm`; false when it did not run (C untouched).
+@inline(__always)
+func bf16gemm(_ transA: Bool, _ transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+              _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, ldb: Int,
+              beta: Float, _ c: UnsafeMutablePointer<Float>, ldc: Int) -> Bool {
+    // Inside `Parallel.forEach` BLAS runs single-threaded: so does oneDNN then.
+    let single: Int32 = openblas_get_num_threads() == 1 ? 1 : 0
+    return lidb_dnnl_gemm_bf16(transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda), b, Int64(ldb),
+                               beta, c, Int64(ldc), single) == 0
+}
