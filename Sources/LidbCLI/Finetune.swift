@@ -86,13 +86,8 @@ struct Finetune: ParsableCommand {
     var memoryLimit: String?
     @Option(help: "UNet weights: f32 (converted once at load; fastest) or f16-per-layer (an F16 base's weights stay F16 and are converted each time a layer runs, forward and backward: about 1.5 GB less for SD 1.5, but slower — 11.9 s against 6.8 s per step at 256×256; the same result).")
     var weights: WeightResidency = .f32
-    @Option(help: ArgumentHelp("Matrix products in f32 or bf16.", discussion: """
-        bf16 rounds both operands of every matrix product (linear layers, attention, the products \
-        inside convolutions) to bfloat16 and accumulates in f32 on oneDNN's AVX-512 BF16 kernels, \
-        as PyTorch's CPU bf16 autocast does; normalisations, softmax and the scheduler stay f32. \
-        About 0.63× the f32 time of a UNet evaluation here; outputs differ from f32 by about 1e-2 \
-        relative (spec/runtime.md). On a CPU without AVX-512 BF16 it falls back to f32 with a notice.
-        """)) var precision: ComputePrecision = .f32
+    @Option(help: precisionHelp(speed: "about 0.75× the f32 time of a training step on SD 1.5 at 256×256"))
+    var precision: ComputePrecision = .f32
 
     func validate() throws {
         if hypernet != nil && initSubject != nil { throw ValidationError("--hypernet and --init are alternatives; give one") }

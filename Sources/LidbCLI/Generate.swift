@@ -14,6 +14,17 @@ enum RNGChoice: String, ExpressibleByArgument, CaseIterable { case torch }
 extension WeightResidency: ExpressibleByArgument {}
 extension ComputePrecision: ExpressibleByArgument {}
 
+/// `--precision`'s help (generate, finetune), with the speed-up measured for that command.
+func precisionHelp(speed: String) -> ArgumentHelp {
+    ArgumentHelp("Matrix products in f32 or bf16.", discussion: """
+        bf16 rounds both operands of every matrix product (linear layers, attention, the products \
+        inside convolutions) to bfloat16 and accumulates in f32 on oneDNN's AVX-512 BF16 kernels, \
+        as PyTorch's CPU bf16 autocast does; normalisations, softmax and the scheduler stay f32. \
+        Measured here: \(speed); outputs differ from f32 by about 1e-2 relative (spec/runtime.md). \
+        On a CPU without AVX-512 BF16 it falls back to f32 with a notice.
+        """)
+}
+
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Generate images from a prompt with a base and optional subjects.",
@@ -53,13 +64,8 @@ struct Generate: ParsableCommand {
     @Flag(help: "Print per-stage times as JSON on stdout.") var timings = false
     @Option(help: "UNet weights: f32 (converted once at load; fastest) or f16-per-layer (an F16 base's weights stay F16 and are converted as each layer runs: about half the memory, a little slower).")
     var weights: WeightResidency = .f32
-    @Option(help: ArgumentHelp("Matrix products in f32 or bf16.", discussion: """
-        bf16 rounds both operands of every matrix product (linear layers, attention, the products \
-        inside convolutions) to bfloat16 and accumulates in f32 on oneDNN's AVX-512 BF16 kernels, \
-        as PyTorch's CPU bf16 autocast does; normalisations, softmax and the scheduler stay f32. \
-        About 0.63× the f32 time of a UNet evaluation here; outputs differ from f32 by about 1e-2 \
-        relative (spec/runtime.md). On a CPU without AVX-512 BF16 it falls back to f32 with a notice.
-        """)) var precision: ComputePrecision = .f32
+    @Option(help: precisionHelp(speed: "about 0.63× the f32 time of a UNet evaluation on SD 1.5 at 512×512"))
+    var precision: ComputePrecision = .f32
     @Option(help: "Refuse requests whose estimated peak memory exceeds this (e.g. 16G, 512M; default: LIDB_MEMORY_LIMIT, else the machine's memory).")
     var memoryLimit: String?
 

@@ -247,6 +247,17 @@ import Testing
                            ["--width", "multiples of 2"], in: s, before: before, "odd width")
         r = try Self.run(["bench", "unet", "--model", s.file("vae2.lidb"), "--latent", "8", "--batch", "1", "--repeat", "1"])
         #expect(r.status == 0 && r.stdout.contains("\"image_size\":16"), "\(r.stdout) \(r.stderr)")
+        // bf16 products: the run says which precision it used; where the CPU lacks AVX-512 BF16
+        // it notices that on stderr and runs in f32.
+        r = try Self.run(["bench", "unet", "--model", s.file("vae2.lidb"), "--latent", "8", "--batch", "1", "--repeat", "1", "--precision", "bf16"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("\"precision\":\"bf16\"") != r.stderr.contains("notice: bf16 compute needs"), "\(r.stdout) \(r.stderr)")
+        r = try Self.run(["generate", "--model", s.file("vae2.lidb"), "--prompt", "x", "--steps", "1", "--width", "32", "--height", "32",
+                          "--precision", "bf16", "-o", s.file("b.png")])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(try Self.pngSize(s.file("b.png")) == (32, 32))
+        Self.expectRefused(try Self.run(["generate", "--model", s.file("vae2.lidb"), "--prompt", "x", "--precision", "f8", "-o", s.file("f8.png")]),
+                           ["--precision"], in: s, before: s.contents, "unknown precision")
         r = try Self.run(["generate", "--help"])
         #expect(r.stdout.contains("VAE scale factor"))
     }
