@@ -5,7 +5,12 @@ evaluation at batch 2), VAE decode, total wall time and peak RSS, as ratios lidb
 lidb for the f32 and the f16 base (UNet weights converted to f32 at load), and for the f16 base
 with `--weights f16-per-layer` (kept F16, converted layer by layer). The images are compared pixel by pixel (8-bit).
 
-    python bench.py LIDB WORKDIR [--steps 20] [--size 512]
+With bf16 in --precisions, diffusers under CPU bf16 autocast runs against `lidb generate
+--precision bf16` (f32 base; f16 base with f16-per-layer), and every image is compared with
+diffusers' f32 image, diffusers' bf16 one included. --precisions bf16 skips lidb's f32 runs
+(diffusers' f32 run stays: it is the reference image).
+
+    python bench.py LIDB WORKDIR [--steps 20] [--size 512] [--precisions f32,bf16]
 WORKDIR: the base benchmark's folder (sd15-diffusers; the f32 base sd15-f32.lidb is the UNet
 benchmark's, the f16 base sd15-diffusers-f16.lidb is made here, both from the diffusers folder).
 """
@@ -52,7 +57,10 @@ def main():
     ref = np.asarray(Image.open(ref_png)).astype(np.int16)
     results = {"diffusers": {"step_s": d_step, "vae_decode_s": d["vae_decode_s"], "total_s": wall, "peak_rss_mib": rss}}
     # (label, base, UNet weight residency): f32 weights from either base, and an f16 base kept f16.
+    precisions = arg("--precisions", "f32,bf16").split(",")
     runs = [("f32", bases["f32"], "f32"), ("f16", bases["f16"], "f32"), ("f16, f16-per-layer", bases["f16"], "f16-per-layer")]
+    if "f32" not in precisions:
+        runs = []
     for dtype, path, residency in runs:
         png = os.path.join(work, f"generate-lidb-{dtype.replace(', ', '-')}-{size}.png")
         wall, rss, out = measure([lidb, "generate", "--model", path, "--prompt", PROMPT, "--steps", str(steps), "--cfg", "7.5",
@@ -67,6 +75,31 @@ def main():
               f"(ratio {t['vae_decode_s'] / d['vae_decode_s']:.2f}), total {wall:.1f} s (ratio {wall / results['diffusers']['total_s']:.2f}, "
               f"load {t['load_s']:.1f} s), peak RSS {rss:.0f} MiB (ratio {rss / results['diffusers']['peak_rss_mib']:.2f}); "
               f"image vs diffusers: max |Δ| {diff.max()} / 255, mean {diff.mean():.3f}", flush=True)
+    if "bf16" in precisions:
+        png16 = os.path.join(work, f"generate-diffusers-bf16-{size}.png")
+        wall, rss, out = measure([sys.executable, os.path.join(HERE, "diffusers_generate.py"), folder, "--steps", str(steps),
+                                  "--size", str(size), "--seed", str(SEED), "--prompt", PROMPT, "--out", png16, "--bf16"])
+        d16 = json.loads(out)
+        d16_step = statistics.median(d16["unet_steps_s"])
+        diff = np.abs(np.asarray(Image.open(png16)).astype(np.int16) - ref)
+        results["diffusers bf16"] = {"step_s": d16_step, "vae_decode_s": d16["vae_decode_s"], "total_s": wall, "peak_rss_mib": rss,
+                                     "max_pixel_diff_vs_f32": int(diff.max()), "mean_pixel_diff_vs_f32": float(diff.mean())}
+        print(f"diffusers bf16 autocast: {d16_step:.2f} s/step, VAE decode {d16['vae_decode_s']:.2f} s, total {wall:.1f} s, "
+              f"peak RSS {rss:.0f} MiB; image vs diffusers f32: max |Δ| {diff.max()} / 255, mean {diff.mean():.3f}", flush=True)
+        for dtype, path, residency in [("f32", bases["f32"], "f32"), ("f16, f16-per-layer", bases["f16"], "f16-per-layer")]:
+            png = os.path.join(work, f"generate-lidb-bf16-{dtype.replace(', ', '-')}-{size}.png")
+            wall, rss, out = measure([lidb, "generate", "--model", path, "--prompt", PROMPT, "--steps", str(steps), "--cfg", "7.5",
+                                      "--seed", str(SEED), "--sampler", "euler", "--width", str(size), "--height", str(size),
+                                      "--weights", residency, "--precision", "bf16", "-o", png, "--timings"])
+            t = json.loads(out)
+            step = statistics.median(t["unet_steps_s"])
+            diff = np.abs(np.asarray(Image.open(png)).astype(np.int16) - ref)
+            results[f"lidb bf16, {dtype} base"] = {"step_s": step, "vae_decode_s": t["vae_decode_s"], "total_s": wall, "peak_rss_mib": rss,
+                                                   "max_pixel_diff_vs_f32": int(diff.max()), "mean_pixel_diff_vs_f32": float(diff.mean())}
+            print(f"lidb bf16, {dtype} base: {step:.2f} s/step (ratio {step / d16_step:.2f} to diffusers bf16, {step / d_step:.2f} to f32), "
+                  f"total {wall:.1f} s (ratio {wall / results['diffusers bf16']['total_s']:.2f}), peak RSS {rss:.0f} MiB "
+                  f"(ratio {rss / results['diffusers bf16']['peak_rss_mib']:.2f}); image vs diffusers f32: max |Δ| {diff.max()} / 255, "
+                  f"mean {diff.mean():.3f}", flush=True)
     with open(os.path.join(work, f"generate-results-{size}.json"), "w") as f:
         json.dump(results, f, indent=2)
 

@@ -88,19 +88,61 @@ static uint16_t *scratch_for(int64_t count) {
     return p;
 }
 
-int lidb_dnnl_gemm_bf16(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-                        const float *a, int64_t lda, const float *b, int64_t ldb,
-                        float beta, float *c, int64_t ldc, int single_thread) {
-    const int64_t limit = (int64_t)1 << 31;
-    if (m <= 0 || n <= 0 || k <= 0 || m >= limit || n >= limit || k >= limit) return -1;
-    if (!lidb_dnnl_bf16_supported()) return 1;
-    if (!stream && dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) != dnnl_success) return 1;
-    // Stored shapes: A is m × k (or k × m transposed), B is k × n (or n × k).
-    int64_t ar = trans_a ? k : m, ac = trans_a ? m : k, br = trans_b ? n : k, bc = trans_b ? k : n;
-    uint16_t *buf = scratch_for(ar * ac + br * bc);
-    if (!buf) return -1;
-    uint16_t *ab = buf, *bb = buf + ar * ac;
+// Primitives for recent product shapes, per thread (a UNet evaluation repeats a few dozen shapes
+// thousands of times; creating a primitive descriptor costs tens of microseconds). Released with
+// the thread.
+enum { CACHE_SIZE = 48 };
+typedef struct {
+    int64_t key[11];
+    float alpha, beta;
+    dnnl_primitive_t prim;
+    dnnl_memory_t mem[3];
+} cached_product;
+typedef struct {
+    cached_product entries[CACHE_SIZE];
+    int count, next;
+} product_cache;
 
+static pthread_key_t cache_key;
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+
+static void release_entry(cached_product *e) {
+    for (int i = 0; i < 3; i++) if (e->mem[i]) dnnl_memory_destroy(e->mem[i]);
+    if (e->prim) dnnl_primitive_destroy(e->prim);
+    memset(e, 0, sizeof *e);
+}
+
+static void release_cache(void *p) {
+    product_cache *c = p;
+    for (int i = 0; i < c->count; i++) release_entry(&c->entries[i]);
+    free(c);
+    free(scratch);
+    scratch = NULL;
+    scratch_count = 0;
+    if (stream) {
+        dnnl_stream_destroy(stream);
+        stream = NULL;
+    }
+}
+
+static void make_cache_key(void) { pthread_key_create(&cache_key, release_cache); }
+
+static product_cache *thread_cache(void) {
+    pthread_once(&cache_once, make_cache_key);
+    product_cache *c = pthread_getspecific(cache_key);
+    if (!c) {
+        c = calloc(1, sizeof *c);
+        if (c && pthread_setspecific(cache_key, c) != 0) {
+            free(c);
+            c = NULL;
+        }
+    }
+    return c;
+}
+
+// Creates the primitive and its memory objects (data handles set at each call) for one shape.
+static dnnl_status_t create_product(cached_product *e, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                                    float alpha, float beta, int64_t ldc) {
     dnnl_memory_desc_t md[3];
     dnnl_dims_t ad = {m, k}, bd = {k, n}, cd = {m, n};
     dnnl_dims_t as = {trans_a ? 1 : k, trans_a ? m : 1}, bs = {trans_b ? 1 : n, trans_b ? k : 1}, cs = {ldc, 1};
@@ -118,14 +160,7 @@ int lidb_dnnl_gemm_bf16(int trans_a, int trans_b, int64_t m, int64_t n, int64_t 
         if (s == dnnl_success) s = dnnl_post_ops_append_sum(ops, beta);
         if (s == dnnl_success) s = dnnl_primitive_attr_set_post_ops(attr, ops);
     }
-    int saved = -1;
-    if (single_thread && set_omp_threads && get_omp_max_threads) {
-        saved = get_omp_max_threads();
-        set_omp_threads(1);
-    }
     dnnl_primitive_desc_t pd = NULL;
-    dnnl_primitive_t prim = NULL;
-    dnnl_memory_t mem[3] = {NULL, NULL, NULL};
     if (s == dnnl_success) s = dnnl_primitive_desc_create(&pd, &desc, attr, engine, NULL);
     if (s == dnnl_success) {
         const char *impl = NULL;
@@ -133,24 +168,72 @@ int lidb_dnnl_gemm_bf16(int trans_a, int trans_b, int64_t m, int64_t n, int64_t 
             s = dnnl_unimplemented;  // only the slow reference kernel: binary32 BLAS is faster
         }
     }
-    if (s == dnnl_success) s = dnnl_primitive_create(&prim, pd);
-    if (s == dnnl_success) {
-        pack(a, ar, ac, lda, ab);
-        pack(b, br, bc, ldb, bb);
-        s = dnnl_memory_create(&mem[0], &md[0], engine, ab);
-    }
-    if (s == dnnl_success) s = dnnl_memory_create(&mem[1], &md[1], engine, bb);
-    if (s == dnnl_success) s = dnnl_memory_create(&mem[2], &md[2], engine, c);
-    if (s == dnnl_success) {
-        dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, mem[0]}, {DNNL_ARG_WEIGHTS, mem[1]}, {DNNL_ARG_DST, mem[2]}};
-        s = dnnl_primitive_execute(prim, stream, 3, args);
-        if (s == dnnl_success) s = dnnl_stream_wait(stream);
-    }
-    if (saved > 0) set_omp_threads(saved);
-    for (int i = 0; i < 3; i++) if (mem[i]) dnnl_memory_destroy(mem[i]);
-    if (prim) dnnl_primitive_destroy(prim);
+    if (s == dnnl_success) s = dnnl_primitive_create(&e->prim, pd);
+    for (int i = 0; i < 3 && s == dnnl_success; i++) s = dnnl_memory_create(&e->mem[i], &md[i], engine, DNNL_MEMORY_NONE);
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (ops) dnnl_post_ops_destroy(ops);
     if (attr) dnnl_primitive_attr_destroy(attr);
+    if (s != dnnl_success) release_entry(e);
+    return s;
+}
+
+int lidb_dnnl_gemm_bf16(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                        const float *a, int64_t lda, const float *b, int64_t ldb,
+                        float beta, float *c, int64_t ldc, int single_thread) {
+    const int64_t limit = (int64_t)1 << 31;
+    if (m <= 0 || n <= 0 || k <= 0 || m >= limit || n >= limit || k >= limit || ldc < n) return -1;
+    if (!lidb_dnnl_bf16_supported()) return 1;
+    product_cache *cache = thread_cache();
+    if (!cache) return -1;
+    if (!stream && dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) != dnnl_success) return 1;
+    // Stored shapes: A is m × k (or k × m transposed), B is k × n (or n × k).
+    int64_t ar = trans_a ? k : m, ac = trans_a ? m : k, br = trans_b ? n : k, bc = trans_b ? k : n;
+    uint16_t *buf = scratch_for(ar * ac + br * bc);
+    if (!buf) return -1;
+    uint16_t *ab = buf, *bb = buf + ar * ac;
+
+    int saved = -1;
+    if (set_omp_threads && get_omp_max_threads) {
+        saved = get_omp_max_threads();
+        if (single_thread) set_omp_threads(1);
+    }
+    int64_t key[11] = {trans_a, trans_b, m, n, k, ldc, single_thread, saved, 0, 0, 0};
+    cached_product *e = NULL;
+    for (int i = 0; i < cache->count; i++) {
+        cached_product *x = &cache->entries[i];
+        if (memcmp(x->key, key, sizeof key) == 0 && x->alpha == alpha && x->beta == beta) {
+            e = x;
+            break;
+        }
+    }
+    dnnl_status_t s = dnnl_success;
+    if (!e) {
+        if (cache->count < CACHE_SIZE) {
+            e = &cache->entries[cache->count++];
+        } else {
+            e = &cache->entries[cache->next];
+            cache->next = (cache->next + 1) % CACHE_SIZE;
+            release_entry(e);
+        }
+        s = create_product(e, trans_a, trans_b, m, n, k, alpha, beta, ldc);
+        if (s == dnnl_success) {
+            memcpy(e->key, key, sizeof key);
+            e->alpha = alpha;
+            e->beta = beta;
+        }
+    }
+    if (s == dnnl_success) {
+        pack(a, ar, ac, lda, ab);
+        pack(b, br, bc, ldb, bb);
+        s = dnnl_memory_set_data_handle(e->mem[0], ab);
+        if (s == dnnl_success) s = dnnl_memory_set_data_handle(e->mem[1], bb);
+        if (s == dnnl_success) s = dnnl_memory_set_data_handle(e->mem[2], c);
+    }
+    if (s == dnnl_success) {
+        dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, e->mem[0]}, {DNNL_ARG_WEIGHTS, e->mem[1]}, {DNNL_ARG_DST, e->mem[2]}};
+        s = dnnl_primitive_execute(e->prim, stream, 3, args);
+        if (s == dnnl_success) s = dnnl_stream_wait(stream);
+    }
+    if (saved > 0 && single_thread) set_omp_threads(saved);
     return s == dnnl_success ? 0 : (int)s + 2;
 }

@@ -4,7 +4,8 @@ import CBLAS
 /// `op(A)` is `[m × k]` and `op(B)` is `[k × n]`. Every dimension has been checked to fit BLAS's
 /// 32-bit sizes by the calling layer (`Size.blas`); leading dimensions are at most those sizes.
 /// With `ComputePrecision.current == .bf16` the operands are rounded to bfloat16 and oneDNN
-/// computes the product (binary32 accumulation and result); BLAS otherwise, or if oneDNN declines.
+/// computes the product (binary32 accumulation and result); BLAS otherwise, for products smaller
+/// than `ComputePrecision.smallestBF16Product` multiply-adds, or if oneDNN declines.
 @inline(__always)
 func sgemm(_ transA: Bool, _ transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
            _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, ldb: Int,
@@ -15,7 +16,7 @@ func sgemm(_ transA: Bool, _ transB: Bool, m: Int, n: Int, k: Int, alpha: Float 
         for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
         return
     }
-    if ComputePrecision.current == .bf16,
+    if ComputePrecision.current == .bf16, m * n * k >= ComputePrecision.smallestBF16Product,
        bf16gemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a, lda: lda, b, ldb: ldb, beta: beta, c, ldc: ldc) {
         return
     }

@@ -86,7 +86,7 @@ struct Finetune: ParsableCommand {
     var memoryLimit: String?
     @Option(help: "UNet weights: f32 (converted once at load; fastest) or f16-per-layer (an F16 base's weights stay F16 and are converted each time a layer runs, forward and backward: about 1.5 GB less for SD 1.5, but slower — 11.9 s against 6.8 s per step at 256×256; the same result).")
     var weights: WeightResidency = .f32
-    @Option(help: precisionHelp(speed: "about 0.75× the f32 time of a training step on SD 1.5 at 256×256"))
+    @Option(help: precisionHelp(speed: "about 0.70× the f32 time of a training step on SD 1.5 at 256×256"))
     var precision: ComputePrecision = .f32
 
     func validate() throws {
