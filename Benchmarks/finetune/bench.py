@@ -3,7 +3,9 @@ weights, batch 1, the `paper` layers (200 on SD 1.5) with rank-1 terms, AdamW, f
 same photo, same run. Reports the median step time and each process's peak RSS as ratios, and the
 paper's 40-step fast finetune wall time (load + 40 × the median step).
 
-    python bench.py LIDB WORKDIR [--steps 3] [--resolutions 256,512]
+    python bench.py LIDB WORKDIR [--steps 3] [--resolutions 256,512] [--precisions f32,bf16]
+(bf16: PyTorch's forward under CPU bf16 autocast, as diffusers' scripts with mixed precision,
+against `lidb finetune --precision bf16`.)
 WORKDIR: the base benchmark's folder (sd15-diffusers, made by Benchmarks/base/make_sd15.py).
 """
 import json
@@ -23,15 +25,16 @@ def main():
     folder, base = sd15_base(lidb, work)
     photo = os.path.join(REPO, "samples", "face.jpg")
     out = os.path.join(work, "finetune-bench.lidb")
-    for r in resolutions:
+    precisions = (sys.argv[sys.argv.index("--precisions") + 1] if "--precisions" in sys.argv else "f32").split(",")
+    for r, precision in [(r, p) for p in precisions for r in resolutions]:
         _, torch_rss, o = measure([sys.executable, os.path.join(HERE, "torch_finetune.py"), folder, photo,
-                                   "--resolution", str(r), "--steps", steps])
+                                   "--resolution", str(r), "--steps", steps] + (["--bf16"] if precision == "bf16" else []))
         t = json.loads(o)
         _, lidb_rss, o = measure([lidb, "finetune", "--base", base, "--image", photo, "--resolution", str(r), "--steps", steps,
-                                  "--lr", "1e-4", "-o", out, "--timings"])
+                                  "--lr", "1e-4", "-o", out, "--timings", "--precision", precision])
         l = json.loads(o.strip().splitlines()[-1])
         ratio = l["step_median_s"] / t["step_median_s"]
-        print(f"{r}×{r}, batch 1, {t['layers']} layers rank 1, AdamW: PyTorch+PEFT {t['step_median_s']:.2f} s/step, "
+        print(f"{precision}, {r}×{r}, batch 1, {t['layers']} layers rank 1, AdamW: PyTorch+PEFT{' bf16 autocast' if precision == 'bf16' else ''} {t['step_median_s']:.2f} s/step, "
               f"lidb {l['step_median_s']:.2f} s/step (ratio {ratio:.2f}); peak RSS PyTorch {torch_rss:.0f} MiB, lidb {lidb_rss:.0f} MiB "
               f"(ratio {lidb_rss / torch_rss:.2f}); 40-step fast finetune ≈ {l['load_s'] + 40 * l['step_median_s']:.0f} s lidb, "
               f"{t['load_s'] + 40 * t['step_median_s']:.0f} s PyTorch", flush=True)

@@ -25,6 +25,7 @@ p.add_argument("--resolution", type=int, default=512)
 p.add_argument("--steps", type=int, default=3)
 p.add_argument("--rank", type=int, default=1)
 p.add_argument("--tokenizer", default=None)
+p.add_argument("--bf16", action="store_true", help="forward under torch.autocast('cpu', dtype=torch.bfloat16), loss in f32")
 a = p.parse_args()
 torch.set_num_threads(2)
 torch.manual_seed(0)
@@ -61,9 +62,10 @@ for step in range(a.steps):
     noise = torch.randn_like(latents)
     t = torch.randint(0, sched.config.num_train_timesteps, (1,))
     noisy = sched.add_noise(latents, noise, t)
-    ctx = text(ids)[0]
-    pred = unet(noisy, t, encoder_hidden_states=ctx).sample
-    loss = F.mse_loss(pred, noise)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+        ctx = text(ids)[0]
+        pred = unet(noisy, t, encoder_hidden_states=ctx).sample
+    loss = F.mse_loss(pred.float(), noise)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
