@@ -1,3 +1,4 @@
+import CLidbDNNL
 import CLidbSupport
 
 /// The values of a layer's frozen weight as held in memory: binary32, or binary16 bit patterns
@@ -8,31 +9,60 @@ public enum WeightValues: Sendable, Equatable {
     case f32([Float])
     /// IEEE binary16 bit patterns.
     case f16([UInt16])
+    /// bfloat16 bit patterns (the upper half of a binary32; converted back exactly).
+    case bf16([UInt16])
 
     public var count: Int {
         switch self {
         case let .f32(v): return v.count
-        case let .f16(v): return v.count
+        case let .f16(v), let .bf16(v): return v.count
         }
     }
 
-    public var isHalf: Bool { if case .f16 = self { return true } else { return false } }
+    /// Held in 16 bits (F16 or BF16).
+    public var isHalf: Bool {
+        switch self {
+        case .f32: return false
+        case .f16, .bf16: return true
+        }
+    }
 
-    /// The values as binary32 (a conversion for F16).
+    /// The values as binary32 (a conversion for F16 and BF16).
     public var floats: [Float] {
         switch self {
         case let .f32(v): return v
         case let .f16(v): return halfToFloat(v)
+        case let .bf16(v): return bfloat16ToFloat(v)
         }
     }
 
-    /// Calls `body` with the binary32 values: in place for F32, a converted temporary for F16.
+    /// Calls `body` with the binary32 values: in place for F32, a converted temporary otherwise.
     @inline(__always)
     func withFloats<R>(_ body: (UnsafePointer<Float>) throws -> R) rethrows -> R {
         switch self {
         case let .f32(v): return try v.withBase(body)
         case let .f16(v): return try halfToFloat(v).withBase(body)
+        case let .bf16(v): return try bfloat16ToFloat(v).withBase(body)
         }
+    }
+
+    /// Binary32 values rounded to bfloat16 (round to nearest even; NaN stays NaN).
+    public static func roundedToBFloat16(_ v: [Float]) -> WeightValues {
+        let n = v.count
+        return .bf16([UInt16](unsafeUninitializedCapacity: n) { out, count in
+            count = n
+            guard n > 0, let o = out.baseAddress else { return }
+            v.withUnsafeBufferPointer { lidb_f32_to_bf16_rne($0.baseAddress!, o, Int64(n)) }
+        })
+    }
+}
+
+/// bfloat16 bit patterns → binary32 (exact).
+public func bfloat16ToFloat(_ h: [UInt16]) -> [Float] {
+    let n = h.count
+    return [Float](unsafeUninitializedCapacity: n) { out, count in
+        count = n
+        for i in 0..<n { out[i] = Float(bitPattern: UInt32(h[i]) << 16) }
     }
 }
 

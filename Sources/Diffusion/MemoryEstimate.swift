@@ -90,7 +90,8 @@ public struct MemoryEstimate: Sendable {
         var sum = ByteCount.zero, largest = ByteCount.zero
         for t in base.file.tensors where prefixes.contains(where: { t.name.hasPrefix($0) }) {
             let n = t.shape.reduce(ByteCount(1)) { $0 * ByteCount($1) }
-            let keptHalf = residency == .f16PerLayer && n.value >= 4096 && WeightLoader.keptHalf(t, prefix: "unet.", minimumCount: 4096)
+            let keptHalf = n.value >= 4096 && (residency == .f16PerLayer && WeightLoader.keptHalf(t, prefix: "unet.", minimumCount: 4096)
+                || residency == .bf16PerLayer && WeightLoader.keptBFloat16(t, prefix: "unet.", minimumCount: 4096))
             sum = sum + n * (keptHalf ? 2 : 4)
             largest = Swift.max(largest, n * 4)
         }

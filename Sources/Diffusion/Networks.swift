@@ -46,7 +46,8 @@ extension UNetNetwork {
     /// The base's UNet. With `.f32` every weight is converted to binary32 once; with
     /// `.f16PerLayer` an F16 base's `Linear` and `Conv2d` weights of at least `halfMinimum`
     /// values stay F16 in memory and are converted each time their layer runs (the results are
-    /// the same: the conversion is exact). A missing or mis-sized weight, or a config outside
+    /// the same: the conversion is exact); with `.bf16PerLayer` those weights of any base are
+    /// rounded to bfloat16 once and held so. A missing or mis-sized weight, or a config outside
     /// spec/base.md §2.1, is a `TensorFileError` naming the base file and the tensor or field.
     public init(base: BaseModel, residency: WeightResidency = .f32, halfMinimum: Int = 4096) throws(TensorFileError) {
         let file = base.file.path
@@ -68,12 +69,17 @@ extension UNetNetwork {
         }
         // Large F16 weights stay F16 (copied out of the mapped file, whose pages are released);
         // norms, biases and anything not F16 are converted once.
-        let half = residency == .f16PerLayer ? try loader.halfWeights(prefix: "unet.", minimumCount: halfMinimum) : [:]
+        let half: [String: WeightValues]
+        switch residency {
+        case .f32: half = [:]
+        case .f16PerLayer: half = try loader.halfWeights(prefix: "unet.", minimumCount: halfMinimum).mapValues { .f16($0) }
+        case .bf16PerLayer: half = try loader.bfloat16Weights(prefix: "unet.", minimumCount: halfMinimum)
+        }
         let w = try loader.all(prefix: "unet.", excluding: Set(half.keys))
         try checkWeights({ w[$0]?.count ?? half[$0]?.count }, expected: expected.map { ($0.name, $0.count) }, prefix: "unet.", file: file)
         self = try build(file: file, component: "UNet", prefix: "unet.") { () throws -> UNetNetwork in
             try UNetNetwork(architecture: arch, values: { name in
-                if let h = half[name] { return .f16(h) }
+                if let h = half[name] { return h }
                 guard let v = w[name] else { throw TensorFileError(file: file, tensor: "unet." + name, .tensorNotFound) }
                 return .f32(v)
             })

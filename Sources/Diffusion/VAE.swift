@@ -314,4 +314,9 @@ public enum WeightResidency: String, Sendable, CaseIterable {
     /// An F16 base's large weights kept as F16 and converted to f32 layer by layer when they run
     /// (half the resident weight memory; each evaluation converts them again). Other bases: as `.f32`.
     case f16PerLayer = "f16-per-layer"
+    /// Large weights of any base (F32, F16 or BF16) rounded to bfloat16 once at load and held so,
+    /// converted to f32 layer by layer when they run: half the resident weight memory of f32. For
+    /// `--precision bf16`, whose products round their operands to bfloat16 anyway; in f32 the
+    /// weights are simply rounded.
+    case bf16PerLayer = "bf16-per-layer"
 }

@@ -42,6 +42,33 @@ public final class WeightLoader {
         return out
     }
 
+    /// Large floating-point weights under `prefix` as bfloat16 bit patterns, keyed without the
+    /// prefix: a BF16 base's copied as they are, others converted to f32 and rounded (nearest
+    /// even), one tensor at a time.
+    func bfloat16Weights(prefix: String, minimumCount: Int) throws(TensorFileError) -> [String: WeightValues] {
+        var out: [String: WeightValues] = [:]
+        for e in base.file.tensors where Self.keptBFloat16(e, prefix: prefix, minimumCount: minimumCount) {
+            let key = String(e.name.dropFirst(prefix.count))
+            if e.dtype == .BF16 {
+                let b = try base.file.tensorBytes(e.name)
+                let n = e.elementCount
+                out[key] = .bf16([UInt16](unsafeUninitializedCapacity: n) { buf, count in
+                    UnsafeMutableRawBufferPointer(buf).copyMemory(from: UnsafeRawBufferPointer(rebasing: b.bytes[0..<(2 * n)]))
+                    count = n
+                })
+                b.releasePages()
+            } else {
+                out[key] = WeightValues.roundedToBFloat16(try f32(e.name))
+            }
+        }
+        return out
+    }
+
+    /// Whether `bfloat16Weights` keeps a tensor as BF16 (`MemoryEstimate` counts the same ones).
+    static func keptBFloat16(_ e: TensorInfo, prefix: String, minimumCount: Int) -> Bool {
+        e.name.hasPrefix(prefix) && e.name.hasSuffix(".weight") && e.shape.count >= 2 && e.dtype.isFloatingPoint && e.elementCount >= minimumCount
+    }
+
     /// Whether `halfWeights` keeps a tensor as F16 (`MemoryEstimate` counts the same ones).
     static func keptHalf(_ e: TensorInfo, prefix: String, minimumCount: Int) -> Bool {
         e.name.hasPrefix(prefix) && e.name.hasSuffix(".weight") && e.shape.count >= 2 && e.dtype == .F16 && e.elementCount >= minimumCount

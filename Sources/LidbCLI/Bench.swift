@@ -154,7 +154,7 @@ struct BenchUNet: ParsableCommand {
     @Option(help: "Input seed.") var seed: UInt64 = 0
     @Option(name: .customLong("repeat"), help: "Evaluations to time.") var repeatCount: Int = 3
     @Option(help: "Reference output (.safetensors with tensor 'out') to compare with.") var check: String?
-    @Option(help: "UNet weights: f32 or f16-per-layer (see lidb generate --help).") var weights: WeightResidency = .f32
+    @Option(help: "UNet weights: f32, f16-per-layer or bf16-per-layer (see lidb generate --help).") var weights: WeightResidency = .f32
     @Option(help: "Refuse requests whose estimated peak memory exceeds this (e.g. 16G; default: LIDB_MEMORY_LIMIT, else the machine's memory).")
     var memoryLimit: String?
     @Option(help: "Products in f32 or bf16 (see lidb generate --help).") var precision: ComputePrecision = .f32

@@ -62,7 +62,7 @@ struct Generate: ParsableCommand {
     @Option(help: "merge or live.") var apply: ApplyMode = .merge
     @Option(name: .shortAndLong, help: "Output PNG.") var output: String
     @Flag(help: "Print per-stage times as JSON on stdout.") var timings = false
-    @Option(help: "UNet weights: f32 (converted once at load; fastest) or f16-per-layer (an F16 base's weights stay F16 and are converted as each layer runs: about half the memory, a little slower).")
+    @Option(help: "UNet weights: f32 (converted once at load; fastest), f16-per-layer (an F16 base's weights stay F16 and are converted as each layer runs: about half the memory, a little slower) or bf16-per-layer (any base's large weights rounded to bf16 once and held so: the same memory from an F32 base; meant for --precision bf16, which rounds them anyway).")
     var weights: WeightResidency = .f32
     @Option(help: precisionHelp(speed: "about 0.63× the f32 time of a UNet evaluation on SD 1.5 at 512×512"))
     var precision: ComputePrecision = .f32

@@ -119,6 +119,47 @@ import Compute
     }
 }
 
+/// `bf16-per-layer`: any base's Linear and Conv2d weights rounded to bfloat16 once (nearest even)
+/// and held so; a BF16 base's bits kept as they are.
+@Suite(.serialized) struct BFloat16ResidencyTests {
+    static func rounded(_ x: Float) -> Float {
+        if x.isNaN { return x }
+        let bits = x.bitPattern, lower = bits & 0xFFFF
+        var r = bits & 0xFFFF_0000
+        if lower > 0x8000 || (lower == 0x8000 && (bits >> 16) & 1 == 1) { r = r &+ 0x1_0000 }
+        return Float(bitPattern: r)
+    }
+
+    @Test(arguments: [DType.F32, .F16, .BF16]) func weightsAreTheRoundedValues(dtype: DType) throws {
+        let (base, dir) = try TextEncoderTests.base("sd1", dtype: dtype)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let full = try UNetNetwork(base: base, residency: .f32)
+        let perLayer = try UNetNetwork(base: base, residency: .bf16PerLayer, halfMinimum: 1)
+        let matrices = base.file.tensors.filter { $0.name.hasPrefix("unet.") && $0.name.hasSuffix(".weight") && $0.shape.count >= 2 }
+        #expect(perLayer.halfWeightCount == matrices.reduce(0) { $0 + $1.elementCount })
+        var linears = 0, changed = 0
+        for t in matrices {
+            let name = String(t.name.dropFirst("unet.".count).dropLast(".weight".count))
+            guard let a = full.linear(named: name), let b = perLayer.linear(named: name) else { continue }
+            guard case .bf16 = b.values else { Issue.record("\(name) is not held as bf16"); continue }
+            let want = a.weight.map(Self.rounded)
+            #expect(b.weight == want, "\(name)")
+            if want != a.weight { changed += 1 }
+            linears += 1
+        }
+        #expect(linears > 10)
+        // F32 and F16 bases are really rounded; a BF16 base is already exact.
+        #expect(dtype == .BF16 ? changed == 0 : changed == linears)
+        let (sample, ctx) = try LiveUNetTests.inputs(seed: 5)
+        let y = try full.forward(sample, timestep: 300, context: ctx).data
+        let z = try perLayer.forward(sample, timestep: 300, context: ctx).data
+        let scale = y.map(abs).max()!
+        let err = zip(y, z).map { abs($0 - $1) }.max()! / scale
+        #expect(err.isFinite && err < 3e-2, "\(dtype): \(err)")
+        if dtype == .BF16 { #expect(y == z) }
+    }
+}
+
 /// `StableDiffusion.apply` checks every layer against the networks before changing anything, and
 /// refuses a merge whose result would not be finite, naming the subject and the layer.
 @Suite(.serialized) struct ApplyRefusalTests {
