@@ -58,19 +58,22 @@ def main():
     results = {"diffusers": {"step_s": d_step, "vae_decode_s": d["vae_decode_s"], "total_s": wall, "peak_rss_mib": rss}}
     # (label, base, UNet weight residency): f32 weights from either base, and an f16 base kept f16.
     precisions = arg("--precisions", "f32,bf16").split(",")
-    runs = [("f32", bases["f32"], "f32"), ("f16", bases["f16"], "f32"), ("f16, f16-per-layer", bases["f16"], "f16-per-layer")]
-    if "f32" not in precisions:
-        runs = []
-    for dtype, path, residency in runs:
-        png = os.path.join(work, f"generate-lidb-{dtype.replace(', ', '-')}-{size}.png")
+
+    def run_lidb(path, residency, png, extra=()):
+        """One `lidb generate`: median step s, its --timings, wall s, peak RSS MiB, |pixels − diffusers f32|, the results row."""
         wall, rss, out = measure([lidb, "generate", "--model", path, "--prompt", PROMPT, "--steps", str(steps), "--cfg", "7.5",
                                   "--seed", str(SEED), "--sampler", "euler", "--width", str(size), "--height", str(size),
-                                  "--weights", residency, "-o", png, "--timings"])
+                                  "--weights", residency, "-o", png, "--timings", *extra])
         t = json.loads(out)
-        step = statistics.median(t["unet_steps_s"])
         diff = np.abs(np.asarray(Image.open(png)).astype(np.int16) - ref)
-        results[f"lidb {dtype} base"] = {"step_s": step, "vae_decode_s": t["vae_decode_s"], "total_s": wall, "peak_rss_mib": rss,
-                                         "max_pixel_diff": int(diff.max()), "mean_pixel_diff": float(diff.mean())}
+        step = statistics.median(t["unet_steps_s"])
+        return step, t, wall, rss, diff, {"step_s": step, "vae_decode_s": t["vae_decode_s"], "total_s": wall, "peak_rss_mib": rss,
+                                          "max_pixel_diff_vs_f32": int(diff.max()), "mean_pixel_diff_vs_f32": float(diff.mean())}
+
+    runs = [("f32", bases["f32"], "f32"), ("f16", bases["f16"], "f32"), ("f16, f16-per-layer", bases["f16"], "f16-per-layer")]
+    for dtype, path, residency in (runs if "f32" in precisions else []):
+        png = os.path.join(work, f"generate-lidb-{dtype.replace(', ', '-')}-{size}.png")
+        step, t, wall, rss, diff, results[f"lidb {dtype} base"] = run_lidb(path, residency, png)
         print(f"lidb, {dtype} base: {step:.2f} s/step (ratio {step / d_step:.2f}), VAE decode {t['vae_decode_s']:.2f} s "
               f"(ratio {t['vae_decode_s'] / d['vae_decode_s']:.2f}), total {wall:.1f} s (ratio {wall / results['diffusers']['total_s']:.2f}, "
               f"load {t['load_s']:.1f} s), peak RSS {rss:.0f} MiB (ratio {rss / results['diffusers']['peak_rss_mib']:.2f}); "
@@ -86,16 +89,11 @@ def main():
                                      "max_pixel_diff_vs_f32": int(diff.max()), "mean_pixel_diff_vs_f32": float(diff.mean())}
         print(f"diffusers bf16 autocast: {d16_step:.2f} s/step, VAE decode {d16['vae_decode_s']:.2f} s, total {wall:.1f} s, "
               f"peak RSS {rss:.0f} MiB; image vs diffusers f32: max |Δ| {diff.max()} / 255, mean {diff.mean():.3f}", flush=True)
-        for dtype, path, residency in [("f32", bases["f32"], "f32"), ("f16, f16-per-layer", bases["f16"], "f16-per-layer")]:
+        runs16 = [("f32", bases["f32"], "f32"), ("f32, bf16-per-layer", bases["f32"], "bf16-per-layer"),
+                  ("f16, f16-per-layer", bases["f16"], "f16-per-layer")]
+        for dtype, path, residency in runs16:
             png = os.path.join(work, f"generate-lidb-bf16-{dtype.replace(', ', '-')}-{size}.png")
-            wall, rss, out = measure([lidb, "generate", "--model", path, "--prompt", PROMPT, "--steps", str(steps), "--cfg", "7.5",
-                                      "--seed", str(SEED), "--sampler", "euler", "--width", str(size), "--height", str(size),
-                                      "--weights", residency, "--precision", "bf16", "-o", png, "--timings"])
-            t = json.loads(out)
-            step = statistics.median(t["unet_steps_s"])
-            diff = np.abs(np.asarray(Image.open(png)).astype(np.int16) - ref)
-            results[f"lidb bf16, {dtype} base"] = {"step_s": step, "vae_decode_s": t["vae_decode_s"], "total_s": wall, "peak_rss_mib": rss,
-                                                   "max_pixel_diff_vs_f32": int(diff.max()), "mean_pixel_diff_vs_f32": float(diff.mean())}
+            step, t, wall, rss, diff, results[f"lidb bf16, {dtype} base"] = run_lidb(path, residency, png, ("--precision", "bf16"))
             print(f"lidb bf16, {dtype} base: {step:.2f} s/step (ratio {step / d16_step:.2f} to diffusers bf16, {step / d_step:.2f} to f32), "
                   f"total {wall:.1f} s (ratio {wall / results['diffusers bf16']['total_s']:.2f}), peak RSS {rss:.0f} MiB "
                   f"(ratio {rss / results['diffusers bf16']['peak_rss_mib']:.2f}); image vs diffusers f32: max |Δ| {diff.max()} / 255, "
