@@ -14,9 +14,7 @@ public enum ComputePrecision: String, Sendable, CaseIterable {
     case bf16
 
     /// The precision products use in this process (`f32` unless set).
-    public static var current: ComputePrecision {
-        get { state.load(ordering: .relaxed) == 1 ? .bf16 : .f32 }
-    }
+    public static var current: ComputePrecision { state.load(ordering: .relaxed) == 1 ? .bf16 : .f32 }
 
     /// Whether this machine runs bf16 products (oneDNN present and the CPU has AVX-512 BF16).
     public static var bf16Supported: Bool { !simulateMissingBF16.load(ordering: .relaxed) && lidb_dnnl_bf16_supported() != 0 }

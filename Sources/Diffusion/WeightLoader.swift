@@ -31,15 +31,20 @@ public final class WeightLoader {
     func halfWeights(prefix: String, minimumCount: Int) throws(TensorFileError) -> [String: [UInt16]] {
         var out: [String: [UInt16]] = [:]
         for e in base.file.tensors where Self.keptHalf(e, prefix: prefix, minimumCount: minimumCount) {
-            let b = try base.file.tensorBytes(e.name)
-            let n = e.elementCount
-            out[String(e.name.dropFirst(prefix.count))] = [UInt16](unsafeUninitializedCapacity: n) { buf, count in
-                UnsafeMutableRawBufferPointer(buf).copyMemory(from: UnsafeRawBufferPointer(rebasing: b.bytes[0..<(2 * n)]))
-                count = n
-            }
-            b.releasePages()
+            out[String(e.name.dropFirst(prefix.count))] = try sixteenBitPatterns(e)
         }
         return out
+    }
+
+    /// A 16-bit tensor's bit patterns, copied out of the mapped file (whose pages are then released).
+    private func sixteenBitPatterns(_ e: TensorInfo) throws(TensorFileError) -> [UInt16] {
+        let b = try base.file.tensorBytes(e.name)
+        let n = e.elementCount
+        defer { b.releasePages() }
+        return [UInt16](unsafeUninitializedCapacity: n) { buf, count in
+            UnsafeMutableRawBufferPointer(buf).copyMemory(from: UnsafeRawBufferPointer(rebasing: b.bytes[0..<(2 * n)]))
+            count = n
+        }
     }
 
     /// Large floating-point weights under `prefix` as bfloat16 bit patterns, keyed without the
@@ -50,13 +55,7 @@ public final class WeightLoader {
         for e in base.file.tensors where Self.keptBFloat16(e, prefix: prefix, minimumCount: minimumCount) {
             let key = String(e.name.dropFirst(prefix.count))
             if e.dtype == .BF16 {
-                let b = try base.file.tensorBytes(e.name)
-                let n = e.elementCount
-                out[key] = .bf16([UInt16](unsafeUninitializedCapacity: n) { buf, count in
-                    UnsafeMutableRawBufferPointer(buf).copyMemory(from: UnsafeRawBufferPointer(rebasing: b.bytes[0..<(2 * n)]))
-                    count = n
-                })
-                b.releasePages()
+                out[key] = .bf16(try sixteenBitPatterns(e))
             } else {
                 out[key] = WeightValues.roundedToBFloat16(try f32(e.name))
             }
@@ -66,12 +65,18 @@ public final class WeightLoader {
 
     /// Whether `bfloat16Weights` keeps a tensor as BF16 (`MemoryEstimate` counts the same ones).
     static func keptBFloat16(_ e: TensorInfo, prefix: String, minimumCount: Int) -> Bool {
-        e.name.hasPrefix(prefix) && e.name.hasSuffix(".weight") && e.shape.count >= 2 && e.dtype.isFloatingPoint && e.elementCount >= minimumCount
+        isLargeMatrix(e, prefix: prefix, minimumCount: minimumCount) && e.dtype.isFloatingPoint
     }
 
     /// Whether `halfWeights` keeps a tensor as F16 (`MemoryEstimate` counts the same ones).
     static func keptHalf(_ e: TensorInfo, prefix: String, minimumCount: Int) -> Bool {
-        e.name.hasPrefix(prefix) && e.name.hasSuffix(".weight") && e.shape.count >= 2 && e.dtype == .F16 && e.elementCount >= minimumCount
+        isLargeMatrix(e, prefix: prefix, minimumCount: minimumCount) && e.dtype == .F16
+    }
+
+    /// A `Linear` or `Conv2d` weight (`….weight`, two or more dimensions) under `prefix` with at
+    /// least `minimumCount` values.
+    private static func isLargeMatrix(_ e: TensorInfo, prefix: String, minimumCount: Int) -> Bool {
+        e.name.hasPrefix(prefix) && e.name.hasSuffix(".weight") && e.shape.count >= 2 && e.elementCount >= minimumCount
     }
 
     /// The f32 weights of every tensor whose name starts with `prefix`, keyed without it;

@@ -54,11 +54,7 @@ public final class MappedFile: ByteOwner, @unchecked Sendable {
                 if errno == EINTR { continue }
                 throw TensorFileError(file: path, .io(operation: "read", message: errnoMessage()))
             }
-            if n == 0 {
-                var st = stat()
-                let now = fstat(fd, &st) == 0 ? UInt64(max(st.st_size, 0)) : UInt64(offset + done)
-                throw TensorFileError(file: path, .fileChanged(openedSize: UInt64(length), currentSize: now))
-            }
+            if n == 0 { throw changedError(at: offset + done) }
             done += n
         }
     }
