@@ -177,9 +177,26 @@ static dnnl_status_t create_product(cached_product *e, int trans_a, int trans_b,
     return s;
 }
 
+static int gemm_bf16(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                     const float *a, int64_t lda, const float *b, const uint16_t *b16, int64_t ldb,
+                     float beta, float *c, int64_t ldc, int single_thread);
+
 int lidb_dnnl_gemm_bf16(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                         const float *a, int64_t lda, const float *b, int64_t ldb,
                         float beta, float *c, int64_t ldc, int single_thread) {
+    return gemm_bf16(trans_a, trans_b, m, n, k, alpha, a, lda, b, NULL, ldb, beta, c, ldc, single_thread);
+}
+
+int lidb_dnnl_gemm_bf16_b16(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                            const float *a, int64_t lda, const uint16_t *b16, int64_t ldb,
+                            float beta, float *c, int64_t ldc, int single_thread) {
+    if (!b16) return -1;
+    return gemm_bf16(trans_a, trans_b, m, n, k, alpha, a, lda, NULL, b16, ldb, beta, c, ldc, single_thread);
+}
+
+static int gemm_bf16(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                     const float *a, int64_t lda, const float *b, const uint16_t *b16, int64_t ldb,
+                     float beta, float *c, int64_t ldc, int single_thread) {
     const int64_t limit = (int64_t)1 << 31;
     if (m <= 0 || n <= 0 || k <= 0 || m >= limit || n >= limit || k >= limit || ldc < n) return -1;
     if (!lidb_dnnl_bf16_supported()) return 1;
@@ -188,9 +205,11 @@ int lidb_dnnl_gemm_bf16(int trans_a, int trans_b, int64_t m, int64_t n, int64_t 
     if (!stream && dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) != dnnl_success) return 1;
     // Stored shapes: A is m × k (or k × m transposed), B is k × n (or n × k).
     int64_t ar = trans_a ? k : m, ac = trans_a ? m : k, br = trans_b ? n : k, bc = trans_b ? k : n;
-    uint16_t *buf = scratch_for(ar * ac + br * bc);
+    // A bf16 B stored contiguously is used in place; otherwise it is packed after A.
+    int b_in_place = b16 && ldb == bc;
+    uint16_t *buf = scratch_for(ar * ac + (b_in_place ? 0 : br * bc));
     if (!buf) return -1;
-    uint16_t *ab = buf, *bb = buf + ar * ac;
+    uint16_t *ab = buf, *bb = b_in_place ? (uint16_t *)b16 : buf + ar * ac;
 
     int saved = -1;
     if (set_omp_threads && get_omp_max_threads) {
@@ -224,7 +243,11 @@ int lidb_dnnl_gemm_bf16(int trans_a, int trans_b, int64_t m, int64_t n, int64_t 
     }
     if (s == dnnl_success) {
         pack(a, ar, ac, lda, ab);
-        pack(b, br, bc, ldb, bb);
+        if (b16) {
+            if (!b_in_place) for (int64_t r = 0; r < br; r++) memcpy(bb + r * bc, b16 + r * ldb, (size_t)bc * sizeof(uint16_t));
+        } else {
+            pack(b, br, bc, ldb, bb);
+        }
         s = dnnl_memory_set_data_handle(e->mem[0], ab);
         if (s == dnnl_success) s = dnnl_memory_set_data_handle(e->mem[1], bb);
         if (s == dnnl_success) s = dnnl_memory_set_data_handle(e->mem[2], c);

@@ -431,3 +431,12 @@ void lidb_keep_freed_memory(void) {
     mallopt(M_TRIM_THRESHOLD, 64 << 20);
 #endif
 }
+
+int lidb_return_freed_memory(void) {
+#if defined(__GLIBC__)
+    return malloc_trim(0);
+#else
+    return 0;
+#endif
+}
+

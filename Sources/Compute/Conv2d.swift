@@ -61,10 +61,10 @@ public struct Conv2d: Sendable {
         let (ho, wo) = try outputSize(h: x.h, w: x.w)
         _ = try Size.product(outChannels, ho, wo, what: what)
         _ = try Size.blas(ho * wo, what: what)
-        let weight = values.floats
         if isWinogradShape && Conv2d.useWinograd(algorithm, in: inChannels, out: outChannels, h: x.h, w: x.w) {
-            return Conv2d.winograd3x3(x, weight: weight, bias: bias, out: outChannels)
+            return Conv2d.winograd3x3(x, weight: values, bias: bias, out: outChannels)
         }
+        let weight = values.floats
         return Conv2d.direct(x, weight: weight, bias: bias, out: outChannels, kernel: kernel, stride: stride, padding: padding, ho: ho, wo: wo,
                              band: band)
     }
@@ -81,7 +81,7 @@ public struct Conv2d: Sendable {
         }
         _ = try Size.product(outChannels, x.h, x.w, what: what)
         let (scale, shift) = norm.coefficients(x)
-        return Conv2d.winograd3x3(x, weight: values.floats, bias: bias, out: outChannels, normalized: (scale, shift, norm.silu))
+        return Conv2d.winograd3x3(x, weight: values, bias: bias, out: outChannels, normalized: (scale, shift, norm.silu))
     }
 
     /// `forward(UpsampleNearest2x.forward(x))`; with Winograd the input is read upsampled on the
@@ -95,7 +95,7 @@ public struct Conv2d: Sendable {
         }
         _ = try Size.product(outChannels, h2, w2, what: what)
         _ = try Size.blas(h2 * w2, what: what)
-        return Conv2d.winograd3x3(x, weight: values.floats, bias: bias, out: outChannels, upsample: true)
+        return Conv2d.winograd3x3(x, weight: values, bias: bias, out: outChannels, upsample: true)
     }
 
     /// `∂loss/∂x` for an input of `inputHeight × inputWidth` (the output size alone does not
@@ -119,7 +119,7 @@ public struct Conv2d: Sendable {
         // 3×3 stride 1 padding 1: Winograd on the flipped, transposed kernel, transformed straight
         // from the weight (no flipped copy); where Winograd does not pay, the GEMM + col2im below.
         if isWinogradShape && Conv2d.useWinograd(algorithm, in: out, out: c, h: h, w: w) {
-            return Conv2d.winograd3x3(gy, weight: values.floats, bias: nil, out: c, flipped: true)
+            return Conv2d.winograd3x3(gy, weight: values, bias: nil, out: c, flipped: true)
         }
         var gx = FeatureMap(uninitializedC: c, h: h, w: w)
         let cols = ho * wo
@@ -213,7 +213,10 @@ public struct Conv2d: Sendable {
     /// input upsampled 2× by nearest neighbour. `flipped`: `weight` is `[x.c × out × 3 × 3]` and
     /// the kernel used is its flipped transpose (the input gradient of that convolution). Shapes
     /// checked by the caller.
-    static func winograd3x3(_ x: FeatureMap, weight: [Float], bias: [Float]?, out: Int,
+    /// A weight held in 16 bits is converted one block of output channels at a time (the whole
+    /// weight for `flipped`, whose blocks are not contiguous), so the binary32 copy held is one
+    /// block's, not the layer's.
+    static func winograd3x3(_ x: FeatureMap, weight values: WeightValues, bias: [Float]?, out: Int,
                             normalized: (scale: [Float], shift: [Float], silu: Bool)? = nil, upsample: Bool = false,
                             flipped: Bool = false, budget: Int = Conv2d.budget) -> FeatureMap {
         let c = x.c, h = upsample ? 2 * x.h : x.h, w = upsample ? 2 * x.w : x.w
@@ -226,22 +229,29 @@ public struct Conv2d: Sendable {
         var u = [Float](unsafeUninitializedCapacity: 16 * block * c) { _, n in n = 16 * block * c }
         var v = [Float](unsafeUninitializedCapacity: 16 * c * band) { _, n in n = 16 * c * band }
         var m = [Float](unsafeUninitializedCapacity: 16 * block * band) { _, n in n = 16 * block * band }
+        // Binary32 weights: used in place (f32, or the whole converted for `flipped`); otherwise
+        // one block's slice converted per block into `slice`.
+        let perBlock = values.isHalf && !flipped
+        let weight: [Float] = perBlock ? [] : values.floats
+        var slice = [Float](unsafeUninitializedCapacity: perBlock ? block * c * 9 : 0) { _, n in n = perBlock ? block * c * 9 : 0 }
         let biasValues = bias ?? []
-        x.data.withBase { xp in weight.withBase { wp in y.data.withMutableBase { yp in
+        x.data.withBase { xp in weight.withBase { wp in y.data.withMutableBase { yp in slice.withMutableBase { slp in
         u.withMutableBase { up in v.withMutableBase { vp in m.withMutableBase { mp in
         biasValues.withBase { bp in scale.withBase { sp in shift.withBase { tp in
             let ss = normalized == nil ? nil : UnsafeSendable(sp), ts = normalized == nil ? nil : UnsafeSendable(tp)
-            let (xs, ws, ys) = (UnsafeSendable(xp), UnsafeSendable(wp), UnsafeSendable(yp))
+            let (xs, ys) = (UnsafeSendable(xp), UnsafeSendable(yp))
             let (us, vs, ms) = (UnsafeSendable(up), UnsafeSendable(vp), UnsafeSendable(mp))
             let bs = bias == nil ? nil : UnsafeSendable(bp)
             var o0 = 0
             while o0 < out {
                 let ob = min(block, out - o0), base = o0
+                if perBlock { values.convert((base * c * 9)..<((base + ob) * c * 9), into: slp) }
+                let ws = UnsafeSendable(UnsafePointer(perBlock ? slp : UnsafeMutablePointer(mutating: wp + (flipped ? 0 : base * c * 9))))
                 Parallel.ranges(ob, work: ob * c * 16) { r in
                     if flipped {
                         lidb_winograd_weights_flipped(ws.p, out, ob, c, base, r.lowerBound, r.upperBound, us.p)
                     } else {
-                        lidb_winograd_weights(ws.p + base * c * 9, ob, c, r.lowerBound, r.upperBound, us.p)
+                        lidb_winograd_weights(ws.p, ob, c, r.lowerBound, r.upperBound, us.p)
                     }
                 }
                 var t0 = 0
@@ -266,7 +276,7 @@ public struct Conv2d: Sendable {
                 }
                 o0 += ob
             }
-        } } }
+        } } } }
         } } }
         } } }
         return y

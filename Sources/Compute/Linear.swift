@@ -66,9 +66,17 @@ public struct Linear: Sendable {
             if let bias {
                 bias.withBase { bb in for r in 0..<n { (yb + r * out).update(from: bb, count: out) } }
             }
-            x.data.withBase { xb in values.withFloats { wb in
-                sgemm(false, true, m: n, n: out, k: inFeatures, xb, lda: inFeatures, wb, ldb: inFeatures, beta: bias == nil ? 0 : 1, yb, ldc: out)
-            } }
+            let beta: Float = bias == nil ? 0 : 1
+            x.data.withBase { xb in
+                if ComputePrecision.current == .bf16, case let .bf16(w16) = values, w16.withUnsafeBufferPointer({ wb in
+                    guard let w = wb.baseAddress else { return false }
+                    return bf16gemm(false, true, m: n, n: out, k: inFeatures, xb, lda: inFeatures, bfloat16: w, ldb: inFeatures,
+                                    beta: beta, yb, ldc: out)
+                }) { return }
+                values.withFloats { wb in
+                    sgemm(false, true, m: n, n: out, k: inFeatures, xb, lda: inFeatures, wb, ldb: inFeatures, beta: beta, yb, ldc: out)
+                }
+            }
         }
         for t in terms { try t.forward(x, into: &y) }
         return y
@@ -105,9 +113,16 @@ public struct Linear: Sendable {
         let n = gy.rows
         var gx = Matrix(uninitializedRows: n, cols: inFeatures)
         guard n > 0 else { return gx }
-        gy.data.withBase { gb in values.withFloats { wb in gx.data.withMutableBase { xb in
-            sgemm(false, false, m: n, n: inFeatures, k: outFeatures, gb, lda: outFeatures, wb, ldb: inFeatures, xb, ldc: inFeatures)
-        } } }
+        gy.data.withBase { gb in gx.data.withMutableBase { xb in
+            if ComputePrecision.current == .bf16, case let .bf16(w16) = values, w16.withUnsafeBufferPointer({ wb in
+                guard let w = wb.baseAddress else { return false }
+                return bf16gemm(false, false, m: n, n: inFeatures, k: outFeatures, gb, lda: outFeatures, bfloat16: w, ldb: inFeatures,
+                                beta: 0, xb, ldc: inFeatures)
+            }) { return }
+            values.withFloats { wb in
+                sgemm(false, false, m: n, n: inFeatures, k: outFeatures, gb, lda: outFeatures, wb, ldb: inFeatures, xb, ldc: inFeatures)
+            }
+        } }
         return gx
     }
 

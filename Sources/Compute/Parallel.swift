@@ -14,6 +14,10 @@ public enum Parallel {
     /// (large activations are freed and reallocated every step).
     public static let allocatorConfigured: Bool = { lidb_keep_freed_memory(); return true }()
 
+    /// Hands memory freed to the allocator back to the kernel: after a network's weights are
+    /// released, so the next stage's peak does not sit on top of them.
+    public static func returnFreedMemory() { _ = lidb_return_freed_memory() }
+
     /// How many `forEach` regions with more than one job are running.
     static let regions = Atomic<Int>(0)
 

@@ -52,3 +52,16 @@ func bf16gemm(_ transA: Bool, _ transB: Bool, m: Int, n: Int, k: Int, alpha: Flo
     return lidb_dnnl_gemm_bf16(transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda), b, Int64(ldb),
                                beta, c, Int64(ldc), single) == 0
 }
+
+/// The bf16 product with B a weight held as bfloat16 bit patterns (for `--precision bf16`, which
+/// the caller checks): oneDNN reads the bits in place — the same products as `bf16gemm` of their
+/// binary32 values, with no binary32 copy of the weight. False when it did not run (bf16 not
+/// supported, a product below `smallestBF16Product`, or a oneDNN failure); C is then untouched.
+func bf16gemm(_ transA: Bool, _ transB: Bool, m: Int, n: Int, k: Int,
+              _ a: UnsafePointer<Float>, lda: Int, bfloat16 b: UnsafePointer<UInt16>, ldb: Int,
+              beta: Float, _ c: UnsafeMutablePointer<Float>, ldc: Int) -> Bool {
+    guard m > 0, n > 0, k > 0, m * n * k >= ComputePrecision.smallestBF16Product else { return false }
+    let single: Int32 = openblas_get_num_threads() == 1 ? 1 : 0
+    return lidb_dnnl_gemm_bf16_b16(transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), 1, a, Int64(lda), b, Int64(ldb),
+                                   beta, c, Int64(ldc), single) == 0
+}

@@ -92,7 +92,17 @@ public struct UNetArchitecture: Sendable, Equatable {
     /// number of values, in the network's order.
     public func expectedWeights() throws(ComputeError) -> [(name: String, count: Int)] {
         try validate()
-        return try weightSizes()
+        return try layout().weights
+    }
+
+    /// Every layer `UNetNetwork` holds as a `Linear` (the names of `UNetNetwork.linearNames`,
+    /// without `.weight`), with its `[out, in]`: what a delta term for the layer must match, known
+    /// without loading a weight.
+    public func linearShapes() throws(ComputeError) -> [String: (out: Int, in: Int)] {
+        try validate()
+        var shapes: [String: (out: Int, in: Int)] = [:]
+        for l in try layout().linears { shapes[l.name] = (l.out, l.in) }
+        return shapes
     }
 
     /// Input channels of every ResNet block of the up path (the previous output plus the skip
@@ -115,8 +125,11 @@ public struct UNetArchitecture: Sendable, Equatable {
         return out
     }
 
-    func weightSizes() throws(ComputeError) -> [(name: String, count: Int)] {
+    func weightSizes() throws(ComputeError) -> [(name: String, count: Int)] { try layout().weights }
+
+    private func layout() throws(ComputeError) -> (weights: [(name: String, count: Int)], linears: [(name: String, out: Int, in: Int)]) {
         var out: [(name: String, count: Int)] = []
+        var linears: [(name: String, out: Int, in: Int)] = []
         func p(_ f: Int...) throws(ComputeError) -> Int {
             var r = 1
             for x in f {
@@ -130,30 +143,34 @@ public struct UNetArchitecture: Sendable, Equatable {
             out.append((n + ".weight", weight))
             if let bias { out.append((n + ".bias", bias)) }
         }
+        func linear(_ n: String, _ o: Int, _ i: Int, bias: Bool) throws(ComputeError) {
+            add(n, try p(o, i), bias ? o : nil)
+            linears.append((n, o, i))
+        }
         let c0 = blockChannels[0], temb = try p(4, c0)
         func resnet(_ n: String, _ i: Int, _ o: Int) throws(ComputeError) {
-            add(n + ".norm1", i, i); add(n + ".conv1", try p(o, i, 9), o); add(n + ".time_emb_proj", try p(o, temb), o)
+            add(n + ".norm1", i, i); add(n + ".conv1", try p(o, i, 9), o); try linear(n + ".time_emb_proj", o, temb, bias: true)
             add(n + ".norm2", o, o); add(n + ".conv2", try p(o, o, 9), o)
             if i != o { add(n + ".conv_shortcut", try p(o, i), o) }
         }
         func transformer(_ n: String, _ c: Int) throws(ComputeError) {
             let inner = try p(feedForwardMultiplier, c)
-            add(n + ".norm", c, c); add(n + ".proj_in", try p(c, c), c)
+            add(n + ".norm", c, c); try linear(n + ".proj_in", c, c, bias: true)
             for k in 0..<transformerDepth {
                 let b = n + ".transformer_blocks.\(k)"
                 add(b + ".norm1", c, c)
-                for x in ["to_q", "to_k", "to_v"] { add(b + ".attn1." + x, try p(c, c), nil) }
-                add(b + ".attn1.to_out.0", try p(c, c), c)
+                for x in ["to_q", "to_k", "to_v"] { try linear(b + ".attn1." + x, c, c, bias: false) }
+                try linear(b + ".attn1.to_out.0", c, c, bias: true)
                 add(b + ".norm2", c, c)
-                add(b + ".attn2.to_q", try p(c, c), nil)
-                for x in ["to_k", "to_v"] { add(b + ".attn2." + x, try p(c, contextDim), nil) }
-                add(b + ".attn2.to_out.0", try p(c, c), c)
+                try linear(b + ".attn2.to_q", c, c, bias: false)
+                for x in ["to_k", "to_v"] { try linear(b + ".attn2." + x, c, contextDim, bias: false) }
+                try linear(b + ".attn2.to_out.0", c, c, bias: true)
                 add(b + ".norm3", c, c)
-                add(b + ".ff.net.0.proj", try p(2, inner, c), try p(2, inner)); add(b + ".ff.net.2", try p(c, inner), c)
+                try linear(b + ".ff.net.0.proj", try p(2, inner), c, bias: true); try linear(b + ".ff.net.2", c, inner, bias: true)
             }
-            add(n + ".proj_out", try p(c, c), c)
+            try linear(n + ".proj_out", c, c, bias: true)
         }
-        add("time_embedding.linear_1", try p(temb, c0), temb); add("time_embedding.linear_2", try p(temb, temb), temb)
+        try linear("time_embedding.linear_1", temb, c0, bias: true); try linear("time_embedding.linear_2", temb, temb, bias: true)
         add("conv_in", try p(c0, inChannels, 9), c0)
         var x = c0
         for (b, ch) in blockChannels.enumerated() {
@@ -173,6 +190,6 @@ public struct UNetArchitecture: Sendable, Equatable {
             if b < blockChannels.count - 1 { add("up_blocks.\(b).upsamplers.0.conv", try p(ch, ch, 9), ch) }
         }
         add("conv_norm_out", c0, c0); add("conv_out", try p(outChannels, c0, 9), outChannels)
-        return out
+        return (out, linears)
     }
 }

@@ -46,6 +46,26 @@ public enum WeightValues: Sendable, Equatable {
         }
     }
 
+    /// Writes the values at `range` as binary32 to `out` (exact), without converting the rest:
+    /// a layer that uses its weight a slice at a time holds one slice in binary32, not the whole.
+    func convert(_ range: Range<Int>, into out: UnsafeMutablePointer<Float>) {
+        let n = range.count
+        guard n > 0 else { return }
+        switch self {
+        case let .f32(v): v.withUnsafeBufferPointer { out.update(from: $0.baseAddress! + range.lowerBound, count: n) }
+        case let .f16(v):
+            v.withUnsafeBufferPointer { p in
+                let src = p.baseAddress! + range.lowerBound
+                if lidb_f16_to_f32(src, out, n) == 0 { for i in 0..<n { out[i] = halfBitsToFloat(src[i]) } }
+            }
+        case let .bf16(v):
+            v.withUnsafeBufferPointer { p in
+                let src = p.baseAddress! + range.lowerBound
+                for i in 0..<n { out[i] = Float(bitPattern: UInt32(src[i]) << 16) }
+            }
+        }
+    }
+
     /// Binary32 values rounded to bfloat16 (round to nearest even; NaN stays NaN).
     public static func roundedToBFloat16(_ v: [Float]) -> WeightValues {
         let n = v.count

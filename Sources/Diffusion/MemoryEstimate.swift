@@ -34,8 +34,10 @@ public struct MemoryEstimate: Sendable {
     }
 
     /// A whole generation: `batch` images of `height × width` pixels.
+    /// `staged`: the pipeline holds one network at a time (`StableDiffusion(staged: true)`), so
+    /// the peak is the largest of the three stages' weights plus activations.
     public static func generation(base: BaseModel, configs: PipelineConfigs, width: Int, height: Int, batch: Int, guidance: Bool,
-                                  residency: WeightResidency = .f32, cores: Int = Parallel.cores) -> MemoryEstimate {
+                                  residency: WeightResidency = .f32, staged: Bool = false, cores: Int = Parallel.cores) -> MemoryEstimate {
         let f = configs.vae.scaleFactor
         let lh = Swift.max(height / f, 1), lw = Swift.max(width / f, 1)
         let jobs = ByteCount(batch) * (guidance ? 2 : 1)
@@ -51,6 +53,15 @@ public struct MemoryEstimate: Sendable {
         // its PNG encoding (about two more copies) for one at a time.
         let images = ByteCount.floats(ByteCount(batch) * 3 * pixels) + pixels * 3 * 3
         let decode = vaeDecoding(configs.vae, lh: lh, lw: lw) + images
+        if staged {
+            let stages = [
+                MemoryEstimate(weights: weights(base, prefixes: ["text_encoder."], residency: residency), latents: .zero, activations: text),
+                MemoryEstimate(weights: weights(base, prefixes: ["unet."], residency: residency), latents: latents, activations: unet),
+                MemoryEstimate(weights: weights(base, prefixes: ["vae.decoder.", "vae.post_quant_conv."], residency: residency),
+                               latents: latents, activations: decode),
+            ]
+            return stages.max { $0.total < $1.total } ?? stages[1]
+        }
         return MemoryEstimate(weights: weights(base, prefixes: ["unet.", "text_encoder.", "vae.decoder.", "vae.post_quant_conv."], residency: residency),
                               latents: latents, activations: Swift.max(unet, decode, text))
     }

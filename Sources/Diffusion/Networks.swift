@@ -49,20 +49,26 @@ extension UNetNetwork {
     /// the same: the conversion is exact); with `.bf16PerLayer` those weights of any base are
     /// rounded to bfloat16 once and held so. A missing or mis-sized weight, or a config outside
     /// spec/base.md §2.1, is a `TensorFileError` naming the base file and the tensor or field.
-    public init(base: BaseModel, residency: WeightResidency = .f32, halfMinimum: Int = 4096) throws(TensorFileError) {
-        let file = base.file.path
+    /// The architecture of the base's UNet, from its validated config and the shape of one weight
+    /// (the GEGLU inner size), without loading a weight.
+    public static func architecture(base: BaseModel) throws(TensorFileError) -> UNetArchitecture {
         let cfg = try UNetConfig(base: base)
-        _ = Parallel.allocatorConfigured
-        let loader = WeightLoader(base: base)
         // The GEGLU inner size from the middle block's feed-forward output weight `[c, inner]`
-        // (4 · c in SD); a weight that says otherwise is named by the size check below.
+        // (4 · c in SD); a weight that says otherwise is named by the size check at load.
         var multiplier = 4
         let top = cfg.channels.last ?? 1
-        if let s = loader.shape("unet.mid_block.attentions.0.transformer_blocks.0.ff.net.2.weight"), s.count == 2, s[0] == top, top > 0,
-           s[1] % top == 0, (1...UNetArchitecture.maxMultiplier).contains(s[1] / top) {
+        if let s = WeightLoader(base: base).shape("unet.mid_block.attentions.0.transformer_blocks.0.ff.net.2.weight"), s.count == 2,
+           s[0] == top, top > 0, s[1] % top == 0, (1...UNetArchitecture.maxMultiplier).contains(s[1] / top) {
             multiplier = s[1] / top
         }
-        let arch = UNetArchitecture(config: cfg, feedForwardMultiplier: multiplier)
+        return UNetArchitecture(config: cfg, feedForwardMultiplier: multiplier)
+    }
+
+    public init(base: BaseModel, residency: WeightResidency = .f32, halfMinimum: Int = 4096) throws(TensorFileError) {
+        let file = base.file.path
+        _ = Parallel.allocatorConfigured
+        let loader = WeightLoader(base: base)
+        let arch = try Self.architecture(base: base)
         let expected: [(name: String, count: Int)]
         do { expected = try arch.expectedWeights() } catch {
             throw TensorFileError(file: file, .invalidArgument("UNet: \(error.message)"))

@@ -106,6 +106,9 @@ public enum ApplyMode: String, CaseIterable, Sendable { case merge, live }
 /// Times of the stages of one generation, in seconds.
 public struct Timings: Sendable {
     public var load: Double = 0
+    /// Loads made during `generate` by a staged pipeline (the UNet after text encoding, the VAE
+    /// decoder after denoising).
+    public var stagedLoad: Double = 0
     public var textEncoding: Double = 0
     public var unetSteps: [Double] = []
     public var vaeDecode: Double = 0
@@ -118,8 +121,11 @@ public final class StableDiffusion {
     public let base: BaseModel
     public let tokenizer: CLIPTokenizer
     public let textEncoder: CLIPTextEncoder
-    public var unet: UNetNetwork
-    public var vae: VAEDecoder
+    public let unet: PipelineUNet
+    /// The VAE decoder while loaded.
+    private var decoder: VAEDecoder?
+    /// Whether the weights are loaded in stages, each network only while it runs (see `init`).
+    public let staged: Bool
     /// The base's configs, validated before any weight was loaded.
     public let configs: PipelineConfigs
     public let residency: WeightResidency
@@ -130,17 +136,35 @@ public final class StableDiffusion {
     /// Bases generated from subjects' seeds, kept for switching subjects.
     public let basisCache = BasisCache()
 
-    public init(base: BaseModel, residency: WeightResidency = .f32) throws(TensorFileError) {
+    /// Loads the base. `staged: false` loads every network now and keeps the UNet and the VAE
+    /// decoder resident across generations (the text encoder is released after each encoding and
+    /// reloaded by the next). `staged: true` holds one network at a time, so the peak is the
+    /// UNet's weights plus its activations rather than the sum of the three networks: the text
+    /// encoder is loaded now and released after encoding, the UNet is loaded after the text is
+    /// encoded and released after the last step, the VAE decoder is loaded for decoding and
+    /// released after it. Each reload replays the merges and attached terms, so every generation
+    /// gives the same images either way; a staged pipeline pays the loads again per generation
+    /// (what a one-shot command wants, not a server).
+    public init(base: BaseModel, residency: WeightResidency = .f32, staged: Bool = false) throws(TensorFileError) {
         let t0 = Date()
         self.base = base
         self.residency = residency
+        self.staged = staged
         configs = try PipelineConfigs(base: base)
         memoryLimit = try MemoryLimit.resolve()
         tokenizer = try CLIPTokenizer(base: base)
         textEncoder = try CLIPTextEncoder(base: base)
-        unet = try UNetNetwork(base: base, residency: residency)
-        vae = try VAEDecoder(base: base)
+        unet = try PipelineUNet(base: base, residency: residency, load: !staged)
+        decoder = staged ? nil : try VAEDecoder(base: base)
         timings.load = Date().timeIntervalSince(t0)
+    }
+
+    /// The VAE decoder, loaded when it is not.
+    public func vaeDecoder() throws(TensorFileError) -> VAEDecoder {
+        if let decoder { return decoder }
+        let d = try VAEDecoder(base: base)
+        decoder = d
+        return d
     }
 
     /// Applies subjects, each at its weight, as the same delta terms either way (spec/runtime.md):
@@ -172,7 +196,7 @@ public final class StableDiffusion {
             let network: Network
             if layer.name.hasPrefix("unet.") {
                 let name = String(layer.name.dropFirst("unet.".count))
-                shape = unet.linear(named: name).map { ($0.outFeatures, $0.inFeatures) }
+                shape = unet.layerShape(name)
                 network = .unet(name)
             } else if layer.name.hasPrefix("text_encoder.") {
                 let name = String(layer.name.dropFirst("text_encoder.".count))
@@ -213,6 +237,11 @@ public final class StableDiffusion {
     /// Generates `options.batch` images (`[3, height, width]`, values in [-1, 1] before clamping).
     public func generate(_ options: GenerateOptions, progress: ((Int, Int) -> Void)? = nil) throws -> [FeatureMap] {
         let latents = try denoise(options, progress: progress)
+        if staged { Parallel.returnFreedMemory() }
+        let loadStart = Date()
+        let vae = try vaeDecoder()
+        if staged { timings.stagedLoad += Date().timeIntervalSince(loadStart) }
+        defer { if staged { decoder = nil } }
         let t0 = Date()
         let (lh, lw) = latentSize(options)
         let per = 4 * lh * lw
@@ -243,7 +272,7 @@ public final class StableDiffusion {
     public func check(_ options: GenerateOptions) throws(TensorFileError) {
         try options.validate(for: configs, file: base.file.path)
         let estimate = MemoryEstimate.generation(base: base, configs: configs, width: options.width, height: options.height,
-                                                 batch: options.batch, guidance: options.cfg > 1, residency: residency)
+                                                 batch: options.batch, guidance: options.cfg > 1, residency: residency, staged: staged)
         try estimate.check(limit: memoryLimit, what: "generating \(options.batch) × \(options.width)×\(options.height)", file: base.file.path)
     }
 
@@ -260,7 +289,22 @@ public final class StableDiffusion {
         let uncond = doCFG ? try Matrix(rows: tokens, cols: textEncoder.hidden,
                                         data: try textEncoder.encode(tokenizer.encodePadded(options.negativePrompt, length: tokens))) : cond
         textEncoder.releaseWeights()
+        if staged {
+            base.file.releaseMappedPages()
+            Parallel.returnFreedMemory()
+        }
         timings.textEncoding = Date().timeIntervalSince(t0)
+        if staged { timings.stagedLoad = 0 }
+        let loadStart = Date()
+        let unet = try self.unet.loaded()
+        if staged {
+            // The load's conversion buffers, freed, and the base file's pages read by the load
+            // would otherwise stay resident under the steps.
+            base.file.releaseMappedPages()
+            Parallel.returnFreedMemory()
+            timings.stagedLoad += Date().timeIntervalSince(loadStart)
+        }
+        defer { if staged { self.unet.releaseWeights() } }
 
         var scheduler = try makeScheduler(options.sampler.kind, config: options.schedulerConfig(configs.scheduler))
         try scheduler.setTimesteps(options.steps)
@@ -285,7 +329,6 @@ public final class StableDiffusion {
                 init(_ n: Int) { items = Array(repeating: nil, count: n) }
             }
             let results = Results(jobs)
-            let unet = self.unet
             Parallel.forEach(jobs) { j in
                 let item = doCFG ? j / 2 : j
                 let useCond = !doCFG || j % 2 == 1

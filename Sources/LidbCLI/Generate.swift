@@ -104,13 +104,14 @@ struct Generate: ParsableCommand {
             let base = try BaseModel(path: model)
             let configs = try PipelineConfigs(base: base)
             try o.validate(for: configs, file: model)
-            let estimate = MemoryEstimate.generation(base: base, configs: configs, width: width, height: height, batch: batch, guidance: cfg > 1, residency: weights)
+            let estimate = MemoryEstimate.generation(base: base, configs: configs, width: width, height: height, batch: batch, guidance: cfg > 1, residency: weights, staged: true)
             try estimate.check(limit: limit, what: "generating \(batch) × \(width)×\(height)", file: model)
             if batch > 1 {
                 for i in 0..<batch { try AtomicFileWriter.preflight(output: Self.outputPath(output, index: i, of: batch), inputs: inputs) }
             }
             let applied = try subjects.map { (s) throws(TensorFileError) in try s.applied() }
-            let sd = try StableDiffusion(base: base, residency: weights)
+            // One generation per process: one network in memory at a time.
+            let sd = try StableDiffusion(base: base, residency: weights, staged: true)
             sd.memoryLimit = limit
             try sd.apply(applied, mode: apply)
             let loadTime = Date().timeIntervalSince(t0)
@@ -139,7 +140,7 @@ struct Generate: ParsableCommand {
             if timings {
                 let t = sd.timings
                 print(JSONValue.object([
-                    ("load_s", .double(loadTime)), ("text_encoding_s", .double(t.textEncoding)),
+                    ("load_s", .double(loadTime + t.stagedLoad)), ("text_encoding_s", .double(t.textEncoding)),
                     ("unet_steps_s", .array(t.unetSteps.map { .double($0) })), ("vae_decode_s", .double(t.vaeDecode)),
                     ("total_s", .double(Date().timeIntervalSince(t0))), ("estimated_peak_bytes", .int(Int(clamping: estimate.total.value))),
                 ]).serializedString)

@@ -6,6 +6,8 @@ import Synchronization
 public final class LidbFile: TensorCollection, @unchecked Sendable {
     public let path: String
     public let map: MappedFile
+
+    public func releaseMappedPages() { map.release(0..<map.bytes.count) }
     public let layout: LidbLayout
     private let index: [String: Int]
     private let policy: ChecksumPolicy

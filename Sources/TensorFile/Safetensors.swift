@@ -183,6 +183,8 @@ func firstInvalidUTF8(_ b: UnsafeRawBufferPointer) -> Int? {
 public final class SafetensorsFile: TensorCollection, @unchecked Sendable {
     public let path: String
     public let map: MappedFile
+
+    public func releaseMappedPages() { map.release(0..<map.bytes.count) }
     public let layout: SafetensorsLayout
     private let index: [String: Int]
 

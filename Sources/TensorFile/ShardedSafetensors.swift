@@ -3,6 +3,8 @@
 public final class ShardedSafetensors: TensorCollection, @unchecked Sendable {
     public let path: String
     public let shards: [SafetensorsFile]
+
+    public func releaseMappedPages() { for s in shards { s.releaseMappedPages() } }
     /// `metadata` of the index as typed JSON (e.g. `total_size`).
     public let indexMetadata: JSONValue
     private let location: [String: (shard: Int, entry: Int)]

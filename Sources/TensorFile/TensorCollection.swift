@@ -20,6 +20,14 @@ public protocol TensorCollection: AnyObject {
     /// Where the tensor's bytes lie verbatim in a file (stored raw, not compressed), for copies
     /// the kernel can do; nil when they do not.
     func verbatimRange(_ name: String) -> VerbatimRange?
+    /// Drops every page of the mapped file(s) from this process's memory (they stay in the page
+    /// cache and are read again if touched): after a model's weights are copied out, so the file
+    /// is not resident next to them.
+    func releaseMappedPages()
+}
+
+extension TensorCollection {
+    public func releaseMappedPages() {}
 }
 
 /// A tensor's bytes as they lie in a file, and the CRC-32C the file declares for them (nil when

@@ -97,6 +97,34 @@ import Testing
         }
     }
 
+    /// B given as bfloat16 bit patterns (a weight held in bf16, read by oneDNN in place, or
+    /// copied row by row when its rows are padded) gives the bits of the product with B's binary32
+    /// values: a linear layer's forward (`X·Wᵀ`) and input gradient (`G·W`) shapes.
+    @Test(arguments: [Case(transA: false, transB: true, m: 77, n: 320, k: 768, alpha: 1, beta: 0, pad: 0),
+                      Case(transA: false, transB: false, m: 64, n: 96, k: 128, alpha: 1, beta: 0, pad: 0),
+                      Case(transA: false, transB: true, m: 70, n: 65, k: 80, alpha: 1, beta: 1, pad: 3)])
+    func bfloat16WeightBitsGiveTheSameProduct(_ c: Case) throws {
+        let (br, bc) = c.transB ? (c.n, c.k) : (c.k, c.n)
+        let lda = c.k + c.pad, ldb = bc + c.pad, ldc = c.n + c.pad
+        let a = Self.values(c.m * lda, seed: 4), c0 = Self.values(c.m * ldc, seed: 6)
+        let b16 = Self.values(br * ldb, seed: 5).map { UInt16(Self.bf16($0).bitPattern >> 16) }
+        let b = b16.map { Float(bitPattern: UInt32($0) << 16) }
+        var viaBits = c0, viaFloats = c0
+        let ran = a.withBase { pa in b16.withUnsafeBufferPointer { pb in viaBits.withMutableBase { pc in
+            bf16gemm(c.transA, c.transB, m: c.m, n: c.n, k: c.k, pa, lda: lda, bfloat16: pb.baseAddress!, ldb: ldb, beta: c.beta, pc, ldc: ldc)
+        } } }
+        guard lidb_dnnl_bf16_supported() != 0 else {
+            #expect(!ran && viaBits == c0)
+            return
+        }
+        #expect(ran)
+        #expect(a.withBase { pa in b.withBase { pb in viaFloats.withMutableBase { pc in
+            bf16gemm(c.transA, c.transB, m: c.m, n: c.n, k: c.k, alpha: 1, pa, lda: lda, pb, ldb: ldb, beta: c.beta, pc, ldc: ldc)
+        } } })
+        #expect(viaBits == viaFloats, "\(c)")
+        #expect(viaBits != c0)
+    }
+
     @Test func missingInstructionsFallBackWithANotice() {
         ComputePrecision.simulateMissingBF16.store(true, ordering: .relaxed)
         defer { ComputePrecision.simulateMissingBF16.store(false, ordering: .relaxed) }

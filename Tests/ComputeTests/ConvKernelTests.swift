@@ -32,15 +32,35 @@ import Testing
         let weight = Self.values(out * c * 9, seed: 2), bias = Self.values(out, seed: 3)
         let direct = Self.direct(x, weight, bias, out: out, k: 3, padding: 1, band: h * w)
         for budget in [1 << 30, 16 * 16 * 20] {
-            let y = Conv2d.winograd3x3(x, weight: weight, bias: bias, out: out, budget: budget)
+            let y = Conv2d.winograd3x3(x, weight: .f32(weight), bias: bias, out: out, budget: budget)
             #expect(y.c == out && y.h == h && y.w == w)
             let e = Self.relError(y.data, direct.data)
             print("Winograd F(2×2, 3×3) \(c)→\(out) \(h)×\(w), budget \(budget): max |error| / max |direct| = \(e)")
             #expect(e < 2e-6)
         }
-        let noBias = Conv2d.winograd3x3(x, weight: weight, bias: nil, out: out, budget: 1 << 30)
+        let noBias = Conv2d.winograd3x3(x, weight: .f32(weight), bias: nil, out: out, budget: 1 << 30)
         let directNoBias = Self.direct(x, weight, nil, out: out, k: 3, padding: 1)
         #expect(Self.relError(noBias.data, directNoBias.data) < 2e-6)
+    }
+
+    /// A weight held in 16 bits, converted one block of output channels at a time, gives the
+    /// bits of the same weight converted whole beforehand — forward (several blocks) and flipped.
+    @Test(arguments: [16 * 16 * 20, 1 << 30])
+    func sixteenBitWeightsConvertedPerBlockGiveTheSameBits(budget: Int) throws {
+        let (c, out, h, w) = (24, 40, 9, 7)
+        let x = try FeatureMap(c: c, h: h, w: w, data: Self.values(c * h * w, seed: 7))
+        let exact = Self.values(out * c * 9, seed: 8)
+        for held in [WeightValues.roundedToBFloat16(exact), .f16(exact.map { Float16($0).bitPattern })] {
+            let whole = held.floats
+            #expect(whole != exact)  // the held values are rounded: the comparison below is not with `exact`
+            let a = Conv2d.winograd3x3(x, weight: held, bias: nil, out: out, budget: budget)
+            let b = Conv2d.winograd3x3(x, weight: .f32(whole), bias: nil, out: out, budget: budget)
+            #expect(a.data == b.data)
+            let g = try FeatureMap(c: out, h: h, w: w, data: Self.values(out * h * w, seed: 9))
+            let fa = Conv2d.winograd3x3(g, weight: held, bias: nil, out: c, flipped: true, budget: budget)
+            let fb = Conv2d.winograd3x3(g, weight: .f32(whole), bias: nil, out: c, flipped: true, budget: budget)
+            #expect(fa.data == fb.data)
+        }
     }
 
     /// im2col in bands of output positions equals the single band, for every kernel shape used.

@@ -210,3 +210,66 @@ import Compute
         #expect(sd.unet.linear(named: name)?.terms.count == 1)
     }
 }
+
+/// A staged pipeline (`StableDiffusion(staged: true)`, what `lidb generate` uses) holds one
+/// network at a time and reloads each per generation, replaying merges and attached terms: it
+/// gives the resident pipeline's images bit for bit, with subjects merged or live, twice in a row.
+@Suite(.serialized) struct StagedPipelineTests {
+    @Test func stagedEqualsResidentWithSubjects() throws {
+        let (base, dir) = try TextEncoderTests.base("sd1")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let applied = [AppliedSubject(subject: LiveUNetTests.subject(base, .paper, seed: 2), weight: 0.8, path: "a"),
+                       AppliedSubject(subject: LiveUNetTests.subject(base, .unetAttn, seed: 5), weight: -0.6, path: "b")]
+        var o = GenerateOptions(prompt: "a photo")
+        (o.steps, o.width, o.height, o.cfg) = (2, 64, 64, 3)
+        let plain = try StableDiffusion(base: base).generate(o)
+        for mode in ApplyMode.allCases {
+            let resident = try StableDiffusion(base: base)
+            try resident.apply(applied, mode: mode)
+            let want = try resident.generate(o)
+            let staged = try StableDiffusion(base: base, staged: true)
+            #expect(!staged.unet.isLoaded)
+            try staged.apply(applied, mode: mode)
+            #expect(!staged.unet.isLoaded)  // terms checked against the architecture's shapes, applied at load
+            for round in 0..<2 {
+                let got = try staged.generate(o)
+                #expect(got.map(\.data) == want.map(\.data), "\(mode), generation \(round + 1)")
+                #expect(!staged.unet.isLoaded && staged.textEncoder.released)
+            }
+            #expect(want.map(\.data) != plain.map(\.data))  // the subjects change the images
+        }
+    }
+
+    /// Every linear layer of the loaded UNet has the shape the architecture states without
+    /// weights, and no other layer is named (SD 1 and SD 2 bases).
+    @Test(arguments: ["sd1", "sd2"]) func architectureShapesMatchTheLoadedNetwork(family: String) throws {
+        let (base, dir) = try TextEncoderTests.base(family)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let net = try UNetNetwork(base: base)
+        let shapes = try UNetNetwork.architecture(base: base).linearShapes()
+        #expect(Set(shapes.keys) == Set(net.linearNames))
+        for name in net.linearNames {
+            let l = try #require(net.linear(named: name))
+            #expect(shapes[name]?.out == l.outFeatures && shapes[name]?.in == l.inFeatures, "\(name)")
+        }
+    }
+
+    /// A term of the wrong shape or for an unknown layer is refused by a staged pipeline before
+    /// anything is loaded, naming the layer.
+    @Test func stagedRefusesMismatchedTermsUpFront() throws {
+        let (base, dir) = try TextEncoderTests.base("sd1")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let staged = try StableDiffusion(base: base, staged: true)
+        let name = try #require(staged.unet.linearNames.first { $0.hasSuffix("attn1.to_q") })
+        let shape = try #require(staged.unet.layerShape(name))
+        #expect(throws: ComputeError.self) { try staged.unet.attach(NaNTerm(out: shape.out + 1, in: shape.in), to: name) }
+        #expect(throws: ComputeError.self) { try staged.unet.addWeightDeltas([NaNTerm(out: shape.out, in: shape.in)], to: "no.such.layer") }
+        #expect(!staged.unet.isLoaded)
+        // A merge that makes a weight non-finite is found at the load, as an error naming the layer.
+        try staged.unet.addWeightDeltas([NaNTerm(out: shape.out, in: shape.in)], to: name)
+        var o = GenerateOptions(prompt: "a photo")
+        (o.steps, o.width, o.height) = (1, 64, 64)
+        let e = firstError { _ = try staged.generate(o) }
+        #expect(e?.description.contains(name) == true)
+    }
+}

@@ -92,5 +92,7 @@ void lidb_winograd_output(const float *m, size_t out, size_t h, size_t w, size_t
 /// Tunes the C allocator (glibc) for the runtime's pattern of large, repeated allocations;
 /// process-wide, idempotent.
 void lidb_keep_freed_memory(void);
+/// Hands the allocator's free memory back to the kernel (glibc: malloc_trim); 0 elsewhere.
+int lidb_return_freed_memory(void);
 
 #endif
