@@ -178,24 +178,31 @@ static dnnl_status_t create_product(cached_product *e, int trans_a, int trans_b,
 }
 
 static int gemm_bf16(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-                     const float *a, int64_t lda, const float *b, const uint16_t *b16, int64_t ldb,
+                     const float *a, const uint16_t *a16, int64_t lda, const float *b, const uint16_t *b16, int64_t ldb,
                      float beta, float *c, int64_t ldc, int single_thread);
 
 int lidb_dnnl_gemm_bf16(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                         const float *a, int64_t lda, const float *b, int64_t ldb,
                         float beta, float *c, int64_t ldc, int single_thread) {
-    return gemm_bf16(trans_a, trans_b, m, n, k, alpha, a, lda, b, NULL, ldb, beta, c, ldc, single_thread);
+    return gemm_bf16(trans_a, trans_b, m, n, k, alpha, a, NULL, lda, b, NULL, ldb, beta, c, ldc, single_thread);
 }
 
 int lidb_dnnl_gemm_bf16_b16(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                             const float *a, int64_t lda, const uint16_t *b16, int64_t ldb,
                             float beta, float *c, int64_t ldc, int single_thread) {
     if (!b16) return -1;
-    return gemm_bf16(trans_a, trans_b, m, n, k, alpha, a, lda, NULL, b16, ldb, beta, c, ldc, single_thread);
+    return gemm_bf16(trans_a, trans_b, m, n, k, alpha, a, NULL, lda, NULL, b16, ldb, beta, c, ldc, single_thread);
+}
+
+int lidb_dnnl_gemm_bf16_a16(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                            const uint16_t *a16, int64_t lda, const float *b, int64_t ldb,
+                            float beta, float *c, int64_t ldc, int single_thread) {
+    if (!a16) return -1;
+    return gemm_bf16(trans_a, trans_b, m, n, k, alpha, NULL, a16, lda, b, NULL, ldb, beta, c, ldc, single_thread);
 }
 
 static int gemm_bf16(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-                     const float *a, int64_t lda, const float *b, const uint16_t *b16, int64_t ldb,
+                     const float *a, const uint16_t *a16, int64_t lda, const float *b, const uint16_t *b16, int64_t ldb,
                      float beta, float *c, int64_t ldc, int single_thread) {
     const int64_t limit = (int64_t)1 << 31;
     if (m <= 0 || n <= 0 || k <= 0 || m >= limit || n >= limit || k >= limit || ldc < n) return -1;
@@ -205,11 +212,12 @@ static int gemm_bf16(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, 
     if (!stream && dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) != dnnl_success) return 1;
     // Stored shapes: A is m × k (or k × m transposed), B is k × n (or n × k).
     int64_t ar = trans_a ? k : m, ac = trans_a ? m : k, br = trans_b ? n : k, bc = trans_b ? k : n;
-    // A bf16 B stored contiguously is used in place; otherwise it is packed after A.
-    int b_in_place = b16 && ldb == bc;
-    uint16_t *buf = scratch_for(ar * ac + (b_in_place ? 0 : br * bc));
-    if (!buf) return -1;
-    uint16_t *ab = buf, *bb = b_in_place ? (uint16_t *)b16 : buf + ar * ac;
+    // A bf16 operand stored contiguously is used in place; otherwise A is packed first in the
+    // scratch and B after it.
+    int a_in_place = a16 && lda == ac, b_in_place = b16 && ldb == bc;
+    uint16_t *buf = scratch_for((a_in_place ? 0 : ar * ac) + (b_in_place ? 0 : br * bc));
+    if (!buf && !(a_in_place && b_in_place)) return -1;
+    uint16_t *ab = a_in_place ? (uint16_t *)a16 : buf, *bb = b_in_place ? (uint16_t *)b16 : buf + (a_in_place ? 0 : ar * ac);
 
     int saved = -1;
     if (set_omp_threads && get_omp_max_threads) {
@@ -242,7 +250,11 @@ static int gemm_bf16(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, 
         }
     }
     if (s == dnnl_success) {
-        pack(a, ar, ac, lda, ab);
+        if (a16) {
+            if (!a_in_place) for (int64_t r = 0; r < ar; r++) memcpy(ab + r * ac, a16 + r * lda, (size_t)ac * sizeof(uint16_t));
+        } else {
+            pack(a, ar, ac, lda, ab);
+        }
         if (b16) {
             if (!b_in_place) for (int64_t r = 0; r < br; r++) memcpy(bb + r * bc, b16 + r * ldb, (size_t)bc * sizeof(uint16_t));
         } else {

@@ -64,8 +64,7 @@ public struct Conv2d: Sendable {
         if isWinogradShape && Conv2d.useWinograd(algorithm, in: inChannels, out: outChannels, h: x.h, w: x.w) {
             return Conv2d.winograd3x3(x, weight: values, bias: bias, out: outChannels)
         }
-        let weight = values.floats
-        return Conv2d.direct(x, weight: weight, bias: bias, out: outChannels, kernel: kernel, stride: stride, padding: padding, ho: ho, wo: wo,
+        return Conv2d.direct(x, weight: values, bias: bias, out: outChannels, kernel: kernel, stride: stride, padding: padding, ho: ho, wo: wo,
                              band: band)
     }
 
@@ -123,11 +122,10 @@ public struct Conv2d: Sendable {
         }
         var gx = FeatureMap(uninitializedC: c, h: h, w: w)
         let cols = ho * wo
-        let weight = values.floats
         if kernel == 1 && stride == 1 && padding == 0 {
-            weight.withBase { wb in gy.data.withBase { gb in gx.data.withMutableBase { xb in
-                sgemm(true, false, m: c, n: cols, k: out, wb, lda: c, gb, ldb: cols, xb, ldc: cols)
-            } } }
+            gy.data.withBase { gb in gx.data.withMutableBase { xb in
+                values.multiply(transposed: true, rows: out, cols: c, gb, ldb: cols, n: cols, beta: 0, xb, ldc: cols, budget: Conv2d.budget)
+            } }
             return gx
         }
         let rows = c * kernel * kernel
@@ -136,20 +134,21 @@ public struct Conv2d: Sendable {
         gx.data.withMutableBase { xb in
             xb.update(repeating: 0, count: c * h * w)
             let xs = UnsafeSendable(xb)
-            weight.withBase { wb in gy.data.withBase { gb in col.withMutableBase { cb in
+            gy.data.withBase { gb in col.withMutableBase { cb in
                 let cs = UnsafeSendable(cb)
                 var start = 0
                 while start < cols {
                     let n = min(band, cols - start), first = start
                     // gcol [rows × n] = Wᵀ [rows × out] · gy[:, start ..< start + n].
-                    sgemm(true, false, m: rows, n: n, k: out, wb, lda: rows, gb + start, ldb: cols, cb, ldc: n)
+                    values.multiply(transposed: true, rows: out, cols: rows, gb + start, ldb: cols, n: n, beta: 0, cb, ldc: n,
+                                    budget: Conv2d.budget)
                     let (k, s, p) = (kernel, stride, padding)
                     Parallel.ranges(c, work: rows * n) { r in
                         lidb_col2im(cs.p, c, h, w, k, s, p, first, n, r.lowerBound, r.upperBound, xs.p)
                     }
                     start += n
                 }
-            } } }
+            } }
         }
         return gx
     }
@@ -176,7 +175,7 @@ public struct Conv2d: Sendable {
 
     /// im2col + GEMM, in bands of output positions of at most `budget` floats; a single GEMM
     /// for 1×1 stride-1 kernels. Shapes checked by the caller.
-    static func direct(_ x: FeatureMap, weight: [Float], bias: [Float]?, out: Int, kernel k: Int, stride: Int, padding: Int,
+    static func direct(_ x: FeatureMap, weight: WeightValues, bias: [Float]?, out: Int, kernel k: Int, stride: Int, padding: Int,
                        ho: Int, wo: Int, band bandSize: Int? = nil) -> FeatureMap {
         let cols = ho * wo, rows = x.c * k * k
         var y = FeatureMap(uninitializedC: out, h: ho, w: wo)
@@ -186,22 +185,22 @@ public struct Conv2d: Sendable {
             }
             let beta: Float = bias == nil ? 0 : 1
             if k == 1 && stride == 1 && padding == 0 {
-                weight.withBase { wb in x.data.withBase { xb in
-                    sgemm(false, false, m: out, n: cols, k: x.c, wb, lda: x.c, xb, ldb: cols, beta: beta, yb, ldc: cols)
-                } }
+                x.data.withBase { xb in
+                    weight.multiply(transposed: false, rows: out, cols: x.c, xb, ldb: cols, n: cols, beta: beta, yb, ldc: cols, budget: budget)
+                }
                 return
             }
             let band = min(cols, max(1, bandSize ?? max(64, budget / max(rows, 1))))
             var col = [Float](unsafeUninitializedCapacity: rows * band) { _, n in n = rows * band }
-            x.data.withBase { src in weight.withBase { wb in col.withMutableBase { cb in
+            x.data.withBase { src in col.withMutableBase { cb in
                 var start = 0
                 while start < cols {
                     let n = min(band, cols - start)
                     lidb_im2col(src, x.c, x.h, x.w, k, stride, padding, start, n, cb)
-                    sgemm(false, false, m: out, n: n, k: rows, wb, lda: rows, cb, ldb: n, beta: beta, yb + start, ldc: cols)
+                    weight.multiply(transposed: false, rows: out, cols: rows, cb, ldb: n, n: n, beta: beta, yb + start, ldc: cols, budget: budget)
                     start += n
                 }
-            } } }
+            } }
         }
         return y
     }

@@ -65,3 +65,15 @@ func bf16gemm(_ transA: Bool, _ transB: Bool, m: Int, n: Int, k: Int,
     return lidb_dnnl_gemm_bf16_b16(transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), 1, a, Int64(lda), b, Int64(ldb),
                                    beta, c, Int64(ldc), single) == 0
 }
+
+/// The bf16 product with A a weight held as bfloat16 bit patterns (a convolution's weight `[out ×
+/// in·k·k]`, for `--precision bf16`, which the caller checks): read in place, the same products as
+/// `bf16gemm` of their binary32 values. False when it did not run; C is then untouched.
+func bf16gemm(_ transA: Bool, _ transB: Bool, m: Int, n: Int, k: Int,
+              bfloat16 a: UnsafePointer<UInt16>, lda: Int, _ b: UnsafePointer<Float>, ldb: Int,
+              beta: Float, _ c: UnsafeMutablePointer<Float>, ldc: Int) -> Bool {
+    guard m > 0, n > 0, k > 0, m * n * k >= ComputePrecision.smallestBF16Product else { return false }
+    let single: Int32 = openblas_get_num_threads() == 1 ? 1 : 0
+    return lidb_dnnl_gemm_bf16_a16(transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), 1, a, Int64(lda), b, Int64(ldb),
+                                   beta, c, Int64(ldc), single) == 0
+}

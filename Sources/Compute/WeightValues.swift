@@ -66,6 +66,50 @@ public enum WeightValues: Sendable, Equatable {
         }
     }
 
+    /// `C = op(W) · B + beta · C` for this weight `W` stored row-major as `rows × cols`: `op(W)`
+    /// is `W` (`m = rows`, `k = cols`) or, `transposed`, `Wᵀ` (`m = cols`, `k = rows`); `B` is
+    /// `k × n` with leading dimension `ldb`, `C` is `m × n` with `ldc`. Binary32 weights are used
+    /// in place; a bfloat16 weight under `--precision bf16` goes to oneDNN as it is; any other
+    /// 16-bit weight is converted one block of `op(W)`'s rows (at most `budget` values) at a
+    /// time, each block's product writing its own rows of `C` — the same products as the whole
+    /// converted weight, with a block's binary32 copy held instead of the layer's.
+    func multiply(transposed: Bool, rows: Int, cols: Int, _ b: UnsafePointer<Float>, ldb: Int, n: Int,
+                  beta: Float, _ c: UnsafeMutablePointer<Float>, ldc: Int, budget: Int) {
+        let m = transposed ? cols : rows, k = transposed ? rows : cols
+        guard m > 0, n > 0 else { return }
+        switch self {
+        case let .f32(w):
+            w.withUnsafeBufferPointer { wb in
+                sgemm(transposed, false, m: m, n: n, k: k, wb.baseAddress!, lda: cols, b, ldb: ldb, beta: beta, c, ldc: ldc)
+            }
+            return
+        case let .bf16(w) where ComputePrecision.current == .bf16:
+            let done = w.withUnsafeBufferPointer { wb in
+                bf16gemm(transposed, false, m: m, n: n, k: k, bfloat16: wb.baseAddress!, lda: cols, b, ldb: ldb, beta: beta, c, ldc: ldc)
+            }
+            if done { return }
+        default: break
+        }
+        let block = min(m, max(1, budget / max(k, 1)))
+        var buffer = [Float](unsafeUninitializedCapacity: block * k) { _, count in count = block * k }
+        buffer.withUnsafeMutableBufferPointer { bp in
+            let buf = bp.baseAddress!
+            var first = 0
+            while first < m {
+                let mb = min(block, m - first)
+                if transposed {
+                    // Columns first ..< first + mb of every stored row, as an mb-wide k × mb block.
+                    for r in 0..<rows { convert((r * cols + first)..<(r * cols + first + mb), into: buf + r * mb) }
+                    sgemm(true, false, m: mb, n: n, k: k, buf, lda: mb, b, ldb: ldb, beta: beta, c + first * ldc, ldc: ldc)
+                } else {
+                    convert((first * cols)..<((first + mb) * cols), into: buf)
+                    sgemm(false, false, m: mb, n: n, k: k, buf, lda: cols, b, ldb: ldb, beta: beta, c + first * ldc, ldc: ldc)
+                }
+                first += mb
+            }
+        }
+    }
+
     /// Binary32 values rounded to bfloat16 (round to nearest even; NaN stays NaN).
     public static func roundedToBFloat16(_ v: [Float]) -> WeightValues {
         let n = v.count

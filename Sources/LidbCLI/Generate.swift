@@ -61,7 +61,7 @@ struct Generate: ParsableCommand {
     @Option(help: "Images per run.") var batch: Int = 1
     @Option(help: "merge or live.") var apply: ApplyMode = .merge
     @Option(name: .shortAndLong, help: "Output PNG.") var output: String
-    @Flag(help: "Print per-stage times as JSON on stdout.") var timings = false
+    @Flag(help: "Print per-stage times as JSON on stdout (load_s counts every load: the text encoder before, the UNet after text encoding, the VAE decoder after the steps — one network is held at a time).") var timings = false
     @Option(help: "UNet weights: f32 (converted once at load; fastest), f16-per-layer (an F16 base's weights stay F16 and are converted as each layer runs: about half the memory, a little slower) or bf16-per-layer (any base's large weights rounded to bf16 once and held so: the same memory from an F32 base; meant for --precision bf16, which rounds them anyway).")
     var weights: WeightResidency = .f32
     @Option(help: precisionHelp(speed: "about 0.63× the f32 time of a UNet evaluation on SD 1.5 at 512×512"))

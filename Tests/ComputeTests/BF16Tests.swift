@@ -125,6 +125,35 @@ import Testing
         #expect(viaBits != c0)
     }
 
+    /// A given as bfloat16 bit patterns (a convolution weight held in bf16: `W · cols` forward,
+    /// `Wᵀ · gy` for the input gradient; read in place, or copied when its rows are padded) gives
+    /// the bits of the product with A's binary32 values.
+    @Test(arguments: [Case(transA: false, transB: false, m: 320, n: 96, k: 2880, alpha: 1, beta: 1, pad: 0),
+                      Case(transA: true, transB: false, m: 90, n: 64, k: 48, alpha: 1, beta: 0, pad: 0),
+                      Case(transA: false, transB: false, m: 70, n: 65, k: 80, alpha: 1, beta: 1, pad: 3),
+                      Case(transA: true, transB: false, m: 66, n: 70, k: 72, alpha: 1, beta: 0, pad: 5)])
+    func bfloat16WeightAsAGivesTheSameProduct(_ c: Case) throws {
+        let (ar, ac) = c.transA ? (c.k, c.m) : (c.m, c.k)
+        let lda = ac + c.pad, ldb = c.n + c.pad, ldc = c.n + c.pad
+        let a16 = Self.values(ar * lda, seed: 14).map { UInt16(Self.bf16($0).bitPattern >> 16) }
+        let a = a16.map { Float(bitPattern: UInt32($0) << 16) }
+        let b = Self.values(c.k * ldb, seed: 15), c0 = Self.values(c.m * ldc, seed: 16)
+        var viaBits = c0, viaFloats = c0
+        let ran = a16.withUnsafeBufferPointer { pa in b.withBase { pb in viaBits.withMutableBase { pc in
+            bf16gemm(c.transA, c.transB, m: c.m, n: c.n, k: c.k, bfloat16: pa.baseAddress!, lda: lda, pb, ldb: ldb, beta: c.beta, pc, ldc: ldc)
+        } } }
+        guard lidb_dnnl_bf16_supported() != 0 else {
+            #expect(!ran && viaBits == c0)
+            return
+        }
+        #expect(ran)
+        #expect(a.withBase { pa in b.withBase { pb in viaFloats.withMutableBase { pc in
+            bf16gemm(c.transA, c.transB, m: c.m, n: c.n, k: c.k, alpha: 1, pa, lda: lda, pb, ldb: ldb, beta: c.beta, pc, ldc: ldc)
+        } } })
+        #expect(viaBits == viaFloats, "\(c)")
+        #expect(viaBits != c0)
+    }
+
     @Test func missingInstructionsFallBackWithANotice() {
         ComputePrecision.simulateMissingBF16.store(true, ordering: .relaxed)
         defer { ComputePrecision.simulateMissingBF16.store(false, ordering: .relaxed) }

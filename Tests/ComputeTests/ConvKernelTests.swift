@@ -22,7 +22,7 @@ import Testing
 
     static func direct(_ x: FeatureMap, _ weight: [Float], _ bias: [Float]?, out: Int, k: Int, stride: Int = 1, padding: Int, band: Int? = nil) -> FeatureMap {
         let ho = (x.h + 2 * padding - k) / stride + 1, wo = (x.w + 2 * padding - k) / stride + 1
-        return Conv2d.direct(x, weight: weight, bias: bias, out: out, kernel: k, stride: stride, padding: padding, ho: ho, wo: wo, band: band)
+        return Conv2d.direct(x, weight: .f32(weight), bias: bias, out: out, kernel: k, stride: stride, padding: padding, ho: ho, wo: wo, band: band)
     }
 
     /// Odd and even sizes, several tile bands and output-channel blocks, with and without bias.
@@ -95,5 +95,46 @@ import Testing
         #expect(try conv.forward(x).data == direct.data)  // small channel counts: automatic is direct
         conv.algorithm = .winograd
         #expect(try conv.forward(x).data == winograd.data)
+    }
+}
+
+/// `WeightValues.multiply`: a weight held in 16 bits, converted one block of `op(W)`'s rows at a
+/// time, gives the bits of the product with the whole weight converted beforehand — `W · B` and
+/// `Wᵀ · B`, with several blocks, a ragged last block and one block, into a strided C with beta.
+@Suite struct WeightMultiplyTests {
+    @Test(arguments: [37, 5 * 29, 1 << 30])
+    func blockedConversionGivesTheSameBits(budget: Int) {
+        let (rows, cols, n) = (23, 29, 17)
+        let exact = ConvKernelTests.values(rows * cols, seed: 11)
+        for held in [WeightValues.roundedToBFloat16(exact), .f16(exact.map { Float16($0).bitPattern })] {
+            let whole = WeightValues.f32(held.floats)
+            #expect(held.floats != exact)
+            for transposed in [false, true] {
+                let (m, k) = transposed ? (cols, rows) : (rows, cols)
+                let ldb = n + 3, ldc = n + 2
+                let b = ConvKernelTests.values(k * ldb, seed: 12), c0 = ConvKernelTests.values(m * ldc, seed: 13)
+                var viaBlocks = c0, viaWhole = c0
+                b.withBase { pb in
+                    viaBlocks.withMutableBase { pc in
+                        held.multiply(transposed: transposed, rows: rows, cols: cols, pb, ldb: ldb, n: n, beta: 1, pc, ldc: ldc, budget: budget)
+                    }
+                    viaWhole.withMutableBase { pc in
+                        whole.multiply(transposed: transposed, rows: rows, cols: cols, pb, ldb: ldb, n: n, beta: 1, pc, ldc: ldc, budget: budget)
+                    }
+                }
+                #expect(viaBlocks == viaWhole, "transposed \(transposed), budget \(budget)")
+                // The padding columns of C are left alone, and the product really ran.
+                for i in 0..<m { #expect(viaBlocks[(i * ldc + n)..<((i + 1) * ldc)] == c0[(i * ldc + n)..<((i + 1) * ldc)]) }
+                // Against a binary64 product of the held values.
+                let w = held.floats
+                var worst = 0.0, scale = 0.0
+                for i in 0..<m { for j in 0..<n {
+                    var s = Double(c0[i * ldc + j])
+                    for p in 0..<k { s += Double(transposed ? w[p * cols + i] : w[i * cols + p]) * Double(b[p * ldb + j]) }
+                    worst = max(worst, abs(s - Double(viaBlocks[i * ldc + j]))); scale = max(scale, abs(s))
+                } }
+                #expect(worst / scale < 1e-6, "transposed \(transposed): \(worst / scale)")
+            }
+        }
     }
 }

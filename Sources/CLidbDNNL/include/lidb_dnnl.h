@@ -22,6 +22,11 @@ int lidb_dnnl_gemm_bf16(int trans_a, int trans_b, int64_t m, int64_t n, int64_t 
 int lidb_dnnl_gemm_bf16_b16(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                             const float *a, int64_t lda, const uint16_t *b16, int64_t ldb,
                             float beta, float *c, int64_t ldc, int single_thread);
+/// `lidb_dnnl_gemm_bf16` with A given as bfloat16 bit patterns (a convolution's weight held in
+/// bf16): used as they are, in place when contiguous (`lda` equal to A's stored row length).
+int lidb_dnnl_gemm_bf16_a16(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                            const uint16_t *a16, int64_t lda, const float *b, int64_t ldb,
+                            float beta, float *c, int64_t ldc, int single_thread);
 
 /// f32 → bf16, round to nearest even (NaN stays NaN). For tests of the rounding.
 void lidb_f32_to_bf16_rne(const float *src, uint16_t *dst, int64_t n);
