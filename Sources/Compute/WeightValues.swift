@@ -110,6 +110,29 @@ public enum WeightValues: Sendable, Equatable {
         }
     }
 
+    /// `count` values rounded to bfloat16 as `roundedToBFloat16(_:)` does, with `fill` writing
+    /// their binary32 values one chunk (a range of at most `chunk` indices) at a time into a
+    /// scratch buffer: a weight converted from its stored dtype without a binary32 copy of the
+    /// whole tensor.
+    public static func roundedToBFloat16(count n: Int, chunk: Int = 1 << 16,
+                                         _ fill: (Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows -> WeightValues {
+        let size = min(max(chunk, 1), max(n, 1))
+        var scratch = [Float](repeating: 0, count: size)
+        var bits = [UInt16](repeating: 0, count: n)
+        try scratch.withUnsafeMutableBufferPointer { sb in
+            try bits.withUnsafeMutableBufferPointer { ob in
+                var start = 0
+                while start < n {
+                    let end = min(n, start + size)
+                    try fill(start..<end, sb.baseAddress!)
+                    lidb_f32_to_bf16_rne(sb.baseAddress!, ob.baseAddress! + start, Int64(end - start))
+                    start = end
+                }
+            }
+        }
+        return .bf16(bits)
+    }
+
     /// Binary32 values rounded to bfloat16 (round to nearest even; NaN stays NaN).
     public static func roundedToBFloat16(_ v: [Float]) -> WeightValues {
         let n = v.count

@@ -6,15 +6,37 @@ import TensorFile
 /// Weights of a base, read as f32 on demand (each tensor converted once from the base's dtype).
 public final class WeightLoader {
     public let base: BaseModel
-    public init(base: BaseModel) { self.base = base }
+    /// Tensors of at most this many bytes are read with bounded reads rather than through the map.
+    public let readBytes: Int
+    public init(base: BaseModel, readBytes: Int = 1 << 20) {
+        self.base = base
+        self.readBytes = readBytes
+    }
 
     public func f32(_ name: String) throws(TensorFileError) -> [Float] {
         guard let e = base.file.entry(name) else { throw TensorFileError(file: base.file.path, tensor: name, .tensorNotFound) }
         guard DTypeConversion.canConvert(from: e.info.dtype, to: .F32) else {
             throw TensorFileError(file: base.file.path, tensor: name, .unsupportedConversion(from: e.info.dtype.name, to: "F32"))
         }
-        let b = try base.file.tensorBytes(name)
         let n = e.info.elementCount
+        if e.info.byteCount <= readBytes {
+            // Read, not mapped: the kernel maps whole page-cache folios around a small tensor's
+            // bytes (hundreds of KiB each, across a UNet's few hundred biases and norms), which
+            // would stay resident on top of the weights until the load ends.
+            let size = e.info.dtype.byteSize
+            var out = [Float](repeating: 0, count: n)
+            var at = 0
+            try out.withUnsafeMutableBufferPointer { (buf) throws(TensorFileError) in
+                try base.file.streamTensor(name) { (chunk) throws(TensorFileError) in
+                    let m = min(chunk.count / size, n - at)
+                    DTypeConversion.convert(chunk, from: e.info.dtype, into: UnsafeMutableRawBufferPointer(start: buf.baseAddress! + at, count: m * 4),
+                                            to: .F32, count: m)
+                    at += m
+                }
+            }
+            return out
+        }
+        let b = try base.file.tensorBytes(name)
         let out = [Float](unsafeUninitializedCapacity: n) { buf, count in
             _ = DTypeConversion.convert(b.bytes, from: e.info.dtype, into: UnsafeMutableRawBufferPointer(buf), to: .F32, count: n)
             count = n
@@ -57,10 +79,26 @@ public final class WeightLoader {
             if e.dtype == .BF16 {
                 out[key] = .bf16(try sixteenBitPatterns(e))
             } else {
-                out[key] = WeightValues.roundedToBFloat16(try f32(e.name))
+                out[key] = try roundedBFloat16(e)
             }
         }
         return out
+    }
+
+    /// A floating-point tensor rounded to bfloat16 straight from the mapped file, a chunk at a
+    /// time (no binary32 copy of the tensor, whose freed pages would stay resident under the
+    /// weights kept); the mapped pages are then released.
+    private func roundedBFloat16(_ e: TensorInfo) throws(TensorFileError) -> WeightValues {
+        guard DTypeConversion.canConvert(from: e.dtype, to: .F32), e.dtype.byteSize > 0 else {
+            throw TensorFileError(file: base.file.path, tensor: e.name, .unsupportedConversion(from: e.dtype.name, to: "BF16"))
+        }
+        let b = try base.file.tensorBytes(e.name)
+        defer { b.releasePages() }
+        let size = e.dtype.byteSize, dtype = e.dtype
+        return WeightValues.roundedToBFloat16(count: e.elementCount) { r, dst in
+            let src = UnsafeRawBufferPointer(rebasing: b.bytes[(r.lowerBound * size)..<(r.upperBound * size)])
+            DTypeConversion.convert(src, from: dtype, into: UnsafeMutableRawBufferPointer(start: dst, count: r.count * 4), to: .F32, count: r.count)
+        }
     }
 
     /// Whether `bfloat16Weights` keeps a tensor as BF16 (`MemoryEstimate` counts the same ones).
