@@ -21,9 +21,15 @@ public struct Attention: Sendable {
 
     /// `x` `[lq × query features]`; `context` `[lk × context features]` or nil for self-attention.
     public func forward(_ x: Matrix, context: Matrix? = nil) throws(ComputeError) -> Matrix {
+        try forwardKeeping(x, context: context).output
+    }
+
+    /// The forward and the attention's result before `to_out` (what `to_out`'s factor gradients
+    /// need in the backward; nil when `to_out` has no trainable term).
+    func forwardKeeping(_ x: Matrix, context: Matrix? = nil) throws(ComputeError) -> (output: Matrix, attended: Matrix?) {
         let c = context ?? x
         let o = try ScaledDotProductAttention.forward(q: try toQ.forward(x), k: try toK.forward(c), v: try toV.forward(c), heads: heads, causal: causal)
-        return try toOut.forward(o)
+        return (try toOut.forward(o), toOut.hasTrainableTerms ? o : nil)
     }
 
     /// `∂loss/∂x` and (for cross-attention, when `contextGradient`) `∂loss/∂context`; the
@@ -31,14 +37,22 @@ public struct Attention: Sendable {
     /// `context`.
     public func backward(gradOutput gy: Matrix, input x: Matrix, context: Matrix? = nil,
                          contextGradient: Bool = true) throws(ComputeError) -> (input: Matrix, context: Matrix?) {
+        try backward(gradOutput: gy, input: x, context: context, contextGradient: contextGradient, attended: nil)
+    }
+
+    /// The same, with `attended` the forward's result before `to_out` when the forward kept it
+    /// (`forwardKeeping`): then the backward does not recompute it from the probabilities.
+    func backward(gradOutput gy: Matrix, input x: Matrix, context: Matrix?, contextGradient: Bool,
+                  attended: Matrix?) throws(ComputeError) -> (input: Matrix, context: Matrix?) {
         let c = context ?? x
         let q = try toQ.forward(x), k = try toK.forward(c), v = try toV.forward(c)
         // to_out's input gradient does not need its input; its terms' factor gradients do, and
         // the attention output comes out of the backward's recomputed probabilities.
         let go = try toOut.inputGradient(gradOutput: gy)
+        let kept = toOut.hasTrainableTerms ? attended : nil
         let (dq, dk, dv, o) = try ScaledDotProductAttention.backward(gradOutput: go, q: q, k: k, v: v, heads: heads, causal: causal,
-                                                                     output: toOut.hasTrainableTerms)
-        if let o { try toOut.accumulateGradients(gradOutput: gy, input: o) }
+                                                                     output: toOut.hasTrainableTerms && kept == nil)
+        if let o = kept ?? o { try toOut.accumulateGradients(gradOutput: gy, input: o) }
         var gx = try toQ.backward(gradOutput: dq, input: x)
         if context == nil {
             try gx.add(try toK.backward(gradOutput: dk, input: x))

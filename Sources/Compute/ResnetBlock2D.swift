@@ -45,8 +45,33 @@ public struct ResnetBlock2D: Sendable {
     }
 
     /// `∂loss/∂x` and `∂loss/∂temb`, recomputing the block's forward from `x` and `temb`.
+    /// The forward and its middle map (`conv1`'s output plus the time projection, the input of
+    /// `norm2`): what the backward would otherwise recompute with `conv1`.
+    func forwardKeeping(_ x: FeatureMap, temb: Matrix) throws(ComputeError) -> (output: FeatureMap, middle: FeatureMap) {
+        let h = try middle(x, temb: temb).h
+        var y = try conv2.forward(normalizing: h, with: norm2)
+        try y.add(try shortcut?.forward(x) ?? x)
+        return (y, h)
+    }
+
     public func backward(gradOutput gy: FeatureMap, input x: FeatureMap, temb: Matrix) throws(ComputeError) -> (input: FeatureMap, temb: Matrix) {
-        let (h, ts) = try middle(x, temb: temb)
+        try backward(gradOutput: gy, input: x, temb: temb, middle: nil)
+    }
+
+    /// The same, with the middle map the forward kept (`forwardKeeping`) instead of recomputing it.
+    func backward(gradOutput gy: FeatureMap, input x: FeatureMap, temb: Matrix,
+                  middle kept: FeatureMap?) throws(ComputeError) -> (input: FeatureMap, temb: Matrix) {
+        let h: FeatureMap, ts: Matrix
+        if let kept {
+            try temb.validate("resnet block time embedding", cols: timeEmbProj.inFeatures)
+            guard temb.rows == 1 else { throw ComputeError("resnet block: \(temb.rows) time embeddings for one item") }
+            guard kept.c == conv1.outChannels, kept.h == x.h, kept.w == x.w else {
+                throw ComputeError("resnet block: a kept middle map of \(kept.c) × \(kept.h) × \(kept.w) for an input of \(x.h) × \(x.w)")
+            }
+            (h, ts) = (kept, Activation.silu.forward(temb))
+        } else {
+            (h, ts) = try middle(x, temb: temb)
+        }
         let ga2 = try conv2.backward(gradOutput: gy, inputHeight: h.h, inputWidth: h.w)
         let gh = try norm2.backward(gradOutput: ga2, input: h)
         // The time projection was added to every position of its channel.

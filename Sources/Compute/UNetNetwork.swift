@@ -274,6 +274,31 @@ public struct UNetNetwork: Sendable {
         var upsamplerInputs: [FeatureMap?] = []
         /// The input of `conv_norm_out`.
         var outputInput: FeatureMap?
+        /// What each transformer's forward kept for its backward (`Transformer2D.Saved`), laid out
+        /// as the attention inputs: the blocks' attention forwards are not recomputed.
+        var downAttentionSaved: [[Transformer2D.Saved]] = [], upAttentionSaved: [[Transformer2D.Saved]] = []
+        var midAttentionSaved: Transformer2D.Saved?
+        /// Each ResNet block's middle map (`ResnetBlock2D.forwardKeeping`), laid out as the blocks:
+        /// the backward does not recompute their first convolution.
+        var downMiddles: [[FeatureMap]] = [], upMiddles: [[FeatureMap]] = [], midMiddles: [FeatureMap] = []
+    }
+
+    /// A ResNet block's forward; with `keep`, its middle map is appended to `middles`.
+    private static func resnet(_ block: ResnetBlock2D, _ x: FeatureMap, temb: Matrix, keep: Bool,
+                               into middles: inout [FeatureMap]) throws(ComputeError) -> FeatureMap {
+        guard keep else { return try block.forward(x, temb: temb) }
+        let r = try block.forwardKeeping(x, temb: temb)
+        middles.append(r.middle)
+        return r.output
+    }
+
+    /// A transformer's forward; with `keep`, what it keeps for the backward is appended to `saved`.
+    private static func attend(_ t: Transformer2D, _ x: FeatureMap, context: Matrix, keep: Bool,
+                               into saved: inout [Transformer2D.Saved]) throws(ComputeError) -> FeatureMap {
+        guard keep else { return try t.forward(x, context: context) }
+        let r = try t.forwardKeeping(x, context: context)
+        saved.append(r.saved)
+        return r.output
     }
 
     /// `sample` `[in, h, w]` (one batch item), `context` `[text tokens × contextDim]`: the
@@ -298,41 +323,46 @@ public struct UNetNetwork: Sendable {
         var x = try convIn.forward(sample)
         cp.skips.append(x)
         for level in down {
-            var attentionInputs: [FeatureMap] = []
+            var attentionInputs: [FeatureMap] = [], attentionSaved: [Transformer2D.Saved] = [], middles: [FeatureMap] = []
             for r in level.resnets.indices {
-                x = try level.resnets[r].forward(x, temb: temb)
+                x = try Self.resnet(level.resnets[r], x, temb: temb, keep: keep, into: &middles)
                 if r < level.attentions.count {
                     if keep { attentionInputs.append(x) }
-                    x = try level.attentions[r].forward(x, context: context)
+                    x = try Self.attend(level.attentions[r], x, context: context, keep: keep, into: &attentionSaved)
                 }
                 cp.skips.append(x)
             }
-            if keep { cp.downAttentionInputs.append(attentionInputs) }
+            if keep { cp.downAttentionInputs.append(attentionInputs); cp.downAttentionSaved.append(attentionSaved); cp.downMiddles.append(middles) }
             if let ds = level.downsampler {
                 x = try ds.forward(x)
                 cp.skips.append(x)
             }
         }
-        x = try mid.resnet0.forward(x, temb: temb)
+        var midMiddles: [FeatureMap] = []
+        x = try Self.resnet(mid.resnet0, x, temb: temb, keep: keep, into: &midMiddles)
         if keep { cp.midAttentionInput = x }
-        x = try mid.attention.forward(x, context: context)
+        var midSaved: [Transformer2D.Saved] = []
+        x = try Self.attend(mid.attention, x, context: context, keep: keep, into: &midSaved)
+        cp.midAttentionSaved = midSaved.first
         if keep { cp.midResnet1Input = x }
-        x = try mid.resnet1.forward(x, temb: temb)
+        x = try Self.resnet(mid.resnet1, x, temb: temb, keep: keep, into: &midMiddles)
+        cp.midMiddles = midMiddles
         var remaining = cp.skips.count
         for level in up {
-            var inputs: [FeatureMap] = [], attentionInputs: [FeatureMap] = []
+            var inputs: [FeatureMap] = [], attentionInputs: [FeatureMap] = [], attentionSaved: [Transformer2D.Saved] = []
+            var middles: [FeatureMap] = []
             for r in level.resnets.indices {
                 guard remaining > 0 else { throw ComputeError("UNet: the up path has more blocks than skip connections") }
                 remaining -= 1
                 if keep { inputs.append(x) }
-                x = try level.resnets[r].forward(try Self.concatenate(x, cp.skips[remaining]), temb: temb)
+                x = try Self.resnet(level.resnets[r], try Self.concatenate(x, cp.skips[remaining]), temb: temb, keep: keep, into: &middles)
                 if !keep { cp.skips[remaining] = Self.empty }  // a forward alone frees each skip once used
                 if r < level.attentions.count {
                     if keep { attentionInputs.append(x) }
-                    x = try level.attentions[r].forward(x, context: context)
+                    x = try Self.attend(level.attentions[r], x, context: context, keep: keep, into: &attentionSaved)
                 }
             }
-            if keep { cp.upInputs.append(inputs); cp.upAttentionInputs.append(attentionInputs) }
+            if keep { cp.upInputs.append(inputs); cp.upAttentionInputs.append(attentionInputs); cp.upAttentionSaved.append(attentionSaved); cp.upMiddles.append(middles) }
             if let us = level.upsampler {
                 guard remaining > 0 else { throw ComputeError("UNet: an upsampler has no skip connection to match") }
                 let next = cp.skips[remaining - 1]
@@ -439,14 +469,16 @@ public struct UNetNetwork: Sendable {
             }
             for r in level.resnets.indices.reversed() {
                 if r < level.attentions.count {
+                    let saved = b < cp.upAttentionSaved.count && r < cp.upAttentionSaved[b].count ? cp.upAttentionSaved[b][r] : nil
                     let t = try level.attentions[r].backward(gradOutput: g, input: cp.upAttentionInputs[b][r], context: context,
-                                                             contextGradient: contextGradient)
+                                                             contextGradient: contextGradient, saved: saved)
                     g = t.input
                     try addContext(t.context)
                 }
                 guard used < cp.skips.count else { throw ComputeError("UNet backward: more up blocks than skip connections") }
                 let x = cp.upInputs[b][r]
-                let t = try level.resnets[r].backward(gradOutput: g, input: try Self.concatenate(x, cp.skips[used]), temb: temb)
+                let middle = b < cp.upMiddles.count && r < cp.upMiddles[b].count ? cp.upMiddles[b][r] : nil
+                let t = try level.resnets[r].backward(gradOutput: g, input: try Self.concatenate(x, cp.skips[used]), temb: temb, middle: middle)
                 try gtemb.add(t.temb)
                 let (gx, gskip) = Self.split(t.input, first: x.c)
                 g = gx
@@ -454,14 +486,20 @@ public struct UNetNetwork: Sendable {
                 used += 1
             }
             cp.upInputs[b] = []; cp.upAttentionInputs[b] = []; cp.upsamplerInputs[b] = nil
+            if b < cp.upAttentionSaved.count { cp.upAttentionSaved[b] = [] }
+            if b < cp.upMiddles.count { cp.upMiddles[b] = [] }
         }
         // The middle block.
-        var t = try mid.resnet1.backward(gradOutput: g, input: midResnet1Input, temb: temb)
+        let midMiddles = cp.midMiddles.count == 2 ? cp.midMiddles : [FeatureMap?](repeating: nil, count: 2)
+        cp.midMiddles = []
+        var t = try mid.resnet1.backward(gradOutput: g, input: midResnet1Input, temb: temb, middle: midMiddles[1])
         try gtemb.add(t.temb)
-        let m = try mid.attention.backward(gradOutput: t.input, input: midAttentionInput, context: context, contextGradient: contextGradient)
+        let m = try mid.attention.backward(gradOutput: t.input, input: midAttentionInput, context: context, contextGradient: contextGradient,
+                                           saved: cp.midAttentionSaved)
+        cp.midAttentionSaved = nil
         try addContext(m.context)
         guard let midInput = cp.skips.last else { throw ComputeError("UNet backward: no skip connections") }
-        t = try mid.resnet0.backward(gradOutput: m.input, input: midInput, temb: temb)
+        t = try mid.resnet0.backward(gradOutput: m.input, input: midInput, temb: temb, middle: midMiddles[0])
         try gtemb.add(t.temb)
         g = t.input
         // The down path, last block first: each block's output is a skip connection, whose
@@ -482,18 +520,22 @@ public struct UNetNetwork: Sendable {
             for r in level.resnets.indices.reversed() {
                 try joinSkip()
                 if r < level.attentions.count {
+                    let saved = b < cp.downAttentionSaved.count && r < cp.downAttentionSaved[b].count ? cp.downAttentionSaved[b][r] : nil
                     let a = try level.attentions[r].backward(gradOutput: g, input: cp.downAttentionInputs[b][r], context: context,
-                                                             contextGradient: contextGradient)
+                                                             contextGradient: contextGradient, saved: saved)
                     g = a.input
                     try addContext(a.context)
                 }
-                let rb = try level.resnets[r].backward(gradOutput: g, input: cp.skips[made - 1], temb: temb)
+                let middle = b < cp.downMiddles.count && r < cp.downMiddles[b].count ? cp.downMiddles[b][r] : nil
+                let rb = try level.resnets[r].backward(gradOutput: g, input: cp.skips[made - 1], temb: temb, middle: middle)
                 try gtemb.add(rb.temb)
                 g = rb.input
                 cp.skips[made] = Self.empty
                 made -= 1
             }
             cp.downAttentionInputs[b] = []
+            if b < cp.downAttentionSaved.count { cp.downAttentionSaved[b] = [] }
+            if b < cp.downMiddles.count { cp.downMiddles[b] = [] }
         }
         // `g` (+ the first skip's gradient) is the gradient at conv_in's output; the sample needs none.
         // The time embedding's MLP: its delta terms, if any, get their gradients.

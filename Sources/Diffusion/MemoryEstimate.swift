@@ -91,9 +91,29 @@ public struct MemoryEstimate: Sendable {
         // The attention backward works on blocks of query rows: two score blocks per thread.
         let scores = ByteCount.floats(2 * ByteCount(Swift.max(Parallel.cores, 1)) * Swift.min(n, ByteCount(ScaledDotProductAttention.chunk)) * n)
         let encode = vaeDecoding(configs.vae, lh: l, lw: l) + ByteCount.floats(6 * ByteCount(resolution) * ByteCount(resolution))
-        let backward = evaluation * 4 + scores + textEncoding(configs.text) * 4
+        let backward = evaluation * 4 + scores + textEncoding(configs.text) * 4 + transformerStates(configs.unet, lh: l, lw: l)
         return MemoryEstimate(weights: weights(base, prefixes: ["unet.", "text_encoder.", "vae.encoder.", "vae.quant_conv."], residency: residency),
                               latents: latent * 16, activations: Swift.max(backward, encode))
+    }
+
+    /// What a training forward keeps of every transformer for the backward (`Transformer2D.Saved`):
+    /// per block its input, the residual stream after each attention and each attention's result
+    /// before `to_out` — five `[positions × channels]` maps per transformer block.
+    static func transformerStates(_ c: UNetConfig, lh: Int, lw: Int) -> ByteCount {
+        var (h, w) = (lh, lw)
+        var total = ByteCount.zero
+        let levels = c.channels.count
+        for (b, ch) in c.channels.enumerated() {
+            let map = ByteCount.floats(5 * ByteCount(ch) * ByteCount(h) * ByteCount(w))
+            var transformers = 0
+            if c.downAttention[b] { transformers += c.layersPerBlock }
+            // diffusers' up blocks run from the lowest resolution: up block `levels − 1 − b` is at level `b`.
+            if c.upAttention[levels - 1 - b] { transformers += c.layersPerBlock + 1 }
+            if b == levels - 1 { transformers += 1 }  // the middle block's
+            total = total + map * ByteCount(transformers)
+            (h, w) = ((h + 1) / 2, (w + 1) / 2)
+        }
+        return total
     }
 
     /// Weights under `prefixes` as the runtime keeps them, plus two tensors in conversion.

@@ -27,5 +27,13 @@ import Testing
         let (gx, gt) = try block.backward(gradOutput: gy, input: x, temb: temb)
         expectClose(gx.data, try f.grad(name), "resnet grad x")
         expectClose(gt.data, try f.grad(name, "temb"), "resnet grad temb")
+        // From the middle map a training forward keeps: the same output and gradients, bit for
+        // bit (the recomputation it replaces is the same arithmetic); a mis-sized map is refused.
+        let kept = try block.forwardKeeping(x, temb: temb)
+        #expect(kept.output.data == y.data && kept.middle.c == o)
+        let k = try block.backward(gradOutput: gy, input: x, temb: temb, middle: kept.middle)
+        #expect(k.input.data == gx.data && k.temb.data == gt.data)
+        let wrong = try FeatureMap(c: o, h: x.h + 1, w: x.w, data: [Float](repeating: 0, count: o * (x.h + 1) * x.w))
+        #expect(throws: ComputeError.self) { try block.backward(gradOutput: gy, input: x, temb: temb, middle: wrong) }
     }
 }

@@ -83,6 +83,19 @@ import TensorFile
             expectClose(t.gradDown, try f.t("grad." + p + ".lora.down"), "transformer \(name) grad \(p).lora.down")
             expectClose(t.gradUp, try f.t("grad." + p + ".lora.up"), "transformer \(name) grad \(p).lora.up")
         }
+        // A training forward keeps the blocks' states (the UNet's backward uses them): the same
+        // output, and the backward from them, recomputing no attention forward, matches PyTorch too.
+        for t in terms.values { t.zeroGradients() }
+        let kept = try model.forwardKeeping(x, context: context)
+        #expect(kept.output.data == y.data)
+        #expect(kept.saved.blocks.count == 1 && (kept.saved.blocks[0].attended1 != nil) == (lora != nil))
+        let (kx, kc) = try model.backward(gradOutput: gy, input: x, context: context, contextGradient: true, saved: kept.saved)
+        expectClose(kx.data, try f.t("grad.x"), "transformer \(name) grad x from kept states")
+        expectClose(kc?.data ?? [], try f.t("grad.context"), "transformer \(name) grad context from kept states")
+        for (p, t) in terms.sorted(by: { $0.key < $1.key }) {
+            expectClose(t.gradDown, try f.t("grad." + p + ".lora.down"), "transformer \(name) grad \(p).lora.down from kept states")
+            expectClose(t.gradUp, try f.t("grad." + p + ".lora.up"), "transformer \(name) grad \(p).lora.up from kept states")
+        }
     }
 
     @Test func convolutionProjections() throws { try check("conv") }
