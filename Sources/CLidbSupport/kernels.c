@@ -1,7 +1,10 @@
 // Elementwise and layout kernels of the diffusion runtime: group/layer normalisation (statistics
 // in double, as the Swift reference did), SiLU, GEGLU, im2col and blocked transposes. AVX2 + FMA
 // when the CPU has them, portable C otherwise.
+#define _GNU_SOURCE
 #include "lidb_support.h"
+#include <dlfcn.h>
+#include <stdio.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -430,6 +433,21 @@ void lidb_keep_freed_memory(void) {
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
     mallopt(M_TRIM_THRESHOLD, 64 << 20);
 #endif
+}
+
+int lidb_blas_short_wait(int exponent) {
+    if (exponent < 4 || exponent > 30) return -1;
+    if (getenv("OPENBLAS_THREAD_TIMEOUT")) return 0;
+    // Looked up at run time: these are OpenBLAS's own exports, not CBLAS, and absent elsewhere.
+    void (*read_env)(void) = (void (*)(void))dlsym(RTLD_DEFAULT, "openblas_read_env");
+    int (*shutdown)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "blas_thread_shutdown_");
+    if (!read_env || !shutdown) return 0;
+    char value[8];
+    snprintf(value, sizeof value, "%d", exponent);
+    if (setenv("OPENBLAS_THREAD_TIMEOUT", value, 0) != 0) return 0;
+    read_env();
+    shutdown();
+    return 1;
 }
 
 int lidb_return_freed_memory(void) {

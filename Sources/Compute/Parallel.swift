@@ -14,6 +14,15 @@ public enum Parallel {
     /// (large activations are freed and reallocated every step).
     public static let allocatorConfigured: Bool = { lidb_keep_freed_memory(); return true }()
 
+    /// OpenBLAS's worker threads (pthreads build) spin for about 2^28 cycles after each product
+    /// before they sleep, taking the cores from the runtime's own threads (normalisations,
+    /// attention heads, Winograd transforms) between products. This shortens the wait to 2^8
+    /// cycles (a 512×512 training step on 2 cores: 14.4 s instead of 16.4 s). Process-wide: call
+    /// it once, before any BLAS work, from one thread — the command line does at start. A user's
+    /// own OPENBLAS_THREAD_TIMEOUT stands. True when applied.
+    @discardableResult
+    public static func shortenBLASWait() -> Bool { lidb_blas_short_wait(8) == 1 }
+
     /// Hands memory freed to the allocator back to the kernel: after a network's weights are
     /// released, so the next stage's peak does not sit on top of them.
     public static func returnFreedMemory() { _ = lidb_return_freed_memory() }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Compute
 import TensorFile
 #if canImport(Glibc)
 import Glibc
@@ -15,6 +16,7 @@ extension LidbCommand {
             busErrorMessage: "the file shrank while it was being read (another program truncated or rewrote it); stopped, no output written",
             exitCode: 2)
         installTestHooks()
+        Parallel.shortenBLASWait()
         if let problem = seedProblem(arguments) { usageFailure(problem, arguments) }
         do {
             var command = try parseAsRoot(joiningNegativeNumbers(arguments))

@@ -95,4 +95,12 @@ void lidb_keep_freed_memory(void);
 /// Hands the allocator's free memory back to the kernel (glibc: malloc_trim); 0 elsewhere.
 int lidb_return_freed_memory(void);
 
+/// OpenBLAS (pthreads build) keeps its worker threads spinning for about 2^28 cycles after each
+/// product; between products the runtime's own threads need those cores. Unless the user set
+/// OPENBLAS_THREAD_TIMEOUT, sets it to `exponent` (OpenBLAS clamps it to 4…30: workers wait
+/// 2^exponent cycles before sleeping) and restarts the worker pool, which OpenBLAS recreates at its
+/// next threaded product. Returns 1 when applied, 0 when the user's setting stands or the
+/// library lacks the entry points (another BLAS, or an OpenMP build), -1 on a bad argument.
+int lidb_blas_short_wait(int exponent);
+
 #endif
