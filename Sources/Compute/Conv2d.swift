@@ -212,8 +212,8 @@ public struct Conv2d: Sendable {
     /// input upsampled 2× by nearest neighbour. `flipped`: `weight` is `[x.c × out × 3 × 3]` and
     /// the kernel used is its flipped transpose (the input gradient of that convolution). Shapes
     /// checked by the caller.
-    /// A weight held in 16 bits is converted one block of output channels at a time (the whole
-    /// weight for `flipped`, whose blocks are not contiguous), so the binary32 copy held is one
+    /// A weight held in 16 bits is converted one block of output channels at a time (for
+    /// `flipped`, the block's slice of every stored row), so the binary32 copy held is one
     /// block's, not the layer's.
     static func winograd3x3(_ x: FeatureMap, weight values: WeightValues, bias: [Float]?, out: Int,
                             normalized: (scale: [Float], shift: [Float], silu: Bool)? = nil, upsample: Bool = false,
@@ -230,7 +230,7 @@ public struct Conv2d: Sendable {
         var m = [Float](unsafeUninitializedCapacity: 16 * block * band) { _, n in n = 16 * block * band }
         // Binary32 weights: used in place (f32, or the whole converted for `flipped`); otherwise
         // one block's slice converted per block into `slice`.
-        let perBlock = values.isHalf && !flipped
+        let perBlock = values.isHalf
         let weight: [Float] = perBlock ? [] : values.floats
         var slice = [Float](unsafeUninitializedCapacity: perBlock ? block * c * 9 : 0) { _, n in n = perBlock ? block * c * 9 : 0 }
         let biasValues = bias ?? []
@@ -244,11 +244,17 @@ public struct Conv2d: Sendable {
             var o0 = 0
             while o0 < out {
                 let ob = min(block, out - o0), base = o0
-                if perBlock { values.convert((base * c * 9)..<((base + ob) * c * 9), into: slp) }
+                if perBlock && flipped {
+                    // Stored [c × out × 3 × 3]: outputs base ..< base + ob of every stored row, as [c × ob × 3 × 3].
+                    for r in 0..<c { values.convert(((r * out + base) * 9)..<((r * out + base + ob) * 9), into: slp + r * ob * 9) }
+                } else if perBlock {
+                    values.convert((base * c * 9)..<((base + ob) * c * 9), into: slp)
+                }
                 let ws = UnsafeSendable(UnsafePointer(perBlock ? slp : UnsafeMutablePointer(mutating: wp + (flipped ? 0 : base * c * 9))))
+                let (rowWidth, first) = perBlock ? (ob, 0) : (out, base)
                 Parallel.ranges(ob, work: ob * c * 16) { r in
                     if flipped {
-                        lidb_winograd_weights_flipped(ws.p, out, ob, c, base, r.lowerBound, r.upperBound, us.p)
+                        lidb_winograd_weights_flipped(ws.p, rowWidth, ob, c, first, r.lowerBound, r.upperBound, us.p)
                     } else {
                         lidb_winograd_weights(ws.p, ob, c, r.lowerBound, r.upperBound, us.p)
                     }
