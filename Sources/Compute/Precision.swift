@@ -60,10 +60,10 @@ func bf16gemm(_ transA: Bool, _ transB: Bool, m: Int, n: Int, k: Int, alpha: Flo
 func bf16gemm(_ transA: Bool, _ transB: Bool, m: Int, n: Int, k: Int,
               _ a: UnsafePointer<Float>, lda: Int, bfloat16 b: UnsafePointer<UInt16>, ldb: Int,
               beta: Float, _ c: UnsafeMutablePointer<Float>, ldc: Int) -> Bool {
-    guard m > 0, n > 0, k > 0, m * n * k >= ComputePrecision.smallestBF16Product else { return false }
-    let single: Int32 = openblas_get_num_threads() == 1 ? 1 : 0
-    return lidb_dnnl_gemm_bf16_b16(transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), 1, a, Int64(lda), b, Int64(ldb),
-                                   beta, c, Int64(ldc), single) == 0
+    bf16WeightProduct(m: m, n: n, k: k) { single in
+        lidb_dnnl_gemm_bf16_b16(transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), 1, a, Int64(lda), b, Int64(ldb),
+                                beta, c, Int64(ldc), single)
+    }
 }
 
 /// The bf16 product with A a weight held as bfloat16 bit patterns (a convolution's weight `[out ×
@@ -72,8 +72,17 @@ func bf16gemm(_ transA: Bool, _ transB: Bool, m: Int, n: Int, k: Int,
 func bf16gemm(_ transA: Bool, _ transB: Bool, m: Int, n: Int, k: Int,
               bfloat16 a: UnsafePointer<UInt16>, lda: Int, _ b: UnsafePointer<Float>, ldb: Int,
               beta: Float, _ c: UnsafeMutablePointer<Float>, ldc: Int) -> Bool {
+    bf16WeightProduct(m: m, n: n, k: k) { single in
+        lidb_dnnl_gemm_bf16_a16(transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), 1, a, Int64(lda), b, Int64(ldb),
+                                beta, c, Int64(ldc), single)
+    }
+}
+
+/// Runs `call` (oneDNN's product with a bf16-held operand, given its single-thread flag) for
+/// products of at least `smallestBF16Product` multiply-adds; true when it ran.
+@inline(__always)
+private func bf16WeightProduct(m: Int, n: Int, k: Int, _ call: (Int32) -> Int32) -> Bool {
     guard m > 0, n > 0, k > 0, m * n * k >= ComputePrecision.smallestBF16Product else { return false }
-    let single: Int32 = openblas_get_num_threads() == 1 ? 1 : 0
-    return lidb_dnnl_gemm_bf16_a16(transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), 1, a, Int64(lda), b, Int64(ldb),
-                                   beta, c, Int64(ldc), single) == 0
+    // Inside `Parallel.forEach` BLAS runs single-threaded: so does oneDNN then.
+    return call(openblas_get_num_threads() == 1 ? 1 : 0) == 0
 }

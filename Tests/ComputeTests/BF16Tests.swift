@@ -113,16 +113,11 @@ import Testing
         let ran = a.withBase { pa in b16.withUnsafeBufferPointer { pb in viaBits.withMutableBase { pc in
             bf16gemm(c.transA, c.transB, m: c.m, n: c.n, k: c.k, pa, lda: lda, bfloat16: pb.baseAddress!, ldb: ldb, beta: c.beta, pc, ldc: ldc)
         } } }
-        guard lidb_dnnl_bf16_supported() != 0 else {
-            #expect(!ran && viaBits == c0)
-            return
-        }
-        #expect(ran)
-        #expect(a.withBase { pa in b.withBase { pb in viaFloats.withMutableBase { pc in
-            bf16gemm(c.transA, c.transB, m: c.m, n: c.n, k: c.k, alpha: 1, pa, lda: lda, pb, ldb: ldb, beta: c.beta, pc, ldc: ldc)
-        } } })
-        #expect(viaBits == viaFloats, "\(c)")
-        #expect(viaBits != c0)
+        Self.expectSameAsFloats(ran: ran, viaBits: viaBits, c0: c0, c) {
+            a.withBase { pa in b.withBase { pb in viaFloats.withMutableBase { pc in
+                bf16gemm(c.transA, c.transB, m: c.m, n: c.n, k: c.k, alpha: 1, pa, lda: lda, pb, ldb: ldb, beta: c.beta, pc, ldc: ldc)
+            } } }
+        } floats: { viaFloats }
     }
 
     /// A given as bfloat16 bit patterns (a convolution weight held in bf16: `W · cols` forward,
@@ -142,15 +137,24 @@ import Testing
         let ran = a16.withUnsafeBufferPointer { pa in b.withBase { pb in viaBits.withMutableBase { pc in
             bf16gemm(c.transA, c.transB, m: c.m, n: c.n, k: c.k, bfloat16: pa.baseAddress!, lda: lda, pb, ldb: ldb, beta: c.beta, pc, ldc: ldc)
         } } }
+        Self.expectSameAsFloats(ran: ran, viaBits: viaBits, c0: c0, c) {
+            a.withBase { pa in b.withBase { pb in viaFloats.withMutableBase { pc in
+                bf16gemm(c.transA, c.transB, m: c.m, n: c.n, k: c.k, alpha: 1, pa, lda: lda, pb, ldb: ldb, beta: c.beta, pc, ldc: ldc)
+            } } }
+        } floats: { viaFloats }
+    }
+
+    /// A product from bf16 bit patterns (`ran`, into `viaBits`) against the same product from their
+    /// binary32 values (`product`, into what `floats` returns): declined and C untouched without
+    /// AVX-512 BF16; otherwise both ran, give the same bits, and changed C.
+    static func expectSameAsFloats(ran: Bool, viaBits: [Float], c0: [Float], _ c: Case, product: () -> Bool, floats: () -> [Float]) {
         guard lidb_dnnl_bf16_supported() != 0 else {
             #expect(!ran && viaBits == c0)
             return
         }
         #expect(ran)
-        #expect(a.withBase { pa in b.withBase { pb in viaFloats.withMutableBase { pc in
-            bf16gemm(c.transA, c.transB, m: c.m, n: c.n, k: c.k, alpha: 1, pa, lda: lda, pb, ldb: ldb, beta: c.beta, pc, ldc: ldc)
-        } } })
-        #expect(viaBits == viaFloats, "\(c)")
+        #expect(product())
+        #expect(viaBits == floats(), "\(c)")
         #expect(viaBits != c0)
     }
 
