@@ -86,7 +86,7 @@ struct Finetune: ParsableCommand {
     var memoryLimit: String?
     @Option(help: "UNet weights: f32 (converted once at load; fastest), f16-per-layer (an F16 base's weights stay F16 and are converted a block of rows at a time as each product runs, forward and backward: about 1.6 GB less for SD 1.5 at about the same speed — 3.95 s against 3.63 s per step at 256×256; the same result) or bf16-per-layer (any base's large weights rounded to bf16 once and held so; meant for --precision bf16).")
     var weights: WeightResidency = .f32
-    @Option(help: precisionHelp(speed: "about 0.70× the f32 time of a training step on SD 1.5 at 256×256"))
+    @Option(help: precisionHelp(speed: "about 0.80× the f32 time of a training step on SD 1.5 at 256×256"))
     var precision: ComputePrecision = .f32
 
     func validate() throws {
