@@ -155,8 +155,12 @@ public struct Conv2d: Sendable {
 
     // MARK: - Kernels
 
-    /// The most floats an im2col band (or a Winograd buffer) holds (16 MiB).
+    /// The most floats an im2col band holds (16 MiB).
     public static let budget = 4 << 20
+    /// The most floats each Winograd buffer (transformed weights, input tiles, products, a
+    /// converted weight block) holds (8 MiB): four of them per call, and generation runs two
+    /// calls at once (the CFG halves).
+    public static let winogradBudget = 2 << 20
 
     static func useWinograd(_ algorithm: ConvAlgorithm, in c: Int, out: Int, h: Int, w: Int) -> Bool {
         switch algorithm {
@@ -217,7 +221,7 @@ public struct Conv2d: Sendable {
     /// block's, not the layer's.
     static func winograd3x3(_ x: FeatureMap, weight values: WeightValues, bias: [Float]?, out: Int,
                             normalized: (scale: [Float], shift: [Float], silu: Bool)? = nil, upsample: Bool = false,
-                            flipped: Bool = false, budget: Int = Conv2d.budget) -> FeatureMap {
+                            flipped: Bool = false, budget: Int = Conv2d.winogradBudget) -> FeatureMap {
         let c = x.c, h = upsample ? 2 * x.h : x.h, w = upsample ? 2 * x.w : x.w
         let scale = normalized?.scale ?? [], shift = normalized?.shift ?? [], silu: Int32 = normalized?.silu == true ? 1 : 0
         let upFlag: Int32 = upsample ? 1 : 0

@@ -36,11 +36,15 @@ public struct ResnetBlock2D: Sendable {
         return (h, ts)
     }
 
-    /// `x` `[in, h, w]`, `temb` `[1 × temb channels]`.
-    public func forward(_ x: FeatureMap, temb: Matrix) throws(ComputeError) -> FeatureMap {
+    /// `x` `[in, h, w]`, `temb` `[1 × temb channels]`. The shortcut is taken before `conv2`
+    /// so that an input handed over (`consume`) is freed while `conv2` runs; the same sum.
+    public func forward(_ x: consuming FeatureMap, temb: Matrix) throws(ComputeError) -> FeatureMap {
         let h = try middle(x, temb: temb).h
+        let s: FeatureMap
+        if let shortcut { s = try shortcut.forward(x) } else { s = copy x }
+        x = FeatureMap(checkedC: 0, h: 0, w: 0, data: [])
         var y = try conv2.forward(normalizing: h, with: norm2)
-        try y.add(try shortcut?.forward(x) ?? x)
+        try y.add(s)
         return y
     }
 

@@ -284,9 +284,9 @@ public struct UNetNetwork: Sendable {
     }
 
     /// A ResNet block's forward; with `keep`, its middle map is appended to `middles`.
-    private static func resnet(_ block: ResnetBlock2D, _ x: FeatureMap, temb: Matrix, keep: Bool,
+    private static func resnet(_ block: ResnetBlock2D, _ x: consuming FeatureMap, temb: Matrix, keep: Bool,
                                into middles: inout [FeatureMap]) throws(ComputeError) -> FeatureMap {
-        guard keep else { return try block.forward(x, temb: temb) }
+        guard keep else { return try block.forward(consume x, temb: temb) }
         let r = try block.forwardKeeping(x, temb: temb)
         middles.append(r.middle)
         return r.output
@@ -355,8 +355,14 @@ public struct UNetNetwork: Sendable {
                 guard remaining > 0 else { throw ComputeError("UNet: the up path has more blocks than skip connections") }
                 remaining -= 1
                 if keep { inputs.append(x) }
-                x = try Self.resnet(level.resnets[r], try Self.concatenate(x, cp.skips[remaining]), temb: temb, keep: keep, into: &middles)
-                if !keep { cp.skips[remaining] = Self.empty }  // a forward alone frees each skip once used
+                var joined = try Self.concatenate(x, cp.skips[remaining])
+                if !keep {
+                    // A forward alone frees each skip and the block's input once joined: the
+                    // block then holds only the joined map (and frees it before its conv2).
+                    cp.skips[remaining] = Self.empty
+                    x = Self.empty
+                }
+                x = try Self.resnet(level.resnets[r], consume joined, temb: temb, keep: keep, into: &middles)
                 if r < level.attentions.count {
                     if keep { attentionInputs.append(x) }
                     x = try Self.attend(level.attentions[r], x, context: context, keep: keep, into: &attentionSaved)

@@ -99,11 +99,13 @@ import Testing
 }
 
 /// `WeightValues.multiply`: a weight held in 16 bits, converted one block of `op(W)`'s rows at a
-/// time, gives the bits of the product with the whole weight converted beforehand — `W · B` and
-/// `Wᵀ · B`, with several blocks, a ragged last block and one block, into a strided C with beta.
+/// time, gives the product with the whole weight converted beforehand to float32 rounding (the
+/// BLAS may pick other kernels for a block's rows than for the whole, so the bits need not agree)
+/// — `W · B` and `Wᵀ · B`, with several blocks, a ragged last block and one block, into a strided
+/// C with beta.
 @Suite struct WeightMultiplyTests {
     @Test(arguments: [37, 5 * 29, 1 << 30])
-    func blockedConversionGivesTheSameBits(budget: Int) {
+    func blockedConversionMatchesTheWholeProduct(budget: Int) {
         let (rows, cols, n) = (23, 29, 17)
         let exact = ConvKernelTests.values(rows * cols, seed: 11)
         for held in [WeightValues.roundedToBFloat16(exact), .f16(exact.map { Float16($0).bitPattern })] {
@@ -122,7 +124,8 @@ import Testing
                         whole.multiply(transposed: transposed, rows: rows, cols: cols, pb, ldb: ldb, n: n, beta: 1, pc, ldc: ldc, budget: budget)
                     }
                 }
-                #expect(viaBlocks == viaWhole, "transposed \(transposed), budget \(budget)")
+                let gap = zip(viaBlocks, viaWhole).map { abs($0 - $1) }.max()!, size = viaWhole.map { abs($0) }.max()!
+                #expect(gap <= 1e-6 * size, "transposed \(transposed), budget \(budget): \(gap / size)")
                 // The padding columns of C are left alone, and the product really ran.
                 for i in 0..<m { #expect(viaBlocks[(i * ldc + n)..<((i + 1) * ldc)] == c0[(i * ldc + n)..<((i + 1) * ldc)]) }
                 // Against a binary64 product of the held values.
