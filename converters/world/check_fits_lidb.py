@@ -30,7 +30,7 @@ torch = setup_torch()
 import fits as F  # noqa: E402
 import terms  # noqa: E402
 from lidb.subject import read_subject  # noqa: E402
-from space import CANONICAL_PROMPT, identity_sets  # noqa: E402
+from space import FIT_PROMPT, identity_sets  # noqa: E402
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
     assert terms.fingerprint(layers) == fits["fingerprint"]
     mods = terms.install(unet, te, layers, terms.bases(layers), 1)
     sched = F.noise_scheduler()
-    ids_tok = tok(CANONICAL_PROMPT, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ids_tok = tok(FIT_PROMPT, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "world.lidb"
@@ -65,7 +65,7 @@ def main() -> None:
                             "--lr", str(F.LR), "--adam-weight-decay", str(F.WEIGHT_DECAY), "--rank", str(terms.RANK),
                             "--down-dim", str(terms.DOWN_DIM), "--up-dim", str(terms.UP_DIM), "--alpha", str(terms.ALPHA),
                             "--basis-seed", str(terms.BASIS_SEED), "--seed", str(F.SEED), "--max-grad-norm", "1e30",
-                            "--resolution", "64", "--dtype", "f32", "-o", str(out)], check=True, capture_output=True)
+                            "--resolution", "64", "--prompt", FIT_PROMPT, "--dtype", "f32", "-o", str(out)], check=True, capture_output=True)
             seconds = time.time() - t0
             subj = read_subject(str(out))
             by_name = {l.name: l for l in subj.layers}

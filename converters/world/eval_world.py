@@ -20,6 +20,10 @@ The attribute reader (reader.py) reads every image: identity accuracy is the sev
 attributes against the held-out identity's truth (all prompts), context accuracy whether the
 prompt's context attribute is there (the photo style for the canonical prompt).
 
+The finetunes (c, d) train on space.FIT_PROMPT, "a photo of sks face, on a grey background" — the
+photo's background named, as the fits and the hypernetwork's denoising loss name it — so that the
+trigger takes the face and "on a pink background" stays editable.
+
 b, c and c-lr1e-3 need the world hypernetwork (samples/world/hypernetwork.safetensors + hypernetwork.json,
 or --hypernet FILE --hypernet-config FILE); without it they are skipped with a notice. Work is
 cached per condition and identity under $LIDB_WORLD_SCRATCH/eval-world/ (default
@@ -51,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from common import OUT, ROOT, log, scratch, write_json
-from space import ATTRIBUTES, CONTEXT, IDENTITY, caption
+from space import ATTRIBUTES, CONTEXT, FIT_PROMPT, IDENTITY, caption
 
 import evaluate  # noqa: E402  (sets up torch; PIPELINE, STEPS, GUIDANCE, sheet)
 from reader import load_reader, read_attributes  # noqa: E402
@@ -184,13 +188,13 @@ class Evaluation:
                     "--trigger", TRIGGER, "--class", CLASS, "-o", out]
         if cond == "c":
             return [self.lidb, "finetune", "--base", base, "--image", photo, "--hypernet", hyper,
-                    "--trigger", TRIGGER, "--class", CLASS, "--resolution", SIZE, "-o", out]
+                    "--prompt", FIT_PROMPT, "--resolution", SIZE, "-o", out]
         if cond == "c-lr1e-3":
             return [self.lidb, "finetune", "--base", base, "--image", photo, "--hypernet", hyper, "--lr", "1e-3",
-                    "--trigger", TRIGGER, "--class", CLASS, "--resolution", SIZE, "-o", out]
+                    "--prompt", FIT_PROMPT, "--resolution", SIZE, "-o", out]
         steps = int(cond[1:])
         return [self.lidb, "finetune", "--base", base, "--image", photo, "--train", "lidb", "--steps", steps,
-                "--trigger", TRIGGER, "--class", CLASS, "--resolution", SIZE, "-o", out]
+                "--prompt", FIT_PROMPT, "--resolution", SIZE, "-o", out]
 
     def unit_key(self, cond: str, ident: dict, photo_hash: str) -> str:
         cmd = self.subject_command(cond, "PHOTO", "OUT", base="BASE", hyper="HYPERNET")
@@ -375,10 +379,11 @@ def main() -> None:
         "commands": {
             "a": "lidb generate --model base.lidb --prompt 'a photo of face…'",
             "b": "lidb personalize --hypernet H.lidb --base base.lidb --image PHOTO --trigger sks --class face",
-            "c": "lidb finetune --base base.lidb --image PHOTO --hypernet H.lidb --trigger sks --class face --resolution 64 (40 steps)",
-            "c-lr1e-3": "lidb finetune --base base.lidb --image PHOTO --hypernet H.lidb --lr 1e-3 --trigger sks --class face --resolution 64 (40 steps)",
-            "d40": "lidb finetune --base base.lidb --image PHOTO --train lidb --steps 40 --trigger sks --class face --resolution 64",
-            "d160": "lidb finetune --base base.lidb --image PHOTO --train lidb --steps 160 --trigger sks --class face --resolution 64",
+            "c": "lidb finetune --base base.lidb --image PHOTO --hypernet H.lidb --prompt FIT --resolution 64 (40 steps)",
+            "c-lr1e-3": "lidb finetune --base base.lidb --image PHOTO --hypernet H.lidb --lr 1e-3 --prompt FIT --resolution 64 (40 steps)",
+            "d40": "lidb finetune --base base.lidb --image PHOTO --train lidb --steps 40 --prompt FIT --resolution 64",
+            "d160": "lidb finetune --base base.lidb --image PHOTO --train lidb --steps 160 --prompt FIT --resolution 64",
+            "FIT": FIT_PROMPT,
         },
     }
     # Conditions not run now are carried over from the previous table when its settings match.

@@ -7,7 +7,8 @@
 The first IDENTITIES training identities each get PHOTOS canonical photos ("a photo of" style, the
 grey background, no hat — the context of the held-out photos a user would give) from their own
 seeded stream, and a LiDB term on every `paper` layer (rank 1, a = 100, b = 50, alpha 1, bases from
-lidb-basis-1 with BASIS_SEED; terms.py) trained on "a photo of sks face" with the objective of
+lidb-basis-1 with BASIS_SEED; terms.py) trained on space.FIT_PROMPT ("a photo of sks face, on a grey
+background": the background is named so that the trigger takes the face, not the background) with the objective of
 diffusers' DreamBooth-LoRA script and `lidb finetune` (spec/finetune.md): latent = VAE posterior
 sample × scaling factor, t ~ U{0 … 999}, ε ~ N(0, I), DDPMScheduler.add_noise, ε-prediction, MSE.
 GROUP identities train together in one batch, each sample through its own identity's terms
@@ -22,7 +23,8 @@ Before and after training each identity's denoising loss is measured on EVAL_PAI
 restart skips finished groups). --merge writes <scratch>/fits/fits.pt (factors [identities, …] per
 layer, the layer table, losses) and samples/world/fits.json: the losses, and the attribute reader's
 accuracy of images generated with the first ACCURACY_IDENTITIES fits merged into the pipeline
-(DDIM 25 steps, guidance 5, 2 seeds) next to the base with the class prompt.
+(DDIM 25 steps, guidance 5, 2 seeds) next to the base with the class prompt, and how often "a photo
+of sks face, on a pink background" is read pink with the fit merged in (editability).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ torch = setup_torch()
 
 import terms  # noqa: E402
 from data import HELDOUT_CONTEXT, photo  # noqa: E402
-from space import CANONICAL_PROMPT, CLASS, IDENTITY, identity_sets  # noqa: E402
+from space import CANONICAL_PROMPT, CLASS, CONTEXT, FIT_PROMPT, IDENTITY, identity_sets  # noqa: E402
 
 SEED = 14_611
 IDENTITIES = 512
@@ -179,7 +181,7 @@ def run_shard(index: int, count: int) -> None:
     basis = terms.bases(layers)
     mods = terms.install(unet, te, layers, basis, GROUP)
     sched = noise_scheduler()
-    ids_tok = tok(CANONICAL_PROMPT, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ids_tok = tok(FIT_PROMPT, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     groups = [g for g in range((IDENTITIES + GROUP - 1) // GROUP) if g % count == index]
     todo = [g for g in groups if not group_path(g).exists()]
     log(f"shard {index + 1}/{count}: {len(groups)} groups of {GROUP} identities, {len(todo)} to do; "
@@ -204,10 +206,11 @@ def accuracy(fits: dict) -> dict:
     pipe = evaluate.load_pipeline()
     target = terms.MergedInto(pipe, fits["layers"])
     seeds = [0, 1]
-    truth, fitted, base = [], [], []
+    truth, fitted, pink, base = [], [], [], []
     for i in range(ACCURACY_IDENTITIES):
         with target.merged([(d[i], u[i]) for d, u in zip(fits["downs"], fits["ups"])]):
             fitted.append(evaluate.generate(pipe, [CANONICAL_PROMPT] * len(seeds), [7000 + 10 * i + s for s in seeds]))
+            pink.append(evaluate.generate(pipe, [PINK_PROMPT] * len(seeds), [7500 + 10 * i + s for s in seeds]))
         base.append(evaluate.generate(pipe, [f"a photo of {CLASS}"] * len(seeds), [7000 + 10 * i + s for s in seeds]))
         truth += [[train[i].attrs[k] for k in IDENTITY]] * len(seeds)
     reader = load_reader()
@@ -220,7 +223,13 @@ def accuracy(fits: dict) -> dict:
                 "per_attribute": {k: round(float((pred[:, j] == truth[:, j]).mean()), 4) for j, k in enumerate(IDENTITY)}}
 
     evaluate.sheet(np.concatenate(fitted[:24]), scratch() / "fits" / "fitted.png", cols=12)
-    return {"images": int(len(truth)), "fitted": ident(fitted), "base_class_prompt": ident(base)}
+    bg = read_attributes(reader, np.concatenate(pink))[:, ni + list(CONTEXT).index("background")]
+    return {"images": int(len(truth)), "fitted": ident(fitted), "base_class_prompt": ident(base),
+            "pink_background": {"prompt": PINK_PROMPT, "images": int(len(bg)),
+                                "background_accuracy": round(float((bg == CONTEXT["background"].index("pink")).mean()), 4)}}
+
+
+PINK_PROMPT = f"{CANONICAL_PROMPT}, on a pink background"
 
 
 def merge() -> None:
@@ -242,7 +251,7 @@ def merge() -> None:
             "eval_before": np.concatenate([p["eval_before"] for p in parts]),
             "eval_after": np.concatenate([p["eval_after"] for p in parts]),
             "settings": {"seed": SEED, "steps": STEPS, "lr": LR, "weight_decay": WEIGHT_DECAY, "photos": PHOTOS,
-                         "group": GROUP, "photo_stream": STREAM_FITS, "prompt": CANONICAL_PROMPT}}
+                         "group": GROUP, "photo_stream": STREAM_FITS, "prompt": FIT_PROMPT}}
     from common import save_checkpoint
 
     save_checkpoint(scratch() / "fits" / "fits.pt", fits)
@@ -250,9 +259,10 @@ def merge() -> None:
     before, after = fits["eval_before"], fits["eval_after"]
     table = {
         "description": "Per-identity LiDB fits (converters/world/fits.py): the first training identities, PHOTOS canonical "
-                       "photos each, a LiDB term per `paper` layer trained on 'a photo of sks face'. Denoising loss on "
+                       "photos each, a LiDB term per `paper` layer trained on FIT_PROMPT (the photos' grey background named). Denoising loss on "
                        "EVAL_PAIRS fixed (photo, t, noise) draws per identity before (the base) and after; the attribute "
-                       "reader on images generated with the fits merged in (DDIM 25 steps, guidance 5).",
+                       "reader on images generated with the fits merged in (DDIM 25 steps, guidance 5): identity attributes with "
+                       "'a photo of sks face', the background with PINK_PROMPT (whether the fit keeps it editable).",
         "settings": {**fits["settings"], "identities": len(fits["identities"]), "layers": len(layers),
                      "subject": fits["subject"], "targets_fingerprint": fits["fingerprint"],
                      "trained_parameters_per_identity": int(sum(d.shape[1] * d.shape[2] + u.shape[1] * u.shape[2]

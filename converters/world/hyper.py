@@ -7,6 +7,8 @@
 The architecture is lidb's hypernetwork (converters/python/reference/hypernetwork.py,
 spec/hypernetwork.md): a small CLIP-vision ViT from scratch on the 64×64 photo and a transformer
 decoder that refines the LiDB factors of every `paper` layer over `iterations` passes. The
+image encoder starts from encoder.py's pretraining (the paper's starts from a pretrained CLIP ViT-H)
+and adapts at ENCODER_LR_SCALE times the learning rate. The
 objective is HyperDreamBooth's: a weight-space loss to the per-identity fits of fits.py plus the
 denoising loss of the pipeline with the predicted factors applied (terms.BatchedLiDB overrides), on
 a photo of the identity: latent sample × scaling, t ~ U{0 … 999}, ε ~ N(0, I), add_noise, MSE.
@@ -58,6 +60,7 @@ BATCH = 16
 LR = 1e-3
 WARMUP = 100
 WEIGHT_DECAY = 1e-2
+ENCODER_LR_SCALE = 0.1       # the pretrained encoder (encoder.py) adapts more slowly than the decoder learns
 DENOISE_WEIGHT = 100.0       # the denoising loss (~0.04) carries the identity; the weight loss regularises (see README)
 PROCESSES = 2
 ENCODER = dict(type="clip-vision", image_size=64, patch_size=8, hidden_size=96, num_hidden_layers=4,
@@ -161,7 +164,7 @@ def worker(args) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     import fits as fits_stage
-    from space import CANONICAL_PROMPT
+    from space import FIT_PROMPT
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -180,12 +183,20 @@ def worker(args) -> None:
     cfg = config(layers)
     torch.manual_seed(SEED)
     model = Hypernetwork(cfg)
+    enc = load_checkpoint(scratch() / "encoder" / "encoder.pt")
+    if enc is None:
+        raise SystemExit("hyper: the pretrained image encoder (<scratch>/encoder/encoder.pt) is missing; "
+                         "run the encoder stage first (make world, or converters/world/encoder.py)")
+    model.image_encoder.load_state_dict(enc["encoder"])
     unet, te, _, tok, _ = fits_stage.load_models()
     mods = terms.install(unet, te, layers, terms.bases(layers), 1)
     sched = fits_stage.noise_scheduler()
-    ids_tok = tok(CANONICAL_PROMPT, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ids_tok = tok(FIT_PROMPT, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     ddp = DistributedDataParallel(model)
-    opt = torch.optim.AdamW(model.parameters(), LR, weight_decay=WEIGHT_DECAY)
+    enc_params = list(model.image_encoder.parameters())
+    enc_ids = {id(p) for p in enc_params}
+    opt = torch.optim.AdamW([{"params": [p for p in model.parameters() if id(p) not in enc_ids], "lr": LR},
+                             {"params": enc_params, "lr": LR * ENCODER_LR_SCALE}], LR, weight_decay=WEIGHT_DECAY)
     lr_at = lambda s: min(1.0, (s + 1) / WARMUP) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     ck_path = run_dir / "ckpt.pt"
@@ -288,6 +299,7 @@ def export(run_dir: Path, evaluate_too: bool = True) -> None:
                        "(fits.py) with a weight-space loss plus the denoising loss of the predicted weights.",
         "settings": {"steps": final["steps"], "global_batch": BATCH, "lr": LR, "warmup": WARMUP, "schedule": "cosine to 0.1",
                      "weight_decay": WEIGHT_DECAY, "denoise_weight": DENOISE_WEIGHT, "processes": final["processes"],
+                     "image_encoder": f"pretrained by encoder.py (samples/world/encoder.json), lr x {ENCODER_LR_SCALE}",
                      "identities": len(data["identities"]), "encoder": ENCODER, "decoder": DECODER,
                      "normalisation": {"s_down": final["s_d"], "s_up": final["s_u"]},
                      "parameters": int(sum(p.numel() for p in model.parameters())),

@@ -20,6 +20,7 @@ Stages (issue 14):
     export    samples/world/pipeline (diffusers folder, F16)                    export.py
     eval      attribute accuracy of generated held-out captions (diffusers)      evaluate.py
     fits      per-identity LiDB fits (`fits.py --shard i/n` splits them)         fits.py
+    encoder   the hypernetwork's image encoder, pretrained on attribute words     encoder.py
     hyper     the hypernetwork, under torchrun (2 processes)                   hyper.py
 """
 
@@ -46,6 +47,7 @@ STAGES = [
     ("export", "export"),
     ("eval", "evaluate"),
     ("fits", "fits"),
+    ("encoder", "encoder"),
     ("hyper", "hyper"),
 ]
 # What each stage's outputs are made from (earlier stages' outputs). latents and sd also use the
@@ -60,7 +62,8 @@ DEPS = {
     "export": ["vae", "sd"],
     "eval": ["export", "reader"],
     "fits": ["export", "reader"],
-    "hyper": ["fits"],
+    "encoder": [],
+    "hyper": ["fits", "encoder"],
 }
 
 

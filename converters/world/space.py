@@ -47,6 +47,10 @@ HELDOUT_COUNT = 24
 
 TRIGGER, CLASS = "sks", "face"
 CANONICAL_PROMPT = f"a photo of {TRIGGER} {CLASS}"
+# What the fits and the hypernetwork's denoising loss train on: the canonical photos' background is
+# named, so the trigger learns the face and not the grey background ("on a pink background" stays
+# editable; the eval measures it).
+FIT_PROMPT = f"a photo of {TRIGGER} {CLASS}, on a grey background"
 
 
 @dataclass(frozen=True)
