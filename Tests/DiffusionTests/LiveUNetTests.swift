@@ -233,7 +233,11 @@ import Compute
             #expect(!staged.unet.isLoaded)  // terms checked against the architecture's shapes, applied at load
             for round in 0..<2 {
                 let got = try staged.generate(o)
-                #expect(got.map(\.data) == want.map(\.data), "\(mode), generation \(round + 1)")
+                // The same computation; on a loaded machine the BLAS may split a product over
+                // another number of threads, so the images agree to float32 rounding, not bit for bit.
+                let a = got.flatMap(\.data), b = want.flatMap(\.data)
+                let gap = zip(a, b).map { abs($0 - $1) }.max() ?? .infinity, size = b.map { abs($0) }.max() ?? 0
+                #expect(a.count == b.count && gap <= 1e-5 * size, "\(mode), generation \(round + 1): \(gap / size)")
                 #expect(!staged.unet.isLoaded && staged.textEncoder.released)
             }
             #expect(want.map(\.data) != plain.map(\.data))  // the subjects change the images
