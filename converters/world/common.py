@@ -64,6 +64,18 @@ def load_checkpoint(path: Path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def resume(path: Path, model, opt, sched) -> tuple:
+    """Loads a training checkpoint ({model, opt, sched, step, history}) into the three when it
+    exists; returns (step, history) — (0, []) for a fresh start."""
+    ck = load_checkpoint(path)
+    if ck is None:
+        return 0, []
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    sched.load_state_dict(ck["sched"])
+    return ck["step"], ck["history"]
+
+
 class Every:
     """True every `seconds` of wall time (checkpoint cadence)."""
 

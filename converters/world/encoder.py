@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from common import OUT, Every, load_checkpoint, log, save_checkpoint, scratch, setup_torch, write_json
+from common import OUT, Every, log, resume, save_checkpoint, scratch, setup_torch, write_json
 
 torch = setup_torch()
 
@@ -127,13 +127,8 @@ def main() -> None:
     lr_at = lambda s: min(1.0, (s + 1) / WARMUP) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, STEPS) / STEPS)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     ck_path = run / "ckpt.pt"
-    step, history = 0, []
-    ck = load_checkpoint(ck_path)
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        step, history = ck["step"], ck["history"]
+    step, history = resume(ck_path, model, opt, sched)
+    if step:
         log(f"resumed encoder at step {step}")
     labels_t = torch.from_numpy(labels).long()
     every, t0, acc = Every(180), time.time(), [0.0, 0.0, 0]

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import HERE, OUT, ROOT, Every, load_checkpoint, log, save_checkpoint, scratch, setup_torch, write_json
+from common import HERE, OUT, ROOT, Every, load_checkpoint, log, resume, save_checkpoint, scratch, setup_torch, write_json
 
 torch = setup_torch()
 
@@ -200,15 +200,9 @@ def worker(args) -> None:
     lr_at = lambda s: min(1.0, (s + 1) / WARMUP) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     ck_path = run_dir / "ckpt.pt"
-    step, history = 0, []
-    ck = load_checkpoint(ck_path)
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        lr_sched.load_state_dict(ck["sched"])
-        step, history = ck["step"], ck["history"]
-        if rank == 0:
-            log(f"resumed hyper at step {step}")
+    step, history = resume(ck_path, model, opt, lr_sched)
+    if step and rank == 0:
+        log(f"resumed hyper at step {step}")
     fd = [x / norm.s_d for x in data["downs"]]
     fu = [x / norm.s_u for x in data["ups"]]
     count = sum(d[0].numel() + u[0].numel() for d, u in zip(fd, fu))   # factor values per sample
